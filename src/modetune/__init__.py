@@ -1,0 +1,25 @@
+"""modetune: Mixture-of-Depths Ensemble (MoDE) tuning for Hugging Face causal LMs.
+
+from modetune import MoDEConfig, get_mode_model, MoDEModel
+model = get_mode_model(base_or_peft_model, MoDEConfig(num_layers=3))
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from modetune.config import MoDEConfig
+from modetune.errors import CheckpointError, ConfigError, ModetuneError, UnsupportedArchitectureError
+from modetune.mode import MoDEModel, MoDEOutput, get_mode_model
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "MoDEConfig",
+    "MoDEModel",
+    "MoDEOutput",
+    "ModetuneError",
+    "UnsupportedArchitectureError",
+    "__version__",
+    "get_mode_model",
+]

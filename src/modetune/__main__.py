@@ -1,0 +1,5 @@
+import sys
+
+from modetune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,61 @@
+"""The `modetune` command line: a thin layer over the library.
+
+Each subcommand lives in its own module with two functions, `add_parser(subparsers)` and
+`run(args) -> int`. User errors (`ModetuneError`) are printed as one clear message, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from modetune.errors import ModetuneError
+
+# name -> module under modetune.cli; imported lazily so `modetune --help` stays fast
+SUBCOMMANDS = {
+    "train": "modetune.cli.train",
+    "demo": "modetune.cli.demo",
+    "eval": "modetune.cli.evaluate",
+    "compare": "modetune.cli.compare",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modetune",
+        description="Mixture-of-Depths Ensemble (MoDE) tuning for Hugging Face causal LMs.",
+    )
+    from modetune import __version__
+
+    parser.add_argument("--version", action="version", version=f"modetune {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # subcommand not built yet
+            if exc.name != module_name:
+                raise
+            continue
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.run(args) or 0)
+    except ModetuneError as exc:
+        print(f"modetune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"modetune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

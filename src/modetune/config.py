@@ -1,0 +1,213 @@
+"""`MoDEConfig`: every choice MoDE leaves open, validated, with help text, round-tripping through JSON.
+
+Field help lives in each field's `metadata["help"]`, so the CLI builds its options from this one place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from modetune.errors import ConfigError
+
+CONFIG_NAME = "mode_config.json"
+
+ROUTERS = ("softmax", "topk")
+ROUTER_INITS = ("uniform", "final")
+ADAPTERS = ("norm", "affine", "none")
+DISTILLS = ("kl", "reverse_kl", "js", "none")
+DISTILL_SCHEDULES = ("all", "rotate")
+LOSS_IMPLEMENTATIONS = ("chunked", "reference")
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class MoDEConfig:
+    """Configuration of a Mixture-of-Depths Ensemble over the last `num_layers` decoder layers."""
+
+    num_layers: int = _help(
+        "k: how many of the last decoder layers form the ensemble, the final layer included "
+        "(1 = the base model alone; the paper uses 3).",
+        default=3,
+    )
+    router: str = _help(
+        "How per-token weights over the k layers are formed: 'softmax' (dense) or 'topk' "
+        "(keep the top_k weights, renormalize).",
+        default="softmax",
+    )
+    top_k: int = _help("With router='topk': how many layers each token keeps (1..num_layers).", default=2)
+    router_init: str = _help(
+        "'final': W_g = 0 and a bias that gives the final layer `router_final_weight` of the mass, so tuning "
+        "starts from the base model's behaviour; 'uniform': W_g = 0, b = 0 (equal weights). "
+        "Default chosen by measurement (see README, 'Choosing the defaults').",
+        default="final",
+    )
+    router_final_weight: float = _help(
+        "With router_init='final': the initial routing weight of the final layer, in (0, 1); the rest is "
+        "split evenly over the other late layers.",
+        default=0.9,
+    )
+    adapter: str = _help(
+        "Per-layer adaptation N_i of each non-final late layer: 'norm' (a trainable copy of the final norm), "
+        "'affine' (a d x d linear map initialised to identity, then the frozen final norm) or 'none' "
+        "(the frozen final norm, shared).",
+        default="norm",
+    )
+    distill: str = _help(
+        "Distillation from the final layer (teacher) to each other late layer (student): 'kl' = "
+        "KL(p_final || p_i), 'reverse_kl' = KL(p_i || p_final), 'js' (Jensen-Shannon), or 'none'.",
+        default="kl",
+    )
+    distill_weight: float = _help(
+        "lambda: weight of the summed distillation terms in the loss (>= 0).", default=1.0
+    )
+    distill_temperature: float = _help(
+        "Softmax temperature T of the distillation (> 0); terms are multiplied by T^2 so gradient scale "
+        "does not depend on T.",
+        default=1.0,
+    )
+    distill_detach_teacher: bool = _help(
+        "Stop gradients through the teacher (final layer) in the distillation terms.", default=True
+    )
+    distill_every: int = _help(
+        "Compute the distillation terms (and per-layer metrics) every N training steps only (>= 1); the other "
+        "steps cost a single vocabulary projection. 1 = every step.",
+        default=1,
+    )
+    distill_schedule: str = _help(
+        "'all': every non-final late layer is distilled each distillation step; 'rotate': one late layer per "
+        "step, in turn (as LayerSkip's training does), cheaper for large k.",
+        default="all",
+    )
+    layer_metrics_every: int = _help(
+        "In training, compute each late layer's own cross-entropy every N steps (>= 1) when the "
+        "distillation pass does not already produce it (it needs one vocabulary projection per layer).",
+        default=10,
+    )
+    loss_implementation: str = _help(
+        "'chunked': compute the training losses chunk by chunk over the labelled tokens, so at most one chunk "
+        "of [chunk x vocab] logits per layer is alive at a time; 'reference': materialise all logits at once "
+        "(the straightforward computation, kept as the tested reference).",
+        default="chunked",
+    )
+    loss_chunk_size: int = _help(
+        "Tokens per chunk with loss_implementation='chunked'; 0 = automatic (about 2^22 logits per layer "
+        "per chunk, e.g. 64 tokens for a 49k vocabulary).",
+        default=0,
+    )
+    mix_in_hidden_space: bool = _help(
+        "When the output head is affine (every supported model but soft-capped ones), mix the normalized "
+        "hidden states and project once, instead of projecting every layer and mixing logits (same result, "
+        "k times cheaper). Soft-capped heads always mix logits.",
+        default=True,
+    )
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation -------------------------------------------------------------------------------
+    def validate(self, num_model_layers: int | None = None) -> None:
+        """Reject bad values with a message naming the field and the allowed values."""
+        _check_int(self, "num_layers", low=1)
+        if num_model_layers is not None and self.num_layers > num_model_layers:
+            raise ConfigError(
+                f"num_layers={self.num_layers} is larger than the model's {num_model_layers} decoder layers; "
+                f"allowed: 1..{num_model_layers}"
+            )
+        _check_choice(self, "router", ROUTERS)
+        _check_choice(self, "router_init", ROUTER_INITS)
+        _check_choice(self, "adapter", ADAPTERS)
+        _check_choice(self, "distill", DISTILLS)
+        _check_choice(self, "distill_schedule", DISTILL_SCHEDULES)
+        _check_int(self, "top_k", low=1)
+        if self.router == "topk" and self.top_k > self.num_layers:
+            raise ConfigError(
+                f"top_k={self.top_k} is larger than num_layers={self.num_layers}; allowed: 1..{self.num_layers}"
+            )
+        _check_number(self, "router_final_weight")
+        if not 0.0 < self.router_final_weight < 1.0:
+            raise ConfigError(
+                f"router_final_weight={self.router_final_weight!r} is out of range; allowed: 0 < value < 1"
+            )
+        _check_number(self, "distill_weight")
+        if self.distill_weight < 0:
+            raise ConfigError(f"distill_weight={self.distill_weight!r} is negative; allowed: a number >= 0")
+        _check_number(self, "distill_temperature")
+        if self.distill_temperature <= 0:
+            raise ConfigError(
+                f"distill_temperature={self.distill_temperature!r} must be positive; allowed: a number > 0"
+            )
+        _check_bool(self, "distill_detach_teacher")
+        _check_bool(self, "mix_in_hidden_space")
+        _check_int(self, "distill_every", low=1)
+        _check_int(self, "layer_metrics_every", low=1)
+        _check_choice(self, "loss_implementation", LOSS_IMPLEMENTATIONS)
+        _check_int(self, "loss_chunk_size", low=0)
+
+    @property
+    def uses_distillation(self) -> bool:
+        return self.distill != "none" and self.distill_weight > 0 and self.num_layers > 1
+
+    # -- serialisation ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MoDEConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a MoDE config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown MoDE config field(s) {unknown}; allowed fields: {sorted(known)}")
+        return cls(**data)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json_string(cls, text: str) -> MoDEConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"MoDE config is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def save_pretrained(self, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
+        """Write `mode_config.json`; `extra` (e.g. the base-model fingerprint) is stored beside the fields."""
+        path = Path(directory) / CONFIG_NAME
+        payload = {**self.to_dict(), **({"_extra": extra} if extra else {})}
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        return path
+
+
+def _check_choice(cfg: MoDEConfig, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(cfg, name)
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not supported; allowed: {', '.join(map(repr, allowed))}")
+
+
+def _check_int(cfg: MoDEConfig, name: str, low: int) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
+    if value < low:
+        raise ConfigError(f"{name}={value!r} is too small; allowed: an integer >= {low}")
+
+
+def _check_number(cfg: MoDEConfig, name: str) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN check
+        raise ConfigError(f"{name}={value!r} must be a finite number")
+
+
+def _check_bool(cfg: MoDEConfig, name: str) -> None:
+    value = getattr(cfg, name)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} must be true or false")

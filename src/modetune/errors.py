@@ -1,0 +1,28 @@
+"""User-facing errors.
+
+Anything a user can cause (a bad option, a missing file, a malformed record, a mismatched checkpoint)
+raises `ModetuneError` with a message that names the problem and how to fix it. The CLI prints that
+message and exits with status 2, without a traceback; library users catch it like any exception.
+"""
+
+from __future__ import annotations
+
+
+class ModetuneError(Exception):
+    """An error caused by input the user can fix (config value, file, option)."""
+
+
+class ConfigError(ModetuneError, ValueError):
+    """An invalid configuration value; the message names the field and the allowed values."""
+
+
+class UnsupportedArchitectureError(ModetuneError, ValueError):
+    """The model family has no entry in the architecture table."""
+
+
+class CheckpointError(ModetuneError):
+    """A saved MoDE run cannot be loaded (missing, corrupt, or for a different base model)."""
+
+
+class DataError(ModetuneError, ValueError):
+    """A dataset file or record is malformed; the message names the file and the line/index."""

@@ -1,0 +1,236 @@
+"""MoDE's training loss: ensemble cross-entropy + lambda * distillation of each late layer toward the final one.
+
+Two implementations that give the same numbers:
+
+* `mode_loss_reference` materialises every layer's [tokens x vocab] logits at once. It is the
+  straightforward reading of the method and the reference the tests hold the fast path to.
+* `mode_loss_chunked` walks over the labelled tokens in chunks. For each chunk it projects, computes the
+  loss and, right away, the loss's gradient with respect to its inputs (the normalized hidden states and
+  the router weights), then frees the logits. The autograd backward only scales those stored gradients.
+  So no more than one chunk of logits per layer is ever alive, and the head is applied exactly as often
+  as a plain forward + backward needs (the idea of Liger-Kernel's fused linear cross-entropy, written
+  generically so it works for any head, including soft-capped ones). Tokens labelled -100 are dropped
+  before any projection.
+
+Conventions shared by both: position t predicts label t+1 (the causal shift), the reduction is a sum over
+labelled tokens divided by their count (or by `num_items_in_batch`, as transformers does under gradient
+accumulation), and every distillation term is multiplied by T^2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+Projector = Callable[[torch.Tensor], torch.Tensor]  # normalized hidden [n, d] -> logits [n, V]
+
+
+def divergence(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:
+    """Per-token distillation term D(teacher, student) * T^2, summed over the vocabulary -> shape [n]."""
+    s = F.log_softmax(student.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher.float() / temperature, dim=-1)
+    if kind == "kl":  # KL(p_teacher || p_student)
+        d = (t.exp() * (t - s)).sum(-1)
+    elif kind == "reverse_kl":  # KL(p_student || p_teacher)
+        d = (s.exp() * (s - t)).sum(-1)
+    elif kind == "js":
+        m = torch.logsumexp(torch.stack([s, t]), dim=0) - math.log(2.0)
+        d = 0.5 * (s.exp() * (s - m)).sum(-1) + 0.5 * (t.exp() * (t - m)).sum(-1)
+    else:
+        raise ValueError(f"unknown divergence {kind!r}")
+    return d * temperature**2
+
+
+@dataclass(frozen=True)
+class LossPlan:
+    """What one forward computes: which layers are distilled and whether per-layer logits are needed."""
+
+    distill: str  # "kl" | "reverse_kl" | "js" | "none"
+    distill_weight: float
+    temperature: float
+    detach_teacher: bool
+    students: tuple[int, ...]  # indices (into the k late layers) of the distilled non-final layers
+    per_layer: bool  # project every layer (needed for distillation, per-layer metrics, soft-capped heads)
+
+
+@dataclass
+class LossParts:
+    """Sums over labelled tokens; divide by `denominator` for means. Only `total` carries gradients."""
+
+    total: torch.Tensor  # ce + distill_weight * sum(distill), divided by the denominator
+    ce: torch.Tensor  # ensemble cross-entropy (mean)
+    distill: torch.Tensor  # [k-1] per non-final layer (mean; 0 for layers not distilled this step)
+    layer_ce: torch.Tensor | None  # [k] each layer's own cross-entropy (mean), when per_layer
+    num_tokens: int
+
+
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Labels aligned with positions: position t is scored on labels[t+1]; the last position on nothing."""
+    return F.pad(labels[..., 1:], (0, 1), value=IGNORE_INDEX)
+
+
+def _chunk_terms(
+    ys: torch.Tensor, gates: torch.Tensor, targets: torch.Tensor, project: Projector, plan: LossPlan
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Summed losses of one chunk. ys: [k, n, d] normalized hidden states, gates: [n, k], targets: [n]."""
+    k = ys.shape[0]
+    distill = ys.new_zeros(max(k - 1, 0), dtype=torch.float32)
+    if not plan.per_layer:  # affine head: mix hidden states, project once
+        mixed = torch.einsum("knd,nk->nd", ys, gates.to(ys.dtype))
+        ce = F.cross_entropy(project(mixed).float(), targets, reduction="sum")
+        return ce, distill, None
+    logits = torch.stack([project(ys[i]).float() for i in range(k)])  # [k, n, V]
+    ensemble = torch.einsum("knv,nk->nv", logits, gates.float())
+    ce = F.cross_entropy(ensemble, targets, reduction="sum")
+    with torch.no_grad():
+        layer_ce = torch.stack([F.cross_entropy(logits[i], targets, reduction="sum") for i in range(k)])
+    if plan.distill != "none" and plan.students:
+        teacher = logits[-1].detach() if plan.detach_teacher else logits[-1]
+        terms = [divergence(logits[i], teacher, plan.distill, plan.temperature).sum() for i in plan.students]
+        distill = distill.index_put((torch.tensor(plan.students, device=distill.device),), torch.stack(terms))
+    return ce, distill, layer_ce
+
+
+def mode_loss_reference(
+    ys: torch.Tensor,
+    gates: torch.Tensor,
+    labels: torch.Tensor,
+    project: Projector,
+    plan: LossPlan,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> LossParts:
+    """Straightforward MoDE loss. ys: [k, B, T, d], gates: [B, T, k], labels: [B, T] (unshifted)."""
+    k = ys.shape[0]
+    logits = torch.stack([project(ys[i]).float() for i in range(k)])  # [k, B, T, V]
+    ensemble = torch.einsum("kbtv,btk->btv", logits, gates.float())
+    targets = shift_labels(labels)
+    valid = targets != IGNORE_INDEX
+    n = int(valid.sum())
+    denom = _denominator(n, num_items_in_batch, ys.device)
+    ce = F.cross_entropy(
+        ensemble.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    layer_ce = torch.stack(
+        [
+            F.cross_entropy(
+                logits[i].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+            for i in range(k)
+        ]
+    ).detach()
+    distill = ys.new_zeros(max(k - 1, 0), dtype=torch.float32)
+    if plan.distill != "none" and plan.students:
+        teacher = logits[-1].detach() if plan.detach_teacher else logits[-1]
+        for i in plan.students:
+            per_token = divergence(logits[i][valid], teacher[valid], plan.distill, plan.temperature)
+            distill = distill.index_put(
+                (torch.tensor([i], device=distill.device),), per_token.sum().reshape(1)
+            )
+    total = (ce + plan.distill_weight * distill.sum()) / denom
+    return LossParts(total, (ce / denom).detach(), (distill / denom).detach(), layer_ce / denom, n)
+
+
+class _ChunkedMoDELoss(torch.autograd.Function):
+    """Forward computes loss and input gradients chunk by chunk; backward scales the stored gradients."""
+
+    @staticmethod
+    def forward(ctx, ys, gates, targets, project, plan, chunk_size, needs_grad):  # type: ignore[override]
+        k, n, _ = ys.shape
+        grad_ys = torch.zeros_like(ys) if needs_grad else None
+        grad_gates = torch.zeros_like(gates) if needs_grad else None
+        total = ys.new_zeros((), dtype=torch.float32)
+        ce = ys.new_zeros((), dtype=torch.float32)
+        distill = ys.new_zeros(max(k - 1, 0), dtype=torch.float32)
+        layer_ce = ys.new_zeros(k, dtype=torch.float32) if plan.per_layer else None
+        for start in range(0, n, chunk_size):
+            sl = slice(start, min(start + chunk_size, n))
+            y, g = ys[:, sl].detach(), gates[sl].detach()
+            with torch.enable_grad():
+                if needs_grad:
+                    y.requires_grad_(True)
+                    g.requires_grad_(True)
+                c_ce, c_distill, c_layer = _chunk_terms(y, g, targets[sl], project, plan)
+                c_total = c_ce + plan.distill_weight * c_distill.sum()
+                if needs_grad:
+                    gy, gg = torch.autograd.grad(c_total, (y, g))
+                    grad_ys[:, sl] = gy
+                    grad_gates[sl] = gg
+            total += c_total.detach()
+            ce += c_ce.detach()
+            distill += c_distill.detach()
+            if layer_ce is not None:
+                layer_ce += c_layer
+        ctx.save_for_backward(grad_ys, grad_gates)
+        if layer_ce is None:
+            layer_ce = ys.new_full((k,), float("nan"), dtype=torch.float32)
+        ctx.mark_non_differentiable(ce, distill, layer_ce)
+        return total, ce, distill, layer_ce
+
+    @staticmethod
+    def backward(ctx, grad_total, *_unused):  # type: ignore[override]
+        grad_ys, grad_gates = ctx.saved_tensors
+        if grad_ys is None:
+            raise RuntimeError("MoDE chunked loss was computed without gradients (no_grad or frozen inputs)")
+        scale = grad_total.to(grad_ys.dtype)
+        return grad_ys * scale, grad_gates * scale.to(grad_gates.dtype), None, None, None, None, None
+
+
+def auto_chunk_size(vocab_size: int, budget: int = 1 << 22) -> int:
+    """Largest power of two with chunk * vocab <= budget logits (at least 8 tokens)."""
+    return max(8, 1 << max(0, int(math.log2(max(1, budget // max(1, vocab_size))))))
+
+
+def mode_loss_chunked(
+    ys: torch.Tensor,
+    gates: torch.Tensor,
+    labels: torch.Tensor,
+    project: Projector,
+    plan: LossPlan,
+    chunk_size: int,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> LossParts:
+    """Same numbers as `mode_loss_reference`, without ever holding more than a chunk of logits per layer."""
+    targets = shift_labels(labels)
+    valid = targets != IGNORE_INDEX
+    n = int(valid.sum())
+    denom = _denominator(n, num_items_in_batch, ys.device)
+    ys_valid = ys[:, valid]  # [k, n, d]: unlabelled positions never reach the head
+    gates_valid = gates[valid]  # [n, k]
+    needs_grad = torch.is_grad_enabled() and (ys_valid.requires_grad or gates_valid.requires_grad)
+    total, ce, distill, layer_ce = _ChunkedMoDELoss.apply(
+        ys_valid, gates_valid, targets[valid], project, plan, chunk_size, needs_grad
+    )
+    layer = None if torch.isnan(layer_ce).any() else layer_ce / denom
+    return LossParts(total / denom, ce / denom, distill / denom, layer, n)
+
+
+def _denominator(n: int, num_items_in_batch: int | torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    value = num_items_in_batch if num_items_in_batch is not None else max(n, 1)
+    return torch.as_tensor(value, dtype=torch.float32, device=device).clamp_min(1)
+
+
+def pick_students(num_layers: int, schedule: str, step: int) -> tuple[int, ...]:
+    """Non-final layers to distill this step: all of them, or one in turn ('rotate')."""
+    students = tuple(range(num_layers - 1))
+    if schedule == "rotate" and students:
+        return (students[step % len(students)],)
+    return students
+
+
+def summarize_gates(
+    gates: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean routing weight per layer and mean per-token routing entropy (nats) over unmasked positions."""
+    g = gates.detach().float().reshape(-1, gates.shape[-1])
+    if mask is not None:
+        g = g[mask.reshape(-1).bool()]
+    if g.numel() == 0:
+        nan = gates.new_full((gates.shape[-1],), float("nan"), dtype=torch.float32)
+        return nan, nan[0]
+    entropy = -(g * g.clamp_min(1e-12).log()).sum(-1).mean()
+    return g.mean(0), entropy

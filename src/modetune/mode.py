@@ -1,0 +1,592 @@
+"""Mixture-of-Depths Ensemble (MoDE), read top to bottom.
+
+A decoder-only LM with L layers normally predicts from its last layer only: logits = head(norm(h_L)).
+MoDE lets the last k layers (the final one included) predict together:
+
+    y_i      = N_i(h_i)                   h_i: residual stream after decoder layer i (before the final norm)
+                                          N_i: a trainable copy of the final norm (adapter="norm"), an identity-
+                                               initialised affine map then the frozen norm ("affine"), or the
+                                               frozen norm itself ("none"); the final layer keeps the model's norm
+    logits_i = head(y_i)                  the model's own, frozen output path (pre-head projection, LM head,
+                                          logit scaling or soft-capping): exactly what the final layer goes through
+    g        = softmax(x W_g + b)         per-token router over the k layers; x = y_L, the final normalized state
+    logits   = sum_i g_i * logits_i       the ensemble; generation decodes from it
+    loss     = CE(logits, labels) + lambda * sum_{i<L} D(p_L || p_i)     (see modetune.losses)
+
+Only the adapters N_i and the router (plus whatever a wrapped PEFT method trains) receive gradients.
+When the head path is affine, sum_i g_i * head(y_i) = head(sum_i g_i * y_i), so the ensemble costs one
+vocabulary projection, like the base model (soft-capped heads project every layer).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from modetune.architectures import LocatedModel, locate
+from modetune.config import CONFIG_NAME, MoDEConfig
+from modetune.errors import CheckpointError, ConfigError, ModetuneError
+from modetune.losses import (
+    LossParts,
+    LossPlan,
+    auto_chunk_size,
+    mode_loss_chunked,
+    mode_loss_reference,
+    pick_students,
+    shift_labels,
+    summarize_gates,
+)
+
+WEIGHTS_NAME = "mode_model.safetensors"
+PEFT_CONFIG_NAME = "adapter_config.json"
+
+try:  # PEFT is a dependency, but keep the core importable without it
+    from peft import PeftModel
+except ImportError:  # pragma: no cover
+    PeftModel = None  # type: ignore[assignment,misc]
+
+
+# --------------------------------------------------------------------------------------------------
+# The two small trainable pieces: per-layer adapters and the router
+# --------------------------------------------------------------------------------------------------
+class NormAdapter(nn.Module):
+    """A trainable copy of the model's final norm (same class, same initial weights)."""
+
+    def __init__(self, final_norm: nn.Module):
+        super().__init__()
+        self.norm = copy.deepcopy(final_norm).float()
+        self.norm._forward_hooks.clear()
+        self.norm._forward_pre_hooks.clear()
+        for p in self.norm.parameters():
+            p.requires_grad_(True)
+
+    def forward(self, h: torch.Tensor, final_norm: nn.Module) -> torch.Tensor:
+        return self.norm(h.float())
+
+
+class AffineAdapter(nn.Module):
+    """A d x d affine map initialised to the identity, followed by the model's frozen final norm."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, hidden_size, bias=True)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.eye(hidden_size))
+            self.linear.bias.zero_()
+
+    def forward(self, h: torch.Tensor, final_norm: nn.Module) -> torch.Tensor:
+        mapped = self.linear(h.float())
+        return final_norm(mapped.to(h.dtype)).float()
+
+
+class SharedNormAdapter(nn.Module):
+    """No trainable weights: the late layer goes through the model's own (frozen) final norm."""
+
+    def forward(self, h: torch.Tensor, final_norm: nn.Module) -> torch.Tensor:
+        return final_norm(h).float()
+
+
+class Router(nn.Module):
+    """g = softmax(x W_g + b) over the k late layers, per token; optionally keep only the top_k weights."""
+
+    def __init__(self, hidden_size: int, config: MoDEConfig):
+        super().__init__()
+        k = config.num_layers
+        self.gate = nn.Linear(hidden_size, k, bias=True)
+        self.top_k = config.top_k if config.router == "topk" else None
+        with torch.no_grad():
+            self.gate.weight.zero_()
+            self.gate.bias.zero_()
+            if config.router_init == "final" and k > 1:
+                # softmax gives the final layer router_final_weight and the others (1 - w) / (k - 1) each
+                w = config.router_final_weight
+                self.gate.bias[-1] = torch.log(torch.tensor(w * (k - 1) / (1.0 - w)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gates = F.softmax(self.gate(x.float()), dim=-1)
+        if self.top_k is not None and self.top_k < gates.shape[-1]:
+            top = gates.topk(self.top_k, dim=-1)
+            kept = torch.zeros_like(gates).scatter(-1, top.indices, top.values)
+            gates = kept / kept.sum(-1, keepdim=True)
+        return gates
+
+
+def make_adapter(kind: str, final_norm: nn.Module | None, hidden_size: int) -> nn.Module:
+    if kind == "norm":
+        if final_norm is None:
+            raise ConfigError(
+                "adapter='norm' copies the model's final norm, but this model has none; "
+                "allowed here: adapter='affine' or adapter='none'"
+            )
+        return NormAdapter(final_norm)
+    if kind == "affine":
+        return AffineAdapter(hidden_size)
+    return SharedNormAdapter()
+
+
+# --------------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class MoDEOutput(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` plus every loss component and the routing weights, for logging.
+
+    Per-layer tensors are ordered from the earliest late layer to the final one (`MoDEModel.layer_indices`).
+    """
+
+    ce_loss: torch.Tensor | None = None  # ensemble cross-entropy
+    distill_loss: torch.Tensor | None = None  # [k-1] one term per non-final layer (unweighted)
+    layer_ce: torch.Tensor | None = None  # [k] each layer's own cross-entropy (when computed this step)
+    router_weights: torch.Tensor | None = None  # [batch, seq, k]
+    router_mean: torch.Tensor | None = None  # [k] mean weight over (labelled, else attended) tokens
+    router_entropy: torch.Tensor | None = None  # mean per-token routing entropy (nats)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+class MoDEModel(nn.Module):
+    """Wraps a `*ForCausalLM` (or a `PeftModel` of one) and predicts from its last k layers together."""
+
+    accepts_loss_kwargs = True  # transformers.Trainer passes num_items_in_batch (correct grad accumulation)
+
+    def __init__(self, model: nn.Module, config: MoDEConfig | None = None):
+        super().__init__()
+        config = config or MoDEConfig()
+        if not isinstance(config, MoDEConfig):
+            raise ConfigError(f"config must be a MoDEConfig, got {type(config).__name__}")
+        _reject_prompt_learning(model)
+        self.model = model
+        self.mode_config = config
+        self._locate()
+        num_model_layers = len(self._located.layers)
+        config.validate(num_model_layers)
+        k = config.num_layers
+        self.layer_indices = list(range(num_model_layers - k, num_model_layers))
+        hidden = self.causal_lm.config.get_text_config().hidden_size
+        self.adapters = nn.ModuleList(
+            make_adapter(config.adapter, self._located.final_norm, hidden) for _ in range(k - 1)
+        )
+        self.router = Router(hidden, config)
+        if not _is_peft(model):  # MoDE-only tuning: the base model is frozen
+            for p in model.parameters():
+                p.requires_grad_(False)
+        self.adapters.to(self.device)
+        self.router.to(self.device)
+        self.current_step: int | None = None  # set by the training loop; else forward calls are counted
+        self._training_forwards = 0
+
+    # -- where things live ---------------------------------------------------------------------------
+    @property
+    def causal_lm(self) -> PreTrainedModel:
+        """The innermost `*ForCausalLM` (under any PEFT wrapper)."""
+        return _unwrap(self.model)
+
+    def _locate(self) -> None:
+        self._located: LocatedModel = locate(self.causal_lm)
+
+    @property
+    def config(self):  # the base model's config, as HF-style callers expect
+        return self.causal_lm.config
+
+    @property
+    def generation_config(self):
+        return self.causal_lm.generation_config
+
+    @property
+    def device(self) -> torch.device:
+        return self._located.head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._located.head.weight.dtype
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.causal_lm.get_input_embeddings()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a saved MoDE run must match to be loaded onto a base model."""
+        return fingerprint_of(self.causal_lm)
+
+    # -- capturing the late layers' hidden states ----------------------------------------------------
+    @contextmanager
+    def _capture_late_states(self) -> Iterator[dict[int, torch.Tensor]]:
+        """Forward hooks that record h_i of each non-final late layer and y_L (the final norm's output)."""
+        states: dict[int, torch.Tensor] = {}
+        loc = self._located
+
+        def store(slot: int):
+            def hook(_module, _args, output):
+                states[slot] = output[0] if isinstance(output, tuple) else output
+
+            return hook
+
+        k = len(self.layer_indices)
+        handles = [
+            loc.layers[idx].register_forward_hook(store(slot))
+            for slot, idx in enumerate(self.layer_indices[:-1])
+        ]
+        final_source = loc.final_norm if loc.final_norm is not None else loc.layers[self.layer_indices[-1]]
+        handles.append(final_source.register_forward_hook(store(k - 1)))
+        try:
+            yield states
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _normalized_states(self, states: dict[int, torch.Tensor]) -> torch.Tensor:
+        """[k, batch, seq, d]: N_i(h_i) for the non-final late layers, then y_L."""
+        final_norm = self._located.final_norm or nn.Identity()
+        ys = [adapter(states[i], final_norm) for i, adapter in enumerate(self.adapters)]
+        ys.append(states[len(self.adapters)].float())
+        return torch.stack(ys)
+
+    def _project(self, y: torch.Tensor) -> torch.Tensor:
+        return self._located.project(y.to(self.dtype))
+
+    # -- the forward pass ----------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        skip_logits: bool | None = None,
+        **kwargs: Any,
+    ) -> MoDEOutput:
+        """Like a `*ForCausalLM.forward`, but logits and loss come from the late-layer ensemble.
+
+        `skip_logits` (default: True when training with labels) skips the [batch, seq, vocab] ensemble
+        logits; the loss never needs them.
+        """
+        kwargs.pop("return_dict", None)
+        backbone_kwargs = {
+            name: value
+            for name, value in dict(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                use_cache=use_cache,
+                **kwargs,
+            ).items()
+            if value is not None
+        }
+        with self._capture_late_states() as states:
+            backbone_out = self._located.backbone(**backbone_kwargs)
+        ys = self._normalized_states(states)  # [k, B, T, d]
+        gates = self.router(ys[-1])  # [B, T, k]
+
+        loss, parts = None, None
+        if labels is not None:
+            parts = self._loss(ys, gates, labels, num_items_in_batch)
+            loss = parts.total
+        if skip_logits is None:
+            skip_logits = self.training and labels is not None
+        logits = None if skip_logits else self.ensemble_logits(ys, gates, logits_to_keep)
+
+        if labels is not None:
+            token_mask = shift_labels(labels) != -100
+        elif attention_mask is not None and attention_mask.dim() == 2:
+            token_mask = attention_mask[:, -gates.shape[1] :]  # with a KV cache, only the new positions
+        else:
+            token_mask = None
+        router_mean, router_entropy = summarize_gates(gates, token_mask)
+        return MoDEOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=getattr(backbone_out, "past_key_values", None),
+            hidden_states=getattr(backbone_out, "hidden_states", None),
+            attentions=getattr(backbone_out, "attentions", None),
+            ce_loss=parts.ce if parts else None,
+            distill_loss=parts.distill if parts else None,
+            layer_ce=parts.layer_ce if parts else None,
+            router_weights=gates,
+            router_mean=router_mean,
+            router_entropy=router_entropy,
+        )
+
+    def ensemble_logits(
+        self, ys: torch.Tensor, gates: torch.Tensor, logits_to_keep: int | torch.Tensor = 0
+    ) -> torch.Tensor:
+        """sum_i g_i * head(y_i) at the kept positions; one projection when the head path is affine."""
+        ys = torch.stack([_keep_positions(y, logits_to_keep) for y in ys])
+        gates = _keep_positions(gates, logits_to_keep)
+        if self._located.head_is_affine() and self.mode_config.mix_in_hidden_space:
+            mixed = torch.einsum("k...d,...k->...d", ys, gates)
+            return self._project(mixed)
+        per_layer = torch.stack([self._project(y).float() for y in ys])
+        return torch.einsum("k...v,...k->...v", per_layer, gates).to(self.dtype)
+
+    def _loss(
+        self,
+        ys: torch.Tensor,
+        gates: torch.Tensor,
+        labels: torch.Tensor,
+        num_items_in_batch: int | torch.Tensor | None,
+    ) -> LossParts:
+        cfg = self.mode_config
+        step = self.current_step if self.current_step is not None else self._training_forwards
+        if self.training and torch.is_grad_enabled():
+            self._training_forwards += 1
+        distill_now = cfg.uses_distillation and (not self.training or step % cfg.distill_every == 0)
+        metrics_now = cfg.num_layers > 1 and (not self.training or step % cfg.layer_metrics_every == 0)
+        per_layer = (
+            distill_now or metrics_now or not self._located.head_is_affine() or not cfg.mix_in_hidden_space
+        )
+        plan = LossPlan(
+            distill=cfg.distill if distill_now else "none",
+            distill_weight=cfg.distill_weight if distill_now else 0.0,
+            temperature=cfg.distill_temperature,
+            detach_teacher=cfg.distill_detach_teacher,
+            students=pick_students(cfg.num_layers, cfg.distill_schedule, step) if distill_now else (),
+            per_layer=per_layer,
+        )
+        labels = labels.to(ys.device)
+        if cfg.loss_implementation == "reference":
+            return mode_loss_reference(ys, gates, labels, self._project, plan, num_items_in_batch)
+        chunk = cfg.loss_chunk_size or auto_chunk_size(self.fingerprint()["vocab_size"])
+        return mode_loss_chunked(ys, gates, labels, self._project, plan, chunk, num_items_in_batch)
+
+    # -- generation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """`transformers` generation (any strategy, KV cache included) decoding from the ensemble logits."""
+        causal_lm = self.causal_lm
+
+        def ensemble_forward(logits_to_keep: int | torch.Tensor = 0, **model_inputs: Any) -> MoDEOutput:
+            model_inputs.pop("labels", None)
+            return self.forward(logits_to_keep=logits_to_keep, skip_logits=False, **model_inputs)
+
+        causal_lm.forward = ensemble_forward  # the HF generation loop calls causal_lm(...) -> this
+        try:
+            return self.model.generate(*args, **kwargs)
+        finally:
+            del causal_lm.forward
+
+    # -- PEFT conveniences ---------------------------------------------------------------------------
+    def merge_and_unload(self) -> MoDEModel:
+        """Merge a wrapped LoRA-style adapter into the base weights; the MoDE parts stay as they are."""
+        if _is_peft(self.model):
+            self.model = self.model.merge_and_unload()
+            self._locate()
+        return self
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        self.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if _is_peft(self.model) or any(p.requires_grad for p in self.model.parameters()):
+            self.causal_lm.enable_input_require_grads()
+
+    def trainable_parameter_counts(self) -> dict[str, int]:
+        mode = sum(p.numel() for m in (self.adapters, self.router) for p in m.parameters() if p.requires_grad)
+        peft = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return {"mode": mode, "peft": peft, "trainable": mode + peft, "all": total}
+
+    def print_trainable_parameters(self) -> None:
+        c = self.trainable_parameter_counts()
+        print(
+            f"trainable params: {c['trainable']:,} (MoDE {c['mode']:,} + PEFT {c['peft']:,}) || "
+            f"all params: {c['all']:,} || trainable%: {100 * c['trainable'] / c['all']:.4f}"
+        )
+
+    # -- saving and loading ------------------------------------------------------------------------------
+    def mode_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only MoDE's own weights (adapters + router)."""
+        state = {f"adapters.{k}": v for k, v in self.adapters.state_dict().items()}
+        state.update({f"router.{k}": v for k, v in self.router.state_dict().items()})
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def load_mode_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        expected = self.mode_state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+        if missing or unexpected or wrong:
+            raise CheckpointError(
+                f"{source} does not match this MoDE configuration: missing {missing}, unexpected {unexpected}, "
+                f"wrong shape {wrong}"
+            )
+        self.adapters.load_state_dict(
+            {k[len("adapters.") :]: v for k, v in state.items() if k.startswith("adapters.")}
+        )
+        self.router.load_state_dict(
+            {k[len("router.") :]: v for k, v in state.items() if k.startswith("router.")}
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **peft_kwargs: Any) -> None:
+        """Write MoDE weights (safetensors) + config + base fingerprint, and the PEFT adapter if wrapped.
+
+        Every file is written under a temporary name and renamed into place, so a killed process leaves
+        either the old file or the new one, never half of one.
+        """
+        from safetensors.torch import save_file
+
+        from modetune import __version__
+
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if _is_peft(self.model):
+            self.model.save_pretrained(str(directory), **peft_kwargs)
+        tmp = directory / f".{WEIGHTS_NAME}.tmp"
+        save_file(
+            self.mode_state_dict(), str(tmp), metadata={"format": "pt", "modetune_version": __version__}
+        )
+        os.replace(tmp, directory / WEIGHTS_NAME)
+        extra = {
+            "base_model": self.fingerprint(),
+            "peft": _is_peft(self.model),
+            "modetune_version": __version__,
+        }
+        tmp_cfg = directory / f".{CONFIG_NAME}.tmp"
+        payload = {**self.mode_config.to_dict(), "_extra": extra}
+        tmp_cfg.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp_cfg, directory / CONFIG_NAME)
+
+    @classmethod
+    def from_pretrained(
+        cls, base_model: nn.Module, path: str | os.PathLike[str], is_trainable: bool = False
+    ) -> MoDEModel:
+        """Restore a saved MoDE model (and its PEFT adapter, if one was saved) onto `base_model`."""
+        directory = Path(path)
+        config, extra = load_config(directory)
+        _check_fingerprint(extra.get("base_model"), fingerprint_of(_unwrap(base_model)), directory)
+        model = base_model
+        if extra.get("peft") or (directory / PEFT_CONFIG_NAME).exists():
+            if not (directory / PEFT_CONFIG_NAME).exists():
+                raise CheckpointError(
+                    f"{directory} was saved with a PEFT adapter but {PEFT_CONFIG_NAME} is missing"
+                )
+            if not _is_peft(base_model):
+                model = _load_peft(base_model, directory, is_trainable)
+        mode = cls(model, config)
+        mode.load_mode_state_dict(
+            _read_weights(directory / WEIGHTS_NAME), source=str(directory / WEIGHTS_NAME)
+        )
+        if not is_trainable:
+            mode.eval()
+            for p in [*mode.adapters.parameters(), *mode.router.parameters()]:
+                p.requires_grad_(False)
+        return mode
+
+
+def get_mode_model(model: nn.Module, config: MoDEConfig | None = None, **overrides: Any) -> MoDEModel:
+    """Wrap a `*ForCausalLM` or a `PeftModel` of one with MoDE (`overrides` are MoDEConfig fields)."""
+    if isinstance(model, MoDEModel):
+        raise ModetuneError("this model is already a MoDEModel; wrap the base (or PEFT) model instead")
+    if config is None:
+        config = MoDEConfig(**overrides)
+    elif overrides:
+        config = MoDEConfig.from_dict({**config.to_dict(), **overrides})
+    return MoDEModel(model, config)
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+def _keep_positions(t: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """The positions a `*ForCausalLM` would compute logits for (`logits_to_keep`, as in transformers)."""
+    if isinstance(logits_to_keep, int):
+        return t if logits_to_keep == 0 else t[:, -logits_to_keep:]
+    return t[:, logits_to_keep]
+
+
+def fingerprint_of(causal_lm: PreTrainedModel) -> dict[str, Any]:
+    """Architecture, depth, width and vocabulary of a base model: enough to refuse a mismatched base."""
+    located = locate(causal_lm)
+    return {
+        "architecture": type(causal_lm).__name__,
+        "model_type": causal_lm.config.model_type,
+        "num_hidden_layers": len(located.layers),
+        "hidden_size": causal_lm.config.get_text_config().hidden_size,
+        "vocab_size": int(located.head.weight.shape[0]),
+    }
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if _is_peft(model) else model
+
+
+def _is_peft(model: nn.Module) -> bool:
+    return PeftModel is not None and isinstance(model, PeftModel)
+
+
+def _reject_prompt_learning(model: nn.Module) -> None:
+    if _is_peft(model) and model.active_peft_config.is_prompt_learning:
+        raise ModetuneError(
+            f"PEFT method {model.active_peft_config.peft_type} adds virtual tokens outside the decoder layers and "
+            "is not supported by MoDE; use a method that adapts modules (LoRA, DoRA, IA3, LoHa, LoKr, ...)"
+        )
+
+
+def load_config(directory: Path) -> tuple[MoDEConfig, dict[str, Any]]:
+    """Read `mode_config.json`: the MoDE config and the stored extras (base fingerprint, versions)."""
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory with a saved MoDE model")
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: {directory} does not hold a saved MoDE model")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); the file is corrupt") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object; the file is corrupt")
+    extra = data.pop("_extra", {}) or {}
+    try:
+        return MoDEConfig.from_dict(data), extra
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the MoDE weights were not saved or were deleted")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
+        raise CheckpointError(f"{path} is truncated or corrupt and cannot be read ({exc})") from None
+
+
+def _load_peft(base_model: nn.Module, directory: Path, is_trainable: bool) -> nn.Module:
+    try:
+        return PeftModel.from_pretrained(base_model, str(directory), is_trainable=is_trainable)
+    except Exception as exc:
+        raise CheckpointError(f"the PEFT adapter in {directory} cannot be loaded: {exc}") from None
+
+
+def _check_fingerprint(saved: dict[str, Any] | None, actual: dict[str, Any], directory: Path) -> None:
+    if not saved:
+        raise CheckpointError(
+            f"{directory / CONFIG_NAME} has no base-model fingerprint; it was not saved by modetune"
+        )
+    diffs = [
+        f"{key}: saved {saved.get(key)!r}, given {actual[key]!r}"
+        for key in actual
+        if saved.get(key) != actual[key]
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"the MoDE model in {directory} was trained on a different base model ({'; '.join(diffs)}). "
+            "Load it onto the base model it was trained with."
+        )

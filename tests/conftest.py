@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny random models of every supported family (built from configs, no downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+VOCAB = 96
+_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=48,
+    max_position_embeddings=64,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+# Per-family extras. Logit transforms are set strong enough that a wrong head path shows up in the tests.
+TINY_CONFIGS: dict[str, dict] = {
+    "llama": {},
+    "mistral": {"sliding_window": None},
+    "qwen2": {},
+    "qwen3": {"head_dim": 8},
+    "phi3": {},
+    "gemma": {"head_dim": 8},
+    "gemma2": {"head_dim": 8, "final_logit_softcapping": 2.0, "sliding_window": 16},
+    "cohere": {"logit_scale": 0.5},
+    "granite": {"logits_scaling": 4.0},
+    "phi": {"num_key_value_heads": 4},  # lm_head with a bias
+    "gpt2": {"n_embd": 32, "n_layer": 4, "n_head": 4, "n_positions": 64},
+    "gpt_neox": {"num_key_value_heads": 4},
+    "opt": {"ffn_dim": 48, "word_embed_proj_dim": 16},  # project_in / project_out around the decoder
+    "falcon": {"new_decoder_architecture": True, "num_kv_heads": 2},
+    "stablelm": {"num_key_value_heads": 4},
+    "starcoder2": {},
+    "olmo2": {},
+    "gpt_bigcode": {"n_embd": 32, "n_layer": 4, "n_head": 4, "n_positions": 64},
+    "mixtral": {"num_local_experts": 2, "num_experts_per_tok": 1},
+}
+ARCHITECTURES = sorted(TINY_CONFIGS)
+
+
+def build_tiny_model(model_type: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A randomly initialised 4-layer model of `model_type`, in eval mode, float32."""
+    config = AutoConfig.for_model(model_type, **{**_COMMON, **TINY_CONFIGS[model_type], **overrides})
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # random init leaves some norms at exactly 1/0; perturb every parameter so copies and paths are distinguishable
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model.eval()
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def model_type(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def batch() -> dict[str, torch.Tensor]:
+    """Two sequences, the second left-padded, with some -100 labels (prompt tokens)."""
+    torch.manual_seed(1)
+    ids = torch.randint(3, VOCAB, (2, 12))
+    mask = torch.ones_like(ids)
+    ids[1, :3] = 0
+    mask[1, :3] = 0
+    labels = ids.clone()
+    labels[:, :5] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def shared_data_dir() -> Path | None:
+    """`../shared/data` beside the repository (or $MODETUNE_SHARED_DATA), if present."""
+    env = os.environ.get("MODETUNE_SHARED_DATA")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return path if path.is_dir() else None
