@@ -96,13 +96,9 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
     ),
     "phi": ArchitectureSpec(backbone="model", layers="model.layers", final_norm="model.final_layernorm"),
     "gpt2": ArchitectureSpec(backbone="transformer", layers="transformer.h", final_norm="transformer.ln_f"),
-    "gpt_bigcode": ArchitectureSpec(
-        backbone="transformer", layers="transformer.h", final_norm="transformer.ln_f"
-    ),
+    "gpt_bigcode": ArchitectureSpec(backbone="transformer", layers="transformer.h", final_norm="transformer.ln_f"),
     "falcon": ArchitectureSpec(backbone="transformer", layers="transformer.h", final_norm="transformer.ln_f"),
-    "gpt_neox": ArchitectureSpec(
-        backbone="gpt_neox", layers="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm"
-    ),
+    "gpt_neox": ArchitectureSpec(backbone="gpt_neox", layers="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm"),
     "opt": ArchitectureSpec(
         backbone="model.decoder",
         layers="model.decoder.layers",
@@ -159,9 +155,7 @@ def locate(model: PreTrainedModel) -> LocatedModel:
             "(read the model's *ForCausalLM.forward), then run the architecture tests."
         )
     backbone, layers, head = _get(model, spec.backbone), _get(model, spec.layers), _get(model, spec.head)
-    missing = [
-        name for name, obj in (("backbone", backbone), ("layers", layers), ("head", head)) if obj is None
-    ]
+    missing = [name for name, obj in (("backbone", backbone), ("layers", layers), ("head", head)) if obj is None]
     if missing or not isinstance(layers, nn.ModuleList):
         raise UnsupportedArchitectureError(
             f"{type(model).__name__} (model type {model_type!r}) does not have the modules the architecture table "

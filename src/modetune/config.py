@@ -64,9 +64,7 @@ class MoDEConfig:
         "KL(p_final || p_i), 'reverse_kl' = KL(p_i || p_final), 'js' (Jensen-Shannon), or 'none'.",
         default="kl",
     )
-    distill_weight: float = _help(
-        "lambda: weight of the summed distillation terms in the loss (>= 0).", default=1.0
-    )
+    distill_weight: float = _help("lambda: weight of the summed distillation terms in the loss (>= 0).", default=1.0)
     distill_temperature: float = _help(
         "Softmax temperature T of the distillation (> 0); terms are multiplied by T^2 so gradient scale "
         "does not depend on T.",

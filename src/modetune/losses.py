@@ -112,14 +112,10 @@ def mode_loss_reference(
     valid = targets != IGNORE_INDEX
     n = int(valid.sum())
     denom = _denominator(n, num_items_in_batch, ys.device)
-    ce = F.cross_entropy(
-        ensemble.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+    ce = F.cross_entropy(ensemble.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
     layer_ce = torch.stack(
         [
-            F.cross_entropy(
-                logits[i].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-            )
+            F.cross_entropy(logits[i].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
             for i in range(k)
         ]
     ).detach()
@@ -128,9 +124,7 @@ def mode_loss_reference(
         teacher = logits[-1].detach() if plan.detach_teacher else logits[-1]
         for i in plan.students:
             per_token = divergence(logits[i][valid], teacher[valid], plan.distill, plan.temperature)
-            distill = distill.index_put(
-                (torch.tensor([i], device=distill.device),), per_token.sum().reshape(1)
-            )
+            distill = distill.index_put((torch.tensor([i], device=distill.device),), per_token.sum().reshape(1))
     total = (ce + plan.distill_weight * distill.sum()) / denom
     return LossParts(total, (ce / denom).detach(), (distill / denom).detach(), layer_ce / denom, n)
 
@@ -222,9 +216,7 @@ def pick_students(num_layers: int, schedule: str, step: int) -> tuple[int, ...]:
     return students
 
 
-def summarize_gates(
-    gates: torch.Tensor, mask: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def summarize_gates(gates: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean routing weight per layer and mean per-token routing entropy (nats) over unmasked positions."""
     g = gates.detach().float().reshape(-1, gates.shape[-1])
     if mask is not None:

@@ -235,8 +235,7 @@ class MoDEModel(nn.Module):
 
         k = len(self.layer_indices)
         handles = [
-            loc.layers[idx].register_forward_hook(store(slot))
-            for slot, idx in enumerate(self.layer_indices[:-1])
+            loc.layers[idx].register_forward_hook(store(slot)) for slot, idx in enumerate(self.layer_indices[:-1])
         ]
         final_source = loc.final_norm if loc.final_norm is not None else loc.layers[self.layer_indices[-1]]
         handles.append(final_source.register_forward_hook(store(k - 1)))
@@ -349,9 +348,7 @@ class MoDEModel(nn.Module):
             self._training_forwards += 1
         distill_now = cfg.uses_distillation and (not self.training or step % cfg.distill_every == 0)
         metrics_now = cfg.num_layers > 1 and (not self.training or step % cfg.layer_metrics_every == 0)
-        per_layer = (
-            distill_now or metrics_now or not self._located.head_is_affine() or not cfg.mix_in_hidden_space
-        )
+        per_layer = distill_now or metrics_now or not self._located.head_is_affine() or not cfg.mix_in_hidden_space
         plan = LossPlan(
             distill=cfg.distill if distill_now else "none",
             distill_weight=cfg.distill_weight if distill_now else 0.0,
@@ -425,12 +422,8 @@ class MoDEModel(nn.Module):
                 f"{source} does not match this MoDE configuration: missing {missing}, unexpected {unexpected}, "
                 f"wrong shape {wrong}"
             )
-        self.adapters.load_state_dict(
-            {k[len("adapters.") :]: v for k, v in state.items() if k.startswith("adapters.")}
-        )
-        self.router.load_state_dict(
-            {k[len("router.") :]: v for k, v in state.items() if k.startswith("router.")}
-        )
+        self.adapters.load_state_dict({k[len("adapters.") :]: v for k, v in state.items() if k.startswith("adapters.")})
+        self.router.load_state_dict({k[len("router.") :]: v for k, v in state.items() if k.startswith("router.")})
 
     def save_pretrained(self, save_directory: str | os.PathLike[str], **peft_kwargs: Any) -> None:
         """Write MoDE weights (safetensors) + config + base fingerprint, and the PEFT adapter if wrapped.
@@ -447,9 +440,7 @@ class MoDEModel(nn.Module):
         if _is_peft(self.model):
             self.model.save_pretrained(str(directory), **peft_kwargs)
         tmp = directory / f".{WEIGHTS_NAME}.tmp"
-        save_file(
-            self.mode_state_dict(), str(tmp), metadata={"format": "pt", "modetune_version": __version__}
-        )
+        save_file(self.mode_state_dict(), str(tmp), metadata={"format": "pt", "modetune_version": __version__})
         os.replace(tmp, directory / WEIGHTS_NAME)
         extra = {
             "base_model": self.fingerprint(),
@@ -472,15 +463,11 @@ class MoDEModel(nn.Module):
         model = base_model
         if extra.get("peft") or (directory / PEFT_CONFIG_NAME).exists():
             if not (directory / PEFT_CONFIG_NAME).exists():
-                raise CheckpointError(
-                    f"{directory} was saved with a PEFT adapter but {PEFT_CONFIG_NAME} is missing"
-                )
+                raise CheckpointError(f"{directory} was saved with a PEFT adapter but {PEFT_CONFIG_NAME} is missing")
             if not _is_peft(base_model):
                 model = _load_peft(base_model, directory, is_trainable)
         mode = cls(model, config)
-        mode.load_mode_state_dict(
-            _read_weights(directory / WEIGHTS_NAME), source=str(directory / WEIGHTS_NAME)
-        )
+        mode.load_mode_state_dict(_read_weights(directory / WEIGHTS_NAME), source=str(directory / WEIGHTS_NAME))
         if not is_trainable:
             mode.eval()
             for p in [*mode.adapters.parameters(), *mode.router.parameters()]:
@@ -577,13 +564,9 @@ def _load_peft(base_model: nn.Module, directory: Path, is_trainable: bool) -> nn
 
 def _check_fingerprint(saved: dict[str, Any] | None, actual: dict[str, Any], directory: Path) -> None:
     if not saved:
-        raise CheckpointError(
-            f"{directory / CONFIG_NAME} has no base-model fingerprint; it was not saved by modetune"
-        )
+        raise CheckpointError(f"{directory / CONFIG_NAME} has no base-model fingerprint; it was not saved by modetune")
     diffs = [
-        f"{key}: saved {saved.get(key)!r}, given {actual[key]!r}"
-        for key in actual
-        if saved.get(key) != actual[key]
+        f"{key}: saved {saved.get(key)!r}, given {actual[key]!r}" for key in actual if saved.get(key) != actual[key]
     ]
     if diffs:
         raise CheckpointError(
