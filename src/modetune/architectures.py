@@ -126,6 +126,10 @@ class LocatedModel:
             normed = self.pre_head(normed)
         return self.transform(self.head(normed))
 
+    def head_path_parameters(self) -> list[nn.Parameter]:
+        modules = [m for m in (self.pre_head, self.head) if m is not None]
+        return [p for m in modules for p in m.parameters()]
+
     def head_is_affine(self) -> bool:
         return self.transform.is_affine
 

@@ -133,10 +133,11 @@ class _ChunkedMoDELoss(torch.autograd.Function):
     """Forward computes loss and input gradients chunk by chunk; backward scales the stored gradients."""
 
     @staticmethod
-    def forward(ctx, ys, gates, targets, project, plan, chunk_size, needs_grad):  # type: ignore[override]
+    def forward(ctx, ys, gates, targets, project, plan, chunk_size, needs_grad, *head_params):  # type: ignore[override]
         k, n, _ = ys.shape
         grad_ys = torch.zeros_like(ys) if needs_grad else None
         grad_gates = torch.zeros_like(gates) if needs_grad else None
+        grad_params = [torch.zeros_like(p) for p in head_params] if needs_grad else []
         total = ys.new_zeros((), dtype=torch.float32)
         ce = ys.new_zeros((), dtype=torch.float32)
         distill = ys.new_zeros(max(k - 1, 0), dtype=torch.float32)
@@ -151,15 +152,18 @@ class _ChunkedMoDELoss(torch.autograd.Function):
                 c_ce, c_distill, c_layer = _chunk_terms(y, g, targets[sl], project, plan)
                 c_total = c_ce + plan.distill_weight * c_distill.sum()
                 if needs_grad:
-                    gy, gg = torch.autograd.grad(c_total, (y, g))
+                    gy, gg, *gp = torch.autograd.grad(c_total, (y, g, *head_params), allow_unused=True)
                     grad_ys[:, sl] = gy
                     grad_gates[sl] = gg
+                    for acc, grad in zip(grad_params, gp):
+                        if grad is not None:
+                            acc += grad
             total += c_total.detach()
             ce += c_ce.detach()
             distill += c_distill.detach()
             if layer_ce is not None:
                 layer_ce += c_layer
-        ctx.save_for_backward(grad_ys, grad_gates)
+        ctx.save_for_backward(grad_ys, grad_gates, *grad_params)
         if layer_ce is None:
             layer_ce = ys.new_full((k,), float("nan"), dtype=torch.float32)
         ctx.mark_non_differentiable(ce, distill, layer_ce)
@@ -167,11 +171,12 @@ class _ChunkedMoDELoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total, *_unused):  # type: ignore[override]
-        grad_ys, grad_gates = ctx.saved_tensors
+        grad_ys, grad_gates, *grad_params = ctx.saved_tensors
         if grad_ys is None:
             raise RuntimeError("MoDE chunked loss was computed without gradients (no_grad or frozen inputs)")
         scale = grad_total.to(grad_ys.dtype)
-        return grad_ys * scale, grad_gates * scale.to(grad_gates.dtype), None, None, None, None, None
+        params = [g * scale.to(g.dtype) for g in grad_params]
+        return grad_ys * scale, grad_gates * scale.to(grad_gates.dtype), None, None, None, None, None, *params
 
 
 def auto_chunk_size(vocab_size: int, budget: int = 1 << 22) -> int:
@@ -187,17 +192,24 @@ def mode_loss_chunked(
     plan: LossPlan,
     chunk_size: int,
     num_items_in_batch: int | torch.Tensor | None = None,
+    head_params: tuple[torch.nn.Parameter, ...] = (),
 ) -> LossParts:
-    """Same numbers as `mode_loss_reference`, without ever holding more than a chunk of logits per layer."""
+    """Same numbers as `mode_loss_reference`, without ever holding more than a chunk of logits per layer.
+
+    `head_params`: trainable parameters inside `project` (e.g. LoRA on a pre-head projection, or a head in
+    PEFT's modules_to_save); their gradients are accumulated chunk by chunk like the inputs'.
+    """
     targets = shift_labels(labels)
     valid = targets != IGNORE_INDEX
     n = int(valid.sum())
     denom = _denominator(n, num_items_in_batch, ys.device)
     ys_valid = ys[:, valid]  # [k, n, d]: unlabelled positions never reach the head
     gates_valid = gates[valid]  # [n, k]
-    needs_grad = torch.is_grad_enabled() and (ys_valid.requires_grad or gates_valid.requires_grad)
+    needs_grad = torch.is_grad_enabled() and (
+        ys_valid.requires_grad or gates_valid.requires_grad or any(p.requires_grad for p in head_params)
+    )
     total, ce, distill, layer_ce = _ChunkedMoDELoss.apply(
-        ys_valid, gates_valid, targets[valid], project, plan, chunk_size, needs_grad
+        ys_valid, gates_valid, targets[valid], project, plan, chunk_size, needs_grad, *head_params
     )
     layer = None if torch.isnan(layer_ce).any() else layer_ce / denom
     return LossParts(total / denom, ce / denom, distill / denom, layer, n)

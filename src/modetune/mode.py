@@ -361,7 +361,8 @@ class MoDEModel(nn.Module):
         if cfg.loss_implementation == "reference":
             return mode_loss_reference(ys, gates, labels, self._project, plan, num_items_in_batch)
         chunk = cfg.loss_chunk_size or auto_chunk_size(self.fingerprint()["vocab_size"])
-        return mode_loss_chunked(ys, gates, labels, self._project, plan, chunk, num_items_in_batch)
+        head_params = tuple(p for p in self._located.head_path_parameters() if p.requires_grad)
+        return mode_loss_chunked(ys, gates, labels, self._project, plan, chunk, num_items_in_batch, head_params)
 
     # -- generation ------------------------------------------------------------------------------------
     @torch.no_grad()
