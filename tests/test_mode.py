@@ -47,7 +47,9 @@ def reference_loss(base, mode: MoDEModel, batch, temperature: float = 1.0) -> to
     cfg = mode.mode_config
     out, x = run_with_final_state(base, batch)
     hs = out.hidden_states
-    layer_logits = [reference_head(base, mode.adapters[s].norm(hs[idx + 1])) for s, idx in enumerate(mode.layer_indices[:-1])]
+    layer_logits = [
+        reference_head(base, mode.adapters[s].norm(hs[idx + 1])) for s, idx in enumerate(mode.layer_indices[:-1])
+    ]
     layer_logits.append(out.logits)
     gates = torch.softmax(x @ mode.router.gate.weight.T + mode.router.gate.bias, dim=-1)
     ensemble = sum(gates[..., i : i + 1] * z for i, z in enumerate(layer_logits))
@@ -169,7 +171,9 @@ def test_topk_router_keeps_at_most_top_k(model_type, batch):
     torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights[..., 0]))
 
 
-@pytest.mark.parametrize("model_type", [m for m in ARCHITECTURES if TABLE[m].logit_transform.__name__ != "_gemma2_softcap"])
+@pytest.mark.parametrize(
+    "model_type", [m for m in ARCHITECTURES if TABLE[m].logit_transform.__name__ != "_gemma2_softcap"]
+)
 def test_hidden_space_mixing_equals_logit_mixing(model_type, batch):
     mode = get_mode_model(build_tiny_model(model_type), MoDEConfig(num_layers=3))
     with torch.no_grad():
@@ -191,7 +195,11 @@ def test_softcapped_head_mixes_logits(batch):
         layers = [reference_head(base, mode.adapters[s].norm(hs.hidden_states[i + 1])) for s, i in enumerate([1, 2])]
         layers.append(hs.logits)
         expected = sum(layers) / 3
-        wrong = reference_head(base, (sum(mode.adapters[s].norm(hs.hidden_states[i + 1]) for s, i in enumerate([1, 2])) + hs.hidden_states[-1]) / 3)
+        wrong = reference_head(
+            base,
+            (sum(mode.adapters[s].norm(hs.hidden_states[i + 1]) for s, i in enumerate([1, 2])) + hs.hidden_states[-1])
+            / 3,
+        )
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got, wrong, atol=1e-3)  # soft-capping really is non-linear here
     assert got.abs().max() <= base.config.final_logit_softcapping
