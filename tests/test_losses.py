@@ -67,7 +67,7 @@ def test_hidden_space_ce_equals_logit_mixing():
         parts = mode_loss_chunked(ys, torch.softmax(router_logits, -1), labels, project, plan, 4)
         parts.total.backward()
         out.append((parts.total.detach(), ys.grad.clone(), router_logits.grad.clone()))
-    for a, b in zip(out[0], out[1]):
+    for a, b in zip(out[0], out[1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 

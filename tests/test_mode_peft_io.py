@@ -130,10 +130,10 @@ def test_corrupt_or_missing_files_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         MoDEModel.from_pretrained(build_tiny_model("llama"), tmp_path)
     weights.unlink()
-    with pytest.raises(CheckpointError, match="mode_model.safetensors is missing"):
+    with pytest.raises(CheckpointError, match=r"mode_model\.safetensors is missing"):
         MoDEModel.from_pretrained(build_tiny_model("llama"), tmp_path)
     (tmp_path / "mode_config.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="mode_config.json is not valid JSON"):
+    with pytest.raises(CheckpointError, match=r"mode_config\.json is not valid JSON"):
         MoDEModel.from_pretrained(build_tiny_model("llama"), tmp_path)
     with pytest.raises(CheckpointError, match="is not a directory"):
         MoDEModel.from_pretrained(build_tiny_model("llama"), tmp_path / "nope")

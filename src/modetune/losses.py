@@ -155,7 +155,7 @@ class _ChunkedMoDELoss(torch.autograd.Function):
                     gy, gg, *gp = torch.autograd.grad(c_total, (y, g, *head_params), allow_unused=True)
                     grad_ys[:, sl] = gy
                     grad_gates[sl] = gg
-                    for acc, grad in zip(grad_params, gp):
+                    for acc, grad in zip(grad_params, gp, strict=True):
                         if grad is not None:
                             acc += grad
             total += c_total.detach()
