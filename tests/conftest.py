@@ -81,6 +81,63 @@ def batch() -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_CORPUS = [
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+    "Below is an instruction that describes a task, paired with an input that provides further context.",
+    "### Instruction:\n### Input:\n### Response:\n",
+    "Mia has 5 apples. She buys 3 more. How many apples does Mia have now?",
+    "Mia has 5 + 3 = 8 apples now.\nThe answer is 8.",
+    "There are 12 marbles in a box. Leo takes out 4. How many marbles are left in the box?",
+    "the correct answer is true. the correct answer is false.",
+    "user assistant system You are a helpful assistant.",
+]
+
+
+def train_tokenizer_object():
+    """A byte-level BPE (vocab 500) trained on the fly on a few sentences: offline and fast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=500,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(_CORPUS * 5, trainer)
+    return tk
+
+
+def save_tiny_model_dir(path: Path, model_type: str = "llama") -> Path:
+    """A tiny random model + tokenizer saved as a normal transformers directory (what --model accepts)."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=train_tokenizer_object(), eos_token="<|endoftext|>")
+    tok.pad_token = tok.eos_token
+    tok.chat_template = CHAT_TEMPLATE
+    model = build_tiny_model(
+        model_type,
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+    )
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))
+
+
 def shared_data_dir() -> Path | None:
     """`../shared/data` beside the repository (or $MODETUNE_SHARED_DATA), if present."""
     env = os.environ.get("MODETUNE_SHARED_DATA")

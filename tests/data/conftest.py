@@ -7,21 +7,7 @@ from pathlib import Path
 
 import pytest
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-_CORPUS = [
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
-    "Below is an instruction that describes a task, paired with an input that provides further context.",
-    "### Instruction:\n### Input:\n### Response:\n",
-    "Mia has 5 apples. She buys 3 more. How many apples does Mia have now?",
-    "Mia has 5 + 3 = 8 apples now.\nThe answer is 8.",
-    "There are 12 marbles in a box. Leo takes out 4. How many marbles are left in the box?",
-    "the correct answer is true. the correct answer is false.",
-    "user assistant system You are a helpful assistant.",
-]
+from tests.conftest import CHAT_TEMPLATE, train_tokenizer_object
 
 
 @pytest.fixture(scope="session")
@@ -34,25 +20,9 @@ def shared_data_dir() -> Path:
     return path
 
 
-def _train_tokenizer_object():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=500,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tk.train_from_iterator(_CORPUS * 5, trainer)
-    return tk
-
-
 @pytest.fixture(scope="session")
 def _tokenizer_object():
-    return _train_tokenizer_object()
+    return train_tokenizer_object()
 
 
 def _make(tk, eos: str):

@@ -1,0 +1,62 @@
+"""Command-line options generated from config dataclasses, so help text has one source of truth."""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from dataclasses import MISSING, fields
+from typing import Any
+
+from modetune.errors import ConfigError
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(element type, is_list) of a field annotation like `int`, `float | None`, `list[str]`."""
+    if isinstance(annotation, str):
+        annotation = eval(
+            annotation, {"list": list, "str": str, "int": int, "float": float, "bool": bool, "None": None}
+        )
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0])
+    if origin is list:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str, skip: tuple[str, ...] = ()) -> None:
+    group = parser.add_argument_group(title)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        typ, is_list = _base_type(f.type)
+        default = f.default if f.default is not MISSING else None
+        help_text = f.metadata.get("help", "")
+        if typ is bool:
+            group.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
+        elif is_list:
+            group.add_argument(flag, dest=f.name, type=typ, nargs="+", action="extend", default=None, help=help_text)
+        else:
+            shown = "" if default in (None, "") else f" (default: {default})"
+            group.add_argument(
+                flag, dest=f.name, type=typ, default=default, help=help_text + shown, metavar=f.name.upper()
+            )
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
+    values = {}
+    for f in fields(cls):
+        if hasattr(args, f.name):
+            value = getattr(args, f.name)
+            if value is None and f.default_factory is not MISSING:  # list options not given
+                continue
+            values[f.name] = value
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None

@@ -1,0 +1,278 @@
+"""The training recipe, as plain code: load -> PEFT -> MoDE -> data -> Trainer -> a complete run directory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from modetune.config import MoDEConfig
+from modetune.errors import ConfigError, DataError, ModetuneError
+from modetune.runs import RUN_FILE, read_run_info, write_run_info
+from modetune.training.config import TrainConfig
+from modetune.training.trainer import (
+    JsonlMetricsCallback,
+    MoDETrainer,
+    ProgressCallback,
+    latest_complete_checkpoint,
+)
+
+logger = logging.getLogger(__name__)
+SYNTHETIC = "synthetic"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    global_step: int
+    train_loss: float
+    eval_loss: float | None
+    seconds: float
+
+
+# -- data --------------------------------------------------------------------------------------------
+def parse_synthetic_spec(spec: str) -> tuple[int, int | str] | None:
+    """'synthetic[:N[:LEVEL]]' -> (N, LEVEL); None for anything else (a file path)."""
+    if spec != SYNTHETIC and not spec.startswith(f"{SYNTHETIC}:"):
+        return None
+    parts = spec.split(":")[1:]
+    try:
+        n = int(parts[0]) if parts and parts[0] else 2000
+    except ValueError:
+        raise DataError(f"--data {spec!r}: N must be a whole number, as in 'synthetic:2000:1'") from None
+    level: int | str = parts[1] if len(parts) > 1 else "mixed"
+    if isinstance(level, str) and level.isdigit():
+        level = int(level)
+    return n, level
+
+
+def load_training_examples(specs: list[str], mix: list[float] | None, seed: int, limit: int | None) -> list[Any]:
+    """Examples from files and/or synthetic specs, mixed as `modetune.data.load_datasets` does."""
+    from modetune.data import generate_problems, load_datasets
+
+    files = [s for s in specs if parse_synthetic_spec(s) is None]
+    synthetic = [s for s in specs if parse_synthetic_spec(s) is not None]
+    if mix is not None and synthetic:
+        raise ConfigError("--data-mix works with files only; set the size of synthetic data with 'synthetic:N'")
+    for f in files:
+        if not Path(f).is_file():
+            raise DataError(f"training file {f} does not exist")
+    examples: list[Any] = []
+    if files:
+        examples += load_datasets(files, mix=mix, seed=seed, require_response=True)
+    for i, spec in enumerate(synthetic):
+        n, level = parse_synthetic_spec(spec)  # type: ignore[misc]
+        examples += generate_problems(n, seed=seed + i, difficulty=level, split="train")
+    if files and synthetic:
+        import random
+
+        random.Random(seed).shuffle(examples)
+    if limit:
+        examples = examples[:limit]
+    if not examples:
+        raise DataError("the training data is empty")
+    return examples
+
+
+# -- model -------------------------------------------------------------------------------------------
+def wrap_peft(model: Any, cfg: TrainConfig) -> Any:
+    """LoRA or DoRA on the base model, or nothing (MoDE alone)."""
+    if cfg.peft == "none":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets: str | list[str] = cfg.target_modules
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    try:
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=targets,
+            use_dora=cfg.peft == "dora",
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, lora)
+    except ValueError as exc:
+        raise ConfigError(f"--target-modules {cfg.target_modules!r}: {exc}") from None
+
+
+def _prepare_output(cfg: TrainConfig, mode_cfg: MoDEConfig) -> Path | None:
+    """Create the run directory, or check a resumed one; returns the checkpoint to resume from."""
+    out = Path(cfg.output)
+    if cfg.resume:
+        if not (out / RUN_FILE).is_file():
+            raise ModetuneError(f"--resume: {out} is not a run directory (no {RUN_FILE}); start it without --resume")
+        previous = read_run_info(out)
+        for key, now in (("train_config", cfg.to_dict()), ("mode_config", mode_cfg.to_dict())):
+            before = dict(previous.get(key, {}))
+            changed = {
+                k: (before.get(k), v)
+                for k, v in now.items()
+                if k not in ("resume", "overwrite", "max_steps", "save_steps") and before.get(k) != v
+            }
+            if changed:
+                detail = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+                raise ModetuneError(f"--resume with different settings than the run in {out} ({detail})")
+        checkpoint = latest_complete_checkpoint(out)
+        if checkpoint is None:
+            raise ModetuneError(f"--resume: {out} has no complete checkpoint yet; start it again without --resume")
+        return checkpoint
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise ModetuneError(
+            f"{out} already exists and is not empty; pass --resume to continue it, --overwrite to write into it, "
+            "or choose another --output"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def train(cfg: TrainConfig, mode_cfg: MoDEConfig, argv: list[str] | None = None) -> TrainResult:
+    """Run one training job end to end and leave a complete run directory in `cfg.output`."""
+    from transformers import TrainingArguments, set_seed
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import ProgressCallback as HFProgressCallback
+
+    from modetune import __version__
+    from modetune.data import build_sft_dataset, load_datasets, make_collator
+    from modetune.loading import load_model_and_tokenizer, resolve_model
+    from modetune.mode import get_mode_model
+
+    cfg.validate()
+    started = time.time()
+    resume_from = _prepare_output(cfg, mode_cfg)
+    out = Path(cfg.output)
+    set_seed(cfg.seed)
+
+    examples = load_training_examples(cfg.data, cfg.data_mix, cfg.seed, cfg.max_train_samples)
+    eval_examples: list[Any] = []
+    if cfg.eval_data:
+        eval_examples = load_datasets(cfg.eval_data, seed=cfg.seed, require_response=True)
+    elif cfg.eval_split:
+        n_eval = int(cfg.eval_split) if cfg.eval_split >= 1 else max(1, round(cfg.eval_split * len(examples)))
+        if n_eval >= len(examples):
+            raise ConfigError(f"--eval-split {cfg.eval_split} leaves no training records out of {len(examples)}")
+        eval_examples, examples = examples[:n_eval], examples[n_eval:]
+
+    resolved = resolve_model(cfg.model)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, dtype=cfg.dtype)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    mode = get_mode_model(wrap_peft(model, cfg), mode_cfg)
+    if cfg.gradient_checkpointing:
+        mode.gradient_checkpointing_enable()
+
+    train_ds = build_sft_dataset(examples, tokenizer, cfg.template, cfg.cutoff_len, cfg.train_on_inputs)
+    eval_ds = (
+        build_sft_dataset(eval_examples, tokenizer, cfg.template, cfg.cutoff_len, cfg.train_on_inputs)
+        if eval_examples
+        else None
+    )
+
+    info: dict[str, Any] = {
+        "modetune_version": __version__,
+        "status": "running",
+        "started": datetime.now(timezone.utc).isoformat(),
+        "command": argv if argv is not None else sys.argv,
+        "base_model": {"spec": cfg.model, "path": str(resolved.path), "kind": resolved.kind},
+        "train_files": [str(Path(s).resolve()) for s in cfg.data if parse_synthetic_spec(s) is None],
+        "synthetic_data": [s for s in cfg.data if parse_synthetic_spec(s) is not None],
+        "train_config": cfg.to_dict(),
+        "mode_config": mode_cfg.to_dict(),
+        "num_train_examples": len(train_ds),
+        "num_eval_examples": len(eval_ds) if eval_ds else 0,
+        "data_stats": train_ds.stats.summary(),
+        "trainable_parameters": mode.trainable_parameter_counts(),
+        "layer_indices": mode.layer_indices,
+    }
+    if resume_from is not None:
+        previous = read_run_info(out)
+        info["started"] = previous.get("started", info["started"])
+        info["resumed"] = [
+            *previous.get("resumed", []),
+            {"from": str(resume_from), "at": datetime.now(timezone.utc).isoformat()},
+        ]
+    write_run_info(out, info)
+
+    use_cpu = not _cuda_available()
+    args = TrainingArguments(
+        output_dir=str(out),
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if (eval_ds is not None and cfg.eval_steps) else "no",
+        eval_steps=cfg.eval_steps or None,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=None,  # MoDETrainer prunes, after a checkpoint is marked complete
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        use_cpu=use_cpu,
+        bf16=_resolved_dtype(model) == "bfloat16",
+        fp16=_resolved_dtype(model) == "float16",
+        dataloader_num_workers=cfg.dataloader_workers,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        prediction_loss_only=True,
+        include_num_input_tokens_seen="no",
+    )
+    trainer = MoDETrainer(
+        model=mode,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=make_collator(tokenizer),
+        processing_class=tokenizer,
+        callbacks=[JsonlMetricsCallback(out / "metrics.jsonl"), ProgressCallback()],
+        keep_checkpoints=cfg.save_total_limit,
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(HFProgressCallback)
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    trainer.save_model(str(out))
+    eval_loss = None
+    if eval_ds is not None:
+        eval_loss = float(trainer.evaluate()["eval_loss"])
+    curves = None
+    try:
+        from modetune.analysis import plot_training_curves
+
+        curves = plot_training_curves(out / "metrics.jsonl", out / "training_curves.png")
+    except Exception as exc:  # a plot must never cost the user their trained model
+        logger.warning("could not draw the training curves: %s", exc)
+    info.update(
+        status="complete",
+        finished=datetime.now(timezone.utc).isoformat(),
+        global_step=trainer.state.global_step,
+        train_loss=result.training_loss,
+        eval_loss=eval_loss,
+        training_curves=str(curves) if curves else None,
+        seconds=round(time.time() - started, 1),
+    )
+    write_run_info(out, info)
+    return TrainResult(out, trainer.state.global_step, result.training_loss, eval_loss, time.time() - started)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES", "x") != ""
+
+
+def _resolved_dtype(model: Any) -> str:
+    return str(next(model.parameters()).dtype).replace("torch.", "")

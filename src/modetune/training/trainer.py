@@ -1,0 +1,230 @@
+"""`transformers.Trainer`, taught three MoDE things: log every loss component, save only what trains,
+and make checkpoints that a killed process can never leave half-valid.
+
+Everything else (optimizer, schedule, gradient accumulation, mixed precision, DDP/FSDP/DeepSpeed through
+accelerate, resuming data order and RNG) is the Trainer's own, so `accelerate launch` / `torchrun` work.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from modetune.errors import ModetuneError
+from modetune.mode import MoDEModel
+
+CHECKPOINT_MARKER = "modetune-checkpoint-complete.json"
+
+
+class TrainingDivergedError(ModetuneError):
+    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+class MoDETrainer(Trainer):
+    """A Trainer for a `MoDEModel` (plain or wrapping a PEFT model)."""
+
+    def __init__(self, *args: Any, keep_checkpoints: int | None = 2, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.keep_checkpoints = keep_checkpoints
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._tokens = 0
+        self._window_start = time.perf_counter()
+        self.tokens_seen = 0
+
+    @property
+    def mode_model(self) -> MoDEModel:
+        model = self.accelerator.unwrap_model(self.model)
+        if not isinstance(model, MoDEModel):
+            raise TypeError(f"MoDETrainer needs a MoDEModel, got {type(model).__name__}")
+        return model
+
+    # -- loss and metrics ----------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.mode_model.current_step = self.state.global_step
+        outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
+        loss = outputs.loss
+        if not torch.isfinite(loss.detach()).all():
+            last = latest_complete_checkpoint(self.args.output_dir)
+            raise TrainingDivergedError(
+                f"the loss became {loss.item()} at step {self.state.global_step}; training stopped before the bad "
+                f"update. Last good checkpoint: {last or 'none yet'}. Lower --learning-rate, check the data, or use "
+                "--dtype float32."
+            )
+        if model.training:
+            self._accumulate(outputs, inputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _accumulate(self, outputs: Any, inputs: dict[str, torch.Tensor]) -> None:
+        values: dict[str, float] = {}
+        if outputs.ce_loss is not None:
+            values["ce_ensemble"] = float(outputs.ce_loss)
+        layers = self.mode_model.layer_indices
+        if outputs.distill_loss is not None:
+            for i, v in enumerate(outputs.distill_loss.tolist()):
+                values[f"distill/layer{layers[i]}"] = v
+        if outputs.layer_ce is not None:
+            for i, v in enumerate(outputs.layer_ce.tolist()):
+                values[f"ce/layer{layers[i]}"] = v
+        if outputs.router_mean is not None:
+            for i, v in enumerate(outputs.router_mean.tolist()):
+                values[f"router/layer{layers[i]}"] = v
+            values["router_entropy"] = float(outputs.router_entropy)
+        for key, value in values.items():
+            if math.isfinite(value):
+                self._sums[key] = self._sums.get(key, 0.0) + value
+                self._sums[f"#{key}"] = self._sums.get(f"#{key}", 0.0) + 1
+        if "attention_mask" in inputs:
+            tokens = int(inputs["attention_mask"].sum())
+        else:
+            tokens = int(inputs["input_ids"].numel())
+        self._tokens += tokens
+        self.tokens_seen += tokens
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: add the MoDE components averaged since the last one
+            for key, total in self._sums.items():
+                if not key.startswith("#"):
+                    logs[key] = total / self._sums[f"#{key}"]
+            elapsed = time.perf_counter() - self._window_start
+            if elapsed > 0 and self._tokens:
+                logs["tokens_per_second"] = self._tokens / elapsed
+            logs["tokens_seen"] = self.tokens_seen
+            self._sums, self._tokens, self._window_start = {}, 0, time.perf_counter()
+        super().log(logs, start_time)
+
+    # -- saving and resuming -------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        self.mode_model.save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if not self.args.should_save:
+            return
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        write_marker(folder, {"global_step": self.state.global_step, "tokens_seen": self.tokens_seen})
+        prune_checkpoints(Path(self.args.output_dir), self.keep_checkpoints)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        from peft import PeftModel, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        from modetune.mode import WEIGHTS_NAME, _read_weights
+
+        mode = self.mode_model
+        folder = Path(resume_from_checkpoint)
+        mode.load_mode_state_dict(_read_weights(folder / WEIGHTS_NAME), source=str(folder / WEIGHTS_NAME))
+        if isinstance(mode.model, PeftModel):
+            adapter = folder / "adapter_model.safetensors"
+            if not adapter.is_file():
+                raise ModetuneError(f"{adapter} is missing: the checkpoint {folder} is incomplete")
+            set_peft_model_state_dict(mode.model, load_file(str(adapter)))
+        state = (
+            json.loads((folder / "trainer_state.json").read_text()) if (folder / "trainer_state.json").exists() else {}
+        )
+        marker = json.loads((folder / CHECKPOINT_MARKER).read_text()) if (folder / CHECKPOINT_MARKER).exists() else {}
+        self.tokens_seen = int(marker.get("tokens_seen", 0)) or int(state.get("num_input_tokens_seen", 0) or 0)
+
+
+def write_marker(folder: Path, payload: dict[str, Any]) -> None:
+    """Mark a checkpoint complete: written last, atomically, after every other file is on disk."""
+    tmp = folder / f".{CHECKPOINT_MARKER}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / CHECKPOINT_MARKER)
+
+
+def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    if output_dir.is_dir():
+        for path in output_dir.iterdir():
+            name = path.name
+            if path.is_dir() and name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and name.split("-")[-1].isdigit():
+                found.append((int(name.split("-")[-1]), path))
+    return sorted(found)
+
+
+def latest_complete_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest checkpoint with its completion marker; half-written ones are never returned."""
+    complete = [p for _, p in _checkpoints(Path(output_dir)) if (p / CHECKPOINT_MARKER).is_file()]
+    return complete[-1] if complete else None
+
+
+def prune_checkpoints(output_dir: Path, keep: int | None) -> None:
+    """Delete incomplete checkpoints older than the newest complete one, and complete ones beyond `keep`."""
+    checkpoints = _checkpoints(output_dir)
+    complete = [p for _, p in checkpoints if (p / CHECKPOINT_MARKER).is_file()]
+    newest = complete[-1] if complete else None
+    for step, path in checkpoints:
+        if path in complete:
+            continue
+        if newest is not None and step < int(newest.name.split("-")[-1]):
+            shutil.rmtree(path, ignore_errors=True)
+    if keep:
+        for path in complete[:-keep]:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class JsonlMetricsCallback(TrainerCallback):
+    """Appends every log (training and evaluation) to `metrics.jsonl`, one JSON object per line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+class ProgressCallback(TrainerCallback):
+    """A tqdm bar with loss, tokens/s and ETA (replaces the Trainer's default bar)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=state.max_steps, initial=state.global_step, desc="training", unit="step", dynamic_ncols=True
+            )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs and "loss" in logs:
+            postfix = {"loss": f"{logs['loss']:.4f}"}
+            if "tokens_per_second" in logs:
+                postfix["tok/s"] = f"{logs['tokens_per_second']:.0f}"
+            self.bar.set_postfix(postfix)
+        elif self.bar is not None and logs and "eval_loss" in logs:
+            self.bar.write(f"step {state.global_step}: eval_loss {logs['eval_loss']:.4f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
