@@ -84,10 +84,8 @@ class MoDETrainer(Trainer):
             if math.isfinite(value):
                 self._sums[key] = self._sums.get(key, 0.0) + value
                 self._sums[f"#{key}"] = self._sums.get(f"#{key}", 0.0) + 1
-        if "attention_mask" in inputs:
-            tokens = int(inputs["attention_mask"].sum())
-        else:
-            tokens = int(inputs["input_ids"].numel())
+        mask = inputs.get("attention_mask")
+        tokens = int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
         self._tokens += tokens
         self.tokens_seen += tokens
 
