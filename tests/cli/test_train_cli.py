@@ -1,0 +1,205 @@
+"""`modetune train` end to end on a tiny random model: run directory, metrics, resume after kill -9, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modetune.cli import main
+from modetune.runs import load_run
+
+BASE_ARGS = [
+    "--data",
+    "synthetic:48:1",
+    "--cutoff-len",
+    "96",
+    "--batch-size",
+    "4",
+    "--lora-r",
+    "4",
+    "--learning-rate",
+    "5e-3",
+]
+
+
+def _train(tmp_path: Path, model_dir: Path, *extra: str, out: str = "run") -> tuple[int, Path]:
+    out_dir = tmp_path / out
+    code = main(["train", "--model", str(model_dir), "--output", str(out_dir), *BASE_ARGS, *extra])
+    return code, out_dir
+
+
+def test_train_writes_a_complete_run(tmp_path, tiny_model_dir, capsys):
+    code, run = _train(
+        tmp_path, tiny_model_dir, "--max-steps", "4", "--save-steps", "2", "--eval-split", "8", "--eval-steps", "2"
+    )
+    assert code == 0
+    names = {p.name for p in run.iterdir()}
+    assert {
+        "run.json",
+        "metrics.jsonl",
+        "mode_config.json",
+        "mode_model.safetensors",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "training_curves.png",
+        "checkpoint-2",
+        "checkpoint-4",
+    } <= names
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and info["global_step"] == 4
+    assert info["command"][:2] == ["modetune", "train"] or info["command"][0] == "modetune"
+    assert info["mode_config"]["num_layers"] == 3 and info["train_config"]["peft"] == "lora"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_logs = [r for r in records if "loss" in r]
+    assert len(train_logs) == 4
+    for key in (
+        "ce_ensemble",
+        "ce/layer1",
+        "ce/layer3",
+        "distill/layer1",
+        "distill/layer2",
+        "router/layer3",
+        "router_entropy",
+        "learning_rate",
+        "grad_norm",
+        "tokens_per_second",
+    ):
+        assert key in train_logs[0], key
+    assert any("eval_loss" in r for r in records)
+    # the run loads back with identical outputs
+    model, tokenizer, loaded_info = load_run(run)
+    assert loaded_info["run_dir"] == str(run)
+    ids = tokenizer("Mia has 5 apples.", return_tensors="pt")
+    with torch.no_grad():
+        a = model(**ids).logits
+    model2, _, _ = load_run(run / "checkpoint-4")
+    with torch.no_grad():
+        torch.testing.assert_close(model2(**ids).logits, a, rtol=0, atol=0)
+    assert "run saved in" in capsys.readouterr().out
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return {**load_file(run / "mode_model.safetensors"), **load_file(run / "adapter_model.safetensors")}
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_model_dir):
+    steps = ["--max-steps", "8", "--save-steps", "2", "--lora-dropout", "0.1"]
+    code, straight = _train(tmp_path, tiny_model_dir, *steps, out="straight")
+    assert code == 0
+    killed = tmp_path / "killed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "modetune",
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--output",
+        str(killed),
+        *BASE_ARGS,
+        *steps,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = killed / "checkpoint-4" / "modetune-checkpoint-complete.json"
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), "the run never reached its second checkpoint"
+    assert not (killed / "mode_model.safetensors").exists(), "killed too late to test resuming"
+    code = main(["train", "--model", str(tiny_model_dir), "--output", str(killed), *BASE_ARGS, *steps, "--resume"])
+    assert code == 0
+    a, b = _weights(straight), _weights(killed)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+    info = json.loads((killed / "run.json").read_text())
+    assert info["status"] == "complete" and len(info["resumed"]) == 1
+
+
+def test_mode_only_and_dora(tmp_path, tiny_model_dir):
+    code, run = _train(
+        tmp_path, tiny_model_dir, "--max-steps", "2", "--save-steps", "0", "--peft", "none", out="mode-only"
+    )
+    assert code == 0 and not (run / "adapter_model.safetensors").exists()
+    info = json.loads((run / "run.json").read_text())
+    assert info["trainable_parameters"]["peft"] == 0 and info["trainable_parameters"]["mode"] > 0
+    code, run = _train(
+        tmp_path,
+        tiny_model_dir,
+        "--max-steps",
+        "2",
+        "--save-steps",
+        "0",
+        "--peft",
+        "dora",
+        "--num-layers",
+        "2",
+        out="dora",
+    )
+    assert code == 0 and json.loads((run / "adapter_config.json").read_text())["use_dora"] is True
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--data", "/nonexistent/train.json"], "/nonexistent/train.json does not exist"),
+        (["--num-layers", "9"], "num_layers=9 is larger than the model's 4 decoder layers"),
+        (["--distill", "mse"], "distill='mse' is not supported"),
+        (["--peft", "prefix"], "peft='prefix' is not supported"),
+        (["--resume"], "is not a run directory"),
+        (["--data", "synthetic:abc"], "N must be a whole number"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, tiny_model_dir, capsys, extra, needle):
+    code, _ = _train(tmp_path, tiny_model_dir, "--max-steps", "1", *extra)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert needle in err and "Traceback" not in err
+
+
+def test_bad_training_file_names_file_and_line(tmp_path, tiny_model_dir, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "2+2?", "completion": "4"}\nnot json\n')
+    code, _ = _train(tmp_path, tiny_model_dir, "--max-steps", "1", "--data", str(bad))
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.jsonl" in err and "line 2" in err
+
+
+def test_existing_output_is_not_overwritten(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    code, _ = _train(tmp_path, tiny_model_dir, "--max-steps", "1")
+    assert code == 2 and "already exists" in capsys.readouterr().err
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir, capsys):
+    code, run = _train(
+        tmp_path,
+        tiny_model_dir,
+        "--max-steps",
+        "6",
+        "--save-steps",
+        "1",
+        "--learning-rate",
+        "1e30",
+        "--max-grad-norm",
+        "0",
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "the loss became" in err and "Last good checkpoint" in err
+    checkpoint = err.split("Last good checkpoint: ")[1].split(".")[0]
+    assert (Path(checkpoint) / "modetune-checkpoint-complete.json").exists() or checkpoint == "none yet"
