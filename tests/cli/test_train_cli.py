@@ -187,7 +187,7 @@ def test_existing_output_is_not_overwritten(tmp_path, tiny_model_dir, capsys):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir, capsys):
-    code, run = _train(
+    code, _run = _train(
         tmp_path,
         tiny_model_dir,
         "--max-steps",
