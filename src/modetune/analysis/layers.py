@@ -35,7 +35,7 @@ def layer_losses(
     for start in range(0, len(dataset), batch_size):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         batch = {key: value.to(device) for key, value in batch.items()}
-        out = model(**batch)
+        out = model(**batch, skip_logits=True)
         n = int((batch["labels"][:, 1:] != -100).sum())
         ens_sum += float(out.ce_loss) * n
         layer_sum += out.layer_ce.float().cpu() * n

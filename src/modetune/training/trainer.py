@@ -52,7 +52,8 @@ class MoDETrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             self.mode_model.current_step = self.state.global_step
-        outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
+        skip_logits = True if (model.training or self.args.prediction_loss_only) else None
+        outputs = model(**inputs, num_items_in_batch=num_items_in_batch, skip_logits=skip_logits)
         loss = outputs.loss
         if not torch.isfinite(loss.detach()).all():
             last = latest_complete_checkpoint(self.args.output_dir)
