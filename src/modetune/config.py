@@ -95,8 +95,8 @@ class MoDEConfig:
         default="chunked",
     )
     loss_chunk_size: int = _help(
-        "Tokens per chunk with loss_implementation='chunked'; 0 = automatic (about 2^22 logits per layer "
-        "per chunk, e.g. 64 tokens for a 49k vocabulary).",
+        "Tokens per chunk with loss_implementation='chunked'; 0 = automatic (about 2^23 logits per chunk over "
+        "all k layers, e.g. 32 tokens for k=3 and a 49k vocabulary).",
         default=0,
     )
     mix_in_hidden_space: bool = _help(

@@ -34,16 +34,19 @@ def divergence(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperat
     """Per-token distillation term D(teacher, student) * T^2, summed over the vocabulary -> shape [n]."""
     s = F.log_softmax(student.float() / temperature, dim=-1)
     t = F.log_softmax(teacher.float() / temperature, dim=-1)
+    return divergence_from_logprobs(s, t, kind) * temperature**2
+
+
+def divergence_from_logprobs(s: torch.Tensor, t: torch.Tensor, kind: str) -> torch.Tensor:
+    """D(teacher, student) per token from log-probabilities (student s, teacher t)."""
     if kind == "kl":  # KL(p_teacher || p_student)
-        d = (t.exp() * (t - s)).sum(-1)
-    elif kind == "reverse_kl":  # KL(p_student || p_teacher)
-        d = (s.exp() * (s - t)).sum(-1)
-    elif kind == "js":
+        return (t.exp() * (t - s)).sum(-1)
+    if kind == "reverse_kl":  # KL(p_student || p_teacher)
+        return (s.exp() * (s - t)).sum(-1)
+    if kind == "js":
         m = torch.logsumexp(torch.stack([s, t]), dim=0) - math.log(2.0)
-        d = 0.5 * (s.exp() * (s - m)).sum(-1) + 0.5 * (t.exp() * (t - m)).sum(-1)
-    else:
-        raise ValueError(f"unknown divergence {kind!r}")
-    return d * temperature**2
+        return 0.5 * (s.exp() * (s - m)).sum(-1) + 0.5 * (t.exp() * (t - m)).sum(-1)
+    raise ValueError(f"unknown divergence {kind!r}")
 
 
 @dataclass(frozen=True)
@@ -75,36 +78,44 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
 
 
 def _chunk_terms(
-    ys: torch.Tensor, gates: torch.Tensor, targets: torch.Tensor, project: Projector, plan: LossPlan
+    ys: list[torch.Tensor], gates: torch.Tensor, targets: torch.Tensor, project: Projector, plan: LossPlan
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Summed losses of one chunk. ys: [k, n, d] normalized hidden states, gates: [n, k], targets: [n]."""
-    k = ys.shape[0]
-    distill = ys.new_zeros(max(k - 1, 0), dtype=torch.float32)
+    """Summed losses of one chunk. ys: k tensors [n, d] (normalized hidden states), gates: [n, k], targets: [n].
+
+    Every vocabulary-sized softmax is computed once: one per layer (shared by its own cross-entropy and
+    the distillation terms) and one for the ensemble.
+    """
+    k, n = len(ys), targets.shape[0]
+    distill = gates.new_zeros(max(k - 1, 0), dtype=torch.float32)
     if not plan.per_layer:  # affine head: mix hidden states, project once
-        mixed = torch.einsum("knd,nk->nd", ys, gates.to(ys.dtype))
+        mixed = torch.einsum("knd,nk->nd", torch.stack(ys), gates.to(ys[0].dtype))
         ce = F.cross_entropy(project(mixed).float(), targets, reduction="sum")
         return ce, distill, None
-    logits = torch.stack([project(ys[i]).float() for i in range(k)])  # [k, n, V]
+    logits = project(torch.cat(ys)).float().view(k, n, -1)  # one projection for all k layers
     ensemble = torch.einsum("knv,nk->nv", logits, gates.float())
     ce = F.cross_entropy(ensemble, targets, reduction="sum")
+    T = plan.temperature
+    logprobs = F.log_softmax(logits if T == 1.0 else logits / T, dim=-1)  # [k, n, V]
     with torch.no_grad():
-        layer_ce = torch.stack([F.cross_entropy(logits[i], targets, reduction="sum") for i in range(k)])
+        own = logprobs if T == 1.0 else F.log_softmax(logits, dim=-1)
+        layer_ce = -own.gather(-1, targets.expand(k, n).unsqueeze(-1)).squeeze(-1).sum(-1)
     if plan.distill != "none" and plan.students:
-        teacher = logits[-1].detach() if plan.detach_teacher else logits[-1]
-        terms = [divergence(logits[i], teacher, plan.distill, plan.temperature).sum() for i in plan.students]
+        teacher = logprobs[-1].detach() if plan.detach_teacher else logprobs[-1]
+        terms = [divergence_from_logprobs(logprobs[i], teacher, plan.distill).sum() * T**2 for i in plan.students]
         distill = distill.index_put((torch.tensor(plan.students, device=distill.device),), torch.stack(terms))
     return ce, distill, layer_ce
 
 
 def mode_loss_reference(
-    ys: torch.Tensor,
+    ys: torch.Tensor | list[torch.Tensor],
     gates: torch.Tensor,
     labels: torch.Tensor,
     project: Projector,
     plan: LossPlan,
     num_items_in_batch: int | torch.Tensor | None = None,
 ) -> LossParts:
-    """Straightforward MoDE loss. ys: [k, B, T, d], gates: [B, T, k], labels: [B, T] (unshifted)."""
+    """Straightforward MoDE loss. ys: k x [B, T, d], gates: [B, T, k], labels: [B, T] (unshifted)."""
+    ys = torch.stack(list(ys))
     k = ys.shape[0]
     logits = torch.stack([project(ys[i]).float() for i in range(k)])  # [k, B, T, V]
     ensemble = torch.einsum("kbtv,btk->btv", logits, gates.float())
@@ -133,7 +144,7 @@ class _ChunkedMoDELoss(torch.autograd.Function):
     """Forward computes loss and input gradients chunk by chunk; backward scales the stored gradients."""
 
     @staticmethod
-    def forward(ctx, ys, gates, targets, project, plan, chunk_size, needs_grad, *head_params):  # type: ignore[override]
+    def forward(ctx, ys, gates, targets, project, plan, chunk_size, needs_grad, slot_grads, *head_params):  # type: ignore[override]
         k, n, _ = ys.shape
         grad_ys = torch.zeros_like(ys) if needs_grad else None
         grad_gates = torch.zeros_like(gates) if needs_grad else None
@@ -144,18 +155,20 @@ class _ChunkedMoDELoss(torch.autograd.Function):
         layer_ce = ys.new_zeros(k, dtype=torch.float32) if plan.per_layer else None
         for start in range(0, n, chunk_size):
             sl = slice(start, min(start + chunk_size, n))
-            y, g = ys[:, sl].detach(), gates[sl].detach()
+            # only slots whose hidden state needs a gradient get one (e.g. not the final layer in MoDE-only)
+            y = [ys[i, sl].detach().requires_grad_(needs_grad and slot_grads[i]) for i in range(k)]
+            g = gates[sl].detach().requires_grad_(needs_grad)
             with torch.enable_grad():
-                if needs_grad:
-                    y.requires_grad_(True)
-                    g.requires_grad_(True)
                 c_ce, c_distill, c_layer = _chunk_terms(y, g, targets[sl], project, plan)
                 c_total = c_ce + plan.distill_weight * c_distill.sum()
                 if needs_grad:
-                    gy, gg, *gp = torch.autograd.grad(c_total, (y, g, *head_params), allow_unused=True)
-                    grad_ys[:, sl] = gy
-                    grad_gates[sl] = gg
-                    for acc, grad in zip(grad_params, gp, strict=True):
+                    wrt = [t for t in y if t.requires_grad] + [g, *head_params]
+                    grads = list(torch.autograd.grad(c_total, wrt, allow_unused=True))
+                    for i in range(k):
+                        if y[i].requires_grad:
+                            grad_ys[i, sl] = grads.pop(0)
+                    grad_gates[sl] = grads.pop(0)
+                    for acc, grad in zip(grad_params, grads, strict=True):
                         if grad is not None:
                             acc += grad
             total += c_total.detach()
@@ -176,16 +189,18 @@ class _ChunkedMoDELoss(torch.autograd.Function):
             raise RuntimeError("MoDE chunked loss was computed without gradients (no_grad or frozen inputs)")
         scale = grad_total.to(grad_ys.dtype)
         params = [g * scale.to(g.dtype) for g in grad_params]
-        return grad_ys * scale, grad_gates * scale.to(grad_gates.dtype), None, None, None, None, None, *params
+        return grad_ys * scale, grad_gates * scale.to(grad_gates.dtype), None, None, None, None, None, None, *params
 
 
-def auto_chunk_size(vocab_size: int, budget: int = 1 << 22) -> int:
-    """Largest power of two with chunk * vocab <= budget logits (at least 8 tokens)."""
-    return max(8, 1 << max(0, int(math.log2(max(1, budget // max(1, vocab_size))))))
+def auto_chunk_size(vocab_size: int, num_layers: int = 1, budget: int = 1 << 23) -> int:
+    """Largest power of two with chunk * vocab * layers <= budget logits (at least 8 tokens), so the live
+    chunk's memory does not grow with k."""
+    per_token = max(1, vocab_size) * max(1, num_layers)
+    return max(8, 1 << max(0, int(math.log2(max(1, budget // per_token)))))
 
 
 def mode_loss_chunked(
-    ys: torch.Tensor,
+    ys: torch.Tensor | list[torch.Tensor],
     gates: torch.Tensor,
     labels: torch.Tensor,
     project: Projector,
@@ -199,17 +214,19 @@ def mode_loss_chunked(
     `head_params`: trainable parameters inside `project` (e.g. LoRA on a pre-head projection, or a head in
     PEFT's modules_to_save); their gradients are accumulated chunk by chunk like the inputs'.
     """
+    ys = list(ys)
+    slot_grads = tuple(y.requires_grad for y in ys)
     targets = shift_labels(labels)
     valid = targets != IGNORE_INDEX
     n = int(valid.sum())
-    denom = _denominator(n, num_items_in_batch, ys.device)
-    ys_valid = ys[:, valid]  # [k, n, d]: unlabelled positions never reach the head
+    denom = _denominator(n, num_items_in_batch, ys[0].device)
+    ys_valid = torch.stack([y[valid] for y in ys])  # [k, n, d]: unlabelled positions never reach the head
     gates_valid = gates[valid]  # [n, k]
     needs_grad = torch.is_grad_enabled() and (
-        ys_valid.requires_grad or gates_valid.requires_grad or any(p.requires_grad for p in head_params)
+        any(slot_grads) or gates_valid.requires_grad or any(p.requires_grad for p in head_params)
     )
     total, ce, distill, layer_ce = _ChunkedMoDELoss.apply(
-        ys_valid, gates_valid, targets[valid], project, plan, chunk_size, needs_grad, *head_params
+        ys_valid, gates_valid, targets[valid], project, plan, chunk_size, needs_grad, slot_grads, *head_params
     )
     layer = None if torch.isnan(layer_ce).any() else layer_ce / denom
     return LossParts(total / denom, ce / denom, distill / denom, layer, n)

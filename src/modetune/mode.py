@@ -245,12 +245,12 @@ class MoDEModel(nn.Module):
             for handle in handles:
                 handle.remove()
 
-    def _normalized_states(self, states: dict[int, torch.Tensor]) -> torch.Tensor:
-        """[k, batch, seq, d]: N_i(h_i) for the non-final late layers, then y_L."""
+    def _normalized_states(self, states: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        """k tensors [batch, seq, d]: N_i(h_i) for the non-final late layers, then y_L."""
         final_norm = self._located.final_norm or nn.Identity()
         ys = [adapter(states[i], final_norm) for i, adapter in enumerate(self.adapters)]
         ys.append(states[len(self.adapters)].float())
-        return torch.stack(ys)
+        return ys
 
     def _project(self, y: torch.Tensor) -> torch.Tensor:
         return self._located.project(y.to(self.dtype))
@@ -291,7 +291,7 @@ class MoDEModel(nn.Module):
         }
         with self._capture_late_states() as states:
             backbone_out = self._located.backbone(**backbone_kwargs)
-        ys = self._normalized_states(states)  # [k, B, T, d]
+        ys = self._normalized_states(states)  # k x [B, T, d]
         gates = self.router(ys[-1])  # [B, T, k]
 
         loss, parts = None, None
@@ -302,13 +302,9 @@ class MoDEModel(nn.Module):
             skip_logits = self.training and labels is not None
         logits = None if skip_logits else self.ensemble_logits(ys, gates, logits_to_keep)
 
-        if labels is not None:
-            token_mask = shift_labels(labels) != -100
-        elif attention_mask is not None and attention_mask.dim() == 2:
-            token_mask = attention_mask[:, -gates.shape[1] :]  # with a KV cache, only the new positions
-        else:
-            token_mask = None
-        router_mean, router_entropy = summarize_gates(gates, token_mask)
+        router_mean = router_entropy = None
+        if labels is not None:  # routing statistics for logging; decoding steps skip them
+            router_mean, router_entropy = summarize_gates(gates, shift_labels(labels) != -100)
         return MoDEOutput(
             loss=loss,
             logits=logits,
@@ -324,7 +320,7 @@ class MoDEModel(nn.Module):
         )
 
     def ensemble_logits(
-        self, ys: torch.Tensor, gates: torch.Tensor, logits_to_keep: int | torch.Tensor = 0
+        self, ys: list[torch.Tensor], gates: torch.Tensor, logits_to_keep: int | torch.Tensor = 0
     ) -> torch.Tensor:
         """sum_i g_i * head(y_i) at the kept positions; one projection when the head path is affine."""
         ys = torch.stack([_keep_positions(y, logits_to_keep) for y in ys])
@@ -337,7 +333,7 @@ class MoDEModel(nn.Module):
 
     def _loss(
         self,
-        ys: torch.Tensor,
+        ys: list[torch.Tensor],
         gates: torch.Tensor,
         labels: torch.Tensor,
         num_items_in_batch: int | torch.Tensor | None,
@@ -357,10 +353,10 @@ class MoDEModel(nn.Module):
             students=pick_students(cfg.num_layers, cfg.distill_schedule, step) if distill_now else (),
             per_layer=per_layer,
         )
-        labels = labels.to(ys.device)
+        labels = labels.to(gates.device)
         if cfg.loss_implementation == "reference":
             return mode_loss_reference(ys, gates, labels, self._project, plan, num_items_in_batch)
-        chunk = cfg.loss_chunk_size or auto_chunk_size(self.fingerprint()["vocab_size"])
+        chunk = cfg.loss_chunk_size or auto_chunk_size(self.fingerprint()["vocab_size"], cfg.num_layers)
         head_params = tuple(p for p in self._located.head_path_parameters() if p.requires_grad)
         return mode_loss_chunked(ys, gates, labels, self._project, plan, chunk, num_items_in_batch, head_params)
 
