@@ -23,7 +23,8 @@ DISTILL_SCHEDULES = ("all", "rotate")
 LOSS_IMPLEMENTATIONS = ("chunked", "reference")
 
 
-def _help(text: str, **kw: Any) -> Any:
+def help_field(text: str, **kw: Any) -> Any:
+    """A dataclass field carrying its help text (the CLI and README options are generated from it)."""
     return field(metadata={"help": text}, **kw)
 
 
@@ -31,75 +32,77 @@ def _help(text: str, **kw: Any) -> Any:
 class MoDEConfig:
     """Configuration of a Mixture-of-Depths Ensemble over the last `num_layers` decoder layers."""
 
-    num_layers: int = _help(
+    num_layers: int = help_field(
         "k: how many of the last decoder layers form the ensemble, the final layer included "
         "(1 = the base model alone; the paper uses 3).",
         default=3,
     )
-    router: str = _help(
+    router: str = help_field(
         "How per-token weights over the k layers are formed: 'softmax' (dense) or 'topk' "
         "(keep the top_k weights, renormalize).",
         default="softmax",
     )
-    top_k: int = _help("With router='topk': how many layers each token keeps (1..num_layers).", default=2)
-    router_init: str = _help(
+    top_k: int = help_field("With router='topk': how many layers each token keeps (1..num_layers).", default=2)
+    router_init: str = help_field(
         "'final': W_g = 0 and a bias that gives the final layer `router_final_weight` of the mass, so tuning "
         "starts from the base model's behaviour; 'uniform': W_g = 0, b = 0 (equal weights). "
         "Default chosen by measurement (see README, 'Choosing the defaults').",
         default="final",
     )
-    router_final_weight: float = _help(
+    router_final_weight: float = help_field(
         "With router_init='final': the initial routing weight of the final layer, in (0, 1); the rest is "
         "split evenly over the other late layers.",
         default=0.9,
     )
-    adapter: str = _help(
+    adapter: str = help_field(
         "Per-layer adaptation N_i of each non-final late layer: 'norm' (a trainable copy of the final norm), "
         "'affine' (a d x d linear map initialised to identity, then the frozen final norm) or 'none' "
         "(the frozen final norm, shared).",
         default="norm",
     )
-    distill: str = _help(
+    distill: str = help_field(
         "Distillation from the final layer (teacher) to each other late layer (student): 'kl' = "
         "KL(p_final || p_i), 'reverse_kl' = KL(p_i || p_final), 'js' (Jensen-Shannon), or 'none'.",
         default="kl",
     )
-    distill_weight: float = _help("lambda: weight of the summed distillation terms in the loss (>= 0).", default=1.0)
-    distill_temperature: float = _help(
+    distill_weight: float = help_field(
+        "lambda: weight of the summed distillation terms in the loss (>= 0).", default=1.0
+    )
+    distill_temperature: float = help_field(
         "Softmax temperature T of the distillation (> 0); terms are multiplied by T^2 so gradient scale "
         "does not depend on T.",
         default=1.0,
     )
-    distill_detach_teacher: bool = _help(
+    distill_detach_teacher: bool = help_field(
         "Stop gradients through the teacher (final layer) in the distillation terms.", default=True
     )
-    distill_every: int = _help(
+    distill_every: int = help_field(
         "Compute the distillation terms (and per-layer metrics) every N training steps only (>= 1); the other "
         "steps cost a single vocabulary projection. 1 = every step.",
         default=1,
     )
-    distill_schedule: str = _help(
+    distill_schedule: str = help_field(
         "'all': every non-final late layer is distilled each distillation step; 'rotate': one late layer per "
         "step, in turn (as LayerSkip's training does), cheaper for large k.",
         default="all",
     )
-    layer_metrics_every: int = _help(
+    layer_metrics_every: int = help_field(
         "In training, compute each late layer's own cross-entropy every N steps (>= 1) when the "
         "distillation pass does not already produce it (it needs one vocabulary projection per layer).",
         default=10,
     )
-    loss_implementation: str = _help(
+    loss_implementation: str = help_field(
         "'chunked': compute the training losses chunk by chunk over the labelled tokens, so at most one chunk "
         "of [chunk x vocab] logits per layer is alive at a time; 'reference': materialise all logits at once "
         "(the straightforward computation, kept as the tested reference).",
         default="chunked",
     )
-    loss_chunk_size: int = _help(
+    loss_chunk_size: int = help_field(
         "Tokens per chunk with loss_implementation='chunked'; 0 = automatic (about 2^23 logits per chunk over "
         "all k layers, e.g. 32 tokens for k=3 and a 49k vocabulary).",
         default=0,
     )
-    mix_in_hidden_space: bool = _help(
+    mix_in_hidden_space: bool = help_field(
         "When the output head is affine (every supported model but soft-capped ones), mix the normalized "
         "hidden states and project once, instead of projecting every layer and mixing logits (same result, "
         "k times cheaper). Soft-capped heads always mix logits.",

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
-from modetune.cli.options import add_dataclass_options, dataclass_from_args
+from modetune.cli.options import add_dataclass_options, dataclass_from_args, setup_logging
 from modetune.demo import DemoConfig
 
 
@@ -23,8 +22,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from modetune.demo import run_demo
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("transformers", "peft", "accelerate", "modetune.data", "modetune.training"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging("modetune.data", "modetune.training")
     run_demo(dataclass_from_args(DemoConfig, args))
     return 0

@@ -60,3 +60,12 @@ def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
         return cls(**values)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def setup_logging(*quiet: str) -> None:
+    """INFO messages from modetune (progress of long steps); the field's libraries only warn."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in ("transformers", "peft", "accelerate", "httpx", *quiet):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from modetune.cli.options import add_dataclass_options, dataclass_from_args
+from modetune.cli.options import add_dataclass_options, dataclass_from_args, setup_logging
 from modetune.config import MoDEConfig
 from modetune.training.config import TrainConfig
 
@@ -26,9 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from modetune.training.recipe import train
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("transformers", "peft", "accelerate", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging()
     cfg = dataclass_from_args(TrainConfig, args)
     mode_cfg = dataclass_from_args(MoDEConfig, args)
     result = train(cfg, mode_cfg, argv=["modetune", *sys.argv[1:]])

@@ -5,17 +5,14 @@ MoDE's own options are not repeated here: they are the fields of `MoDEConfig`, e
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from modetune.config import help_field as _help
 from modetune.errors import ConfigError
 
 PEFT_METHODS = ("lora", "dora", "none")
 TEMPLATES = ("alpaca", "chat")
-
-
-def _help(text: str, **kw: Any) -> Any:
-    return field(metadata={"help": text}, **kw)
 
 
 @dataclass
