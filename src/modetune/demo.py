@@ -42,7 +42,7 @@ def _accuracy(model: Any, tokenizer: Any, problems: list[Any]) -> dict[str, Any]
     from modetune.evaluation.stats import wilson_interval
 
     prompts = [build_prompt(p, "alpaca", tokenizer) for p in problems]
-    texts = generate_texts(model, tokenizer, prompts, max_new_tokens=48, batch_size=25)
+    texts = generate_texts(model, tokenizer, prompts, max_new_tokens=40, batch_size=25)
     correct = [score_generation("gsm8k", text, p.answer)[1] for text, p in zip(texts, problems, strict=True)]
     n, c = len(correct), sum(correct)
     return {"accuracy": c / n, "correct": c, "n": n, "ci95": list(wilson_interval(c, n)), "samples": texts[:3]}
