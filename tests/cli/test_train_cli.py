@@ -203,3 +203,40 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     assert code == 2 and "the loss became" in err and "Last good checkpoint" in err
     checkpoint = err.split("Last good checkpoint: ")[1].split(".")[0]
     assert (Path(checkpoint) / "modetune-checkpoint-complete.json").exists() or checkpoint == "none yet"
+
+
+def test_a_trained_run_is_evaluated_compared_and_checked_for_contamination(tmp_path, tiny_model_dir, capsys):
+    """train -> eval --run (LoRA + MoDE run dir) -> compare; the run's own training file is flagged."""
+    from modetune.data import write_problems
+
+    data = write_problems(tmp_path / "problems.json", 12, seed=3, difficulty=1, split="test")
+    code, run = _train(tmp_path, tiny_model_dir, "--max-steps", "2", "--save-steps", "0", "--data", str(data))
+    assert code == 0
+    outs = []
+    for name, source in (("base", ["--model", str(tiny_model_dir)]), ("mode", ["--run", str(run)])):
+        out = tmp_path / f"eval-{name}"
+        code = main(
+            [
+                "eval",
+                *source,
+                "--task",
+                "gsm8k",
+                "--data",
+                str(data),
+                "--limit",
+                "6",
+                "--max-new-tokens",
+                "4",
+                "--output",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        assert code == 0, capsys.readouterr().err
+        outs.append(out)
+    results = json.loads((outs[1] / "results.json").read_text())
+    assert results["tasks"]["gsm8k"]["n"] == 6
+    assert results["contamination"]["n_overlap"] == 6
+    rows = [json.loads(line) for line in (outs[1] / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {"task", "generation", "prediction", "gold", "correct"} <= rows[0].keys()
+    assert main(["compare", str(outs[0]), str(outs[1])]) == 0

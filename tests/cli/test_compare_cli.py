@@ -1,0 +1,29 @@
+"""`modetune compare` on two synthetic eval outputs."""
+
+from __future__ import annotations
+
+import json
+
+from modetune.cli import main
+from tests.evaluation.test_compare import rows, write_output
+
+
+def test_compare_cli(tmp_path, capsys):
+    a = write_output(tmp_path / "A", rows("gsm8k", [False] * 30 + [True] * 10))
+    b = write_output(tmp_path / "B", rows("gsm8k", [True] * 30 + [True] * 10))
+    out = tmp_path / "cmp" / "comparison.json"
+    assert main(["compare", str(a), str(b), "--output", str(out), "--bootstrap", "500"]) == 0
+    printed = capsys.readouterr().out
+    assert "gsm8k" in printed and "+75.0" in printed and "*" in printed
+    report = json.loads(out.read_text())
+    assert report["tasks"]["gsm8k"]["only_b_correct"] == 30
+    assert report["tasks"]["gsm8k"]["p_value"] < 1e-8
+
+
+def test_compare_cli_errors(tmp_path, capsys):
+    a = write_output(tmp_path / "A", rows("gsm8k", [True]))
+    b = write_output(tmp_path / "B", rows("boolq", [True]))
+    assert main(["compare", str(a), str(b)]) == 2
+    assert "share no evaluated question" in capsys.readouterr().err
+    assert main(["compare", str(a), str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err

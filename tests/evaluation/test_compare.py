@@ -1,0 +1,112 @@
+"""Paired comparison of two synthetic evaluation outputs with a known difference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modetune.errors import DataError, ModetuneError
+from modetune.evaluation.compare import compare_runs, render_comparison
+from modetune.evaluation.stats import mcnemar_exact
+
+
+def write_output(directory: Path, rows: list[dict], scoring: str = "generate") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    tasks = sorted({r["task"] for r in rows})
+    results = {"tasks": {t: {"scoring": scoring} for t in tasks}, "average": 0.0}
+    (directory / "results.json").write_text(json.dumps(results))
+    (directory / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return directory
+
+
+def rows(task: str, correct: list[bool], start: int = 0) -> list[dict]:
+    return [
+        {"task": task, "id": f"{task}/{i}", "question": f"question {i}", "correct": c, "gold": "1", "prediction": "1"}
+        for i, c in enumerate(correct, start=start)
+    ]
+
+
+@pytest.fixture
+def two_runs(tmp_path) -> tuple[Path, Path]:
+    # gsm8k, 40 questions: both right on 10, only A on 2, only B on 14, neither on 14 -> B - A = +0.30
+    a = [True] * 10 + [True] * 2 + [False] * 14 + [False] * 14
+    b = [True] * 10 + [False] * 2 + [True] * 14 + [False] * 14
+    # boolq, 20 questions: identical -> no difference
+    same = [True, False, True, True] * 5
+    # B evaluated 5 extra gsm8k questions that A did not (unpaired)
+    run_a = write_output(tmp_path / "A", rows("gsm8k", a) + rows("boolq", same))
+    run_b = write_output(tmp_path / "B", rows("gsm8k", b) + rows("gsm8k", [True] * 5, start=100) + rows("boolq", same))
+    return run_a, run_b
+
+
+def test_known_difference(two_runs):
+    report = compare_runs(*two_runs, n_resamples=2000)
+    g = report["tasks"]["gsm8k"]
+    assert g["n_paired"] == 40
+    assert (g["both_correct"], g["only_a_correct"], g["only_b_correct"], g["neither_correct"]) == (10, 2, 14, 14)
+    assert g["accuracy_a"] == pytest.approx(12 / 40) and g["accuracy_b"] == pytest.approx(24 / 40)
+    assert g["diff"] == pytest.approx(0.3)
+    assert g["p_value"] == pytest.approx(mcnemar_exact(2, 14)) and g["p_value"] < 0.01
+    lo, hi = g["diff_ci95"]
+    assert 0 < lo < 0.3 < hi
+    assert g["unpaired_b"] == 5 and "unpaired_a" not in g
+    s = report["tasks"]["boolq"]
+    assert s["diff"] == 0 and s["p_value"] == 1.0
+    assert report["average"]["diff"] == pytest.approx(0.15)
+    assert report["pooled"]["n_paired"] == 60
+
+
+def test_comparison_is_antisymmetric(two_runs):
+    ab = compare_runs(*two_runs, n_resamples=500)
+    ba = compare_runs(*reversed(two_runs), n_resamples=500)
+    assert ba["tasks"]["gsm8k"]["diff"] == pytest.approx(-ab["tasks"]["gsm8k"]["diff"])
+    assert ba["tasks"]["gsm8k"]["p_value"] == ab["tasks"]["gsm8k"]["p_value"]
+
+
+def test_changed_question_text_does_not_pair(tmp_path):
+    a = rows("gsm8k", [True, False])
+    b = rows("gsm8k", [True, True])
+    b[1]["question"] = "a different question"
+    report = compare_runs(write_output(tmp_path / "A", a), write_output(tmp_path / "B", b), n_resamples=200)
+    assert report["tasks"]["gsm8k"]["n_paired"] == 1
+
+
+def test_no_shared_examples(tmp_path):
+    a = write_output(tmp_path / "A", rows("gsm8k", [True]))
+    b = write_output(tmp_path / "B", rows("boolq", [True]))
+    with pytest.raises(ModetuneError, match="share no evaluated question"):
+        compare_runs(a, b)
+
+
+def test_bad_directories(tmp_path):
+    with pytest.raises(ModetuneError, match="does not exist"):
+        compare_runs(tmp_path / "nope", tmp_path / "nope2")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModetuneError, match=r"no predictions\.jsonl"):
+        compare_runs(tmp_path / "empty", tmp_path / "empty")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "predictions.jsonl").write_text('{"task": "gsm8k", "correct": true}\n{oops\n')
+    with pytest.raises(DataError, match="line 2"):
+        compare_runs(broken, broken)
+    (broken / "predictions.jsonl").write_text('{"id": 1}\n')
+    with pytest.raises(DataError, match="'task' and 'correct'"):
+        compare_runs(broken, broken)
+
+
+def test_scoring_mismatch_is_flagged(tmp_path):
+    a = write_output(tmp_path / "A", rows("boolq", [True, False]), scoring="generate")
+    b = write_output(tmp_path / "B", rows("boolq", [True, True]), scoring="loglikelihood")
+    report = compare_runs(a, b, n_resamples=200)
+    assert "different scoring" in report["tasks"]["boolq"]["warning"]
+
+
+def test_render(two_runs):
+    from rich.console import Console
+
+    console = Console(record=True, width=150)
+    console.print(render_comparison(compare_runs(*two_runs, n_resamples=200)))
+    text = console.export_text()
+    assert "gsm8k" in text and "+30.0" in text and "pooled" in text

@@ -1,0 +1,110 @@
+"""Batched generation and log-likelihood scoring on a tiny random model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modetune.errors import ConfigError
+from modetune.evaluation.runner import (
+    GenerationSettings,
+    _truncate_at_stops,
+    generate_texts,
+    loglikelihoods,
+)
+
+PROMPTS = [
+    "### Instruction:\nMia has 5 apples. She buys 3 more.\n\n### Response:\n",
+    "Hi",
+    "There are 12 marbles in a box. Leo takes out 4. How many marbles are left in the box?",
+]
+
+
+def test_batched_generation_matches_one_by_one(tiny_lm, tiny_tokenizer):
+    settings = GenerationSettings(stop_strings=())
+    batched = generate_texts(tiny_lm, tiny_tokenizer, PROMPTS, max_new_tokens=6, settings=settings, batch_size=3)
+    single = [
+        generate_texts(tiny_lm, tiny_tokenizer, [p], max_new_tokens=6, settings=settings, batch_size=1)[0]
+        for p in PROMPTS
+    ]
+    assert batched == single
+    assert all(isinstance(t, str) for t in batched)
+    assert tiny_tokenizer.padding_side == "right"  # restored after left-padded generation
+
+
+def test_generation_options(tiny_lm, tiny_tokenizer):
+    beams = GenerationSettings(num_beams=2, temperature=0.1, top_p=0.75, top_k=40)
+    assert "temperature" not in beams.generate_kwargs(8)  # inert without sampling, as upstream
+    out = generate_texts(tiny_lm, tiny_tokenizer, PROMPTS[:2], max_new_tokens=4, settings=beams, batch_size=2)
+    assert len(out) == 2
+    sample = GenerationSettings(do_sample=True, temperature=0.7, top_k=5)
+    assert sample.generate_kwargs(8)["temperature"] == 0.7
+    a = generate_texts(tiny_lm, tiny_tokenizer, PROMPTS[:1], max_new_tokens=5, settings=sample, seed=4)
+    b = generate_texts(tiny_lm, tiny_tokenizer, PROMPTS[:1], max_new_tokens=5, settings=sample, seed=4)
+    assert a == b  # seeded
+    ticks = []
+    generate_texts(tiny_lm, tiny_tokenizer, PROMPTS, max_new_tokens=2, batch_size=2, progress=ticks.append)
+    assert ticks == [2, 1]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_new_tokens": 0}, {"num_beams": 0}, {"temperature": 0.0}, {"top_p": 1.5}, {"top_k": 0}],
+)
+def test_bad_generation_settings(kwargs):
+    with pytest.raises(ConfigError):
+        GenerationSettings(**kwargs)
+
+
+def test_truncate_at_stops():
+    text = "the correct answer is true\n\n### Instruction:\nmore"
+    assert _truncate_at_stops(text, ["### Instruction:", "### Response:"]) == "the correct answer is true\n\n"
+    assert _truncate_at_stops("plain", ["### Response:"]) == "plain"
+
+
+def _reference_loglikelihood(model, tok, context: str, continuation: str) -> float:
+    ctx = tok(context)["input_ids"]
+    whole = tok(context + continuation)["input_ids"]
+    cont = whole[len(ctx) :]
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logp = model(input_ids=ids).logits[0].float().log_softmax(-1)
+    return sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+
+
+def test_loglikelihoods_match_a_direct_computation(tiny_lm, tiny_tokenizer):
+    requests = [
+        ("Mia has 5 apples. The answer is", " 8"),
+        ("Below is an instruction that describes a task.", " the correct answer is true"),
+        ("Q: is it?", " false"),
+        ("### Response:\n", "a marsh"),
+        ("the correct answer is", " answer1"),  # these two share one forward pass
+        ("the correct answer is", " answer2"),
+    ]
+    rows = []
+    original = tiny_lm.forward
+
+    def counting_forward(*args, **kwargs):
+        rows.append(kwargs["input_ids"].shape[0])
+        return original(*args, **kwargs)
+
+    tiny_lm.forward = counting_forward
+    try:
+        batched = loglikelihoods(tiny_lm, tiny_tokenizer, requests, batch_size=8)
+    finally:
+        del tiny_lm.forward
+    assert rows == [len(requests) - 1]
+    single = [loglikelihoods(tiny_lm, tiny_tokenizer, [r], batch_size=1)[0] for r in requests]
+    for (lp_b, n_b, _), (lp_s, n_s, _), (ctx, cont) in zip(batched, single, requests, strict=True):
+        assert n_b == n_s > 0
+        assert lp_b == pytest.approx(lp_s, abs=1e-4)
+        assert lp_b == pytest.approx(_reference_loglikelihood(tiny_lm, tiny_tokenizer, ctx, cont), abs=1e-4)
+        assert lp_b < 0
+
+
+def test_loglikelihood_truncates_long_contexts(tiny_tokenizer):
+    from tests.conftest import build_tiny_model
+
+    short = build_tiny_model("llama", vocab_size=len(tiny_tokenizer), max_position_embeddings=16)
+    ((lp, n, _),) = loglikelihoods(short, tiny_tokenizer, [("word " * 40, " end")])
+    assert n > 0 and lp < 0
