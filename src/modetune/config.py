@@ -181,10 +181,12 @@ class MoDEConfig:
         return cls.from_dict(data)
 
     def save_pretrained(self, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
-        """Write `mode_config.json`; `extra` (e.g. the base-model fingerprint) is stored beside the fields."""
+        """Write `mode_config.json` atomically; `extra` (e.g. the base-model fingerprint) is stored beside the fields."""
         path = Path(directory) / CONFIG_NAME
+        tmp = path.with_name(f".{CONFIG_NAME}.tmp")
         payload = {**self.to_dict(), **({"_extra": extra} if extra else {})}
-        path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
         return path
 
 

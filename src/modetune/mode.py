@@ -422,6 +422,11 @@ class MoDEModel(nn.Module):
         self.adapters.load_state_dict({k[len("adapters.") :]: v for k, v in state.items() if k.startswith("adapters.")})
         self.router.load_state_dict({k[len("router.") :]: v for k, v in state.items() if k.startswith("router.")})
 
+    def load_mode_weights(self, directory: str | os.PathLike[str]) -> None:
+        """Load `mode_model.safetensors` from a saved model or checkpoint directory into this model."""
+        path = Path(directory) / WEIGHTS_NAME
+        self.load_mode_state_dict(_read_weights(path), source=str(path))
+
     def save_pretrained(self, save_directory: str | os.PathLike[str], **peft_kwargs: Any) -> None:
         """Write MoDE weights (safetensors) + config + base fingerprint, and the PEFT adapter if wrapped.
 
@@ -444,10 +449,7 @@ class MoDEModel(nn.Module):
             "peft": _is_peft(self.model),
             "modetune_version": __version__,
         }
-        tmp_cfg = directory / f".{CONFIG_NAME}.tmp"
-        payload = {**self.mode_config.to_dict(), "_extra": extra}
-        tmp_cfg.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp_cfg, directory / CONFIG_NAME)
+        self.mode_config.save_pretrained(directory, extra=extra)
 
     @classmethod
     def from_pretrained(
@@ -464,7 +466,7 @@ class MoDEModel(nn.Module):
             if not _is_peft(base_model):
                 model = _load_peft(base_model, directory, is_trainable)
         mode = cls(model, config)
-        mode.load_mode_state_dict(_read_weights(directory / WEIGHTS_NAME), source=str(directory / WEIGHTS_NAME))
+        mode.load_mode_weights(directory)
         if not is_trainable:
             mode.eval()
             for p in [*mode.adapters.parameters(), *mode.router.parameters()]:

@@ -124,11 +124,9 @@ class MoDETrainer(Trainer):
         from peft import PeftModel, set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        from modetune.mode import WEIGHTS_NAME, _read_weights
-
         mode = self.mode_model
         folder = Path(resume_from_checkpoint)
-        mode.load_mode_state_dict(_read_weights(folder / WEIGHTS_NAME), source=str(folder / WEIGHTS_NAME))
+        mode.load_mode_weights(folder)
         if isinstance(mode.model, PeftModel):
             adapter = folder / "adapter_model.safetensors"
             if not adapter.is_file():
