@@ -5,13 +5,27 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Without a GPU, Triton's interpreter runs Liger's kernels on CPU (tests/test_liger.py). Triton reads the
+# variable when a kernel is defined and when it runs, so it is set before anything imports Triton; the
+# fixture below hides it from every other test, where loss_implementation='auto' must resolve to 'chunked'.
+TRITON_INTERPRETED = not torch.cuda.is_available()
+if TRITON_INTERPRETED:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _triton_interpreter_for_liger_tests_only(request, monkeypatch):
+    if TRITON_INTERPRETED and not request.node.path.name.startswith("test_liger"):
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
 
 VOCAB = 96
 _COMMON = dict(

@@ -45,7 +45,10 @@ def test_train_lora_mode_on_smollm2_and_generate(smollm2, tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if "loss" in r)
     model, tokenizer, _ = load_run(run)
-    prompt = tokenizer("### Instruction:\nMia has 5 apples. She buys 3 more. How many apples does Mia have now?\n\n### Response:\n", return_tensors="pt")
+    prompt = tokenizer(
+        "### Instruction:\nMia has 5 apples. She buys 3 more. How many apples does Mia have now?\n\n### Response:\n",
+        return_tensors="pt",
+    )
     out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
     again = model.generate(**prompt, max_new_tokens=12, do_sample=False, use_cache=False)
     assert torch.equal(out, again) and out.shape[1] > prompt["input_ids"].shape[1]

@@ -108,6 +108,15 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
 }
 
 
+@dataclass(frozen=True)
+class LinearHead:
+    """An affine head path, x -> prepare(x) @ weight.T + bias."""
+
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
 @dataclass
 class LocatedModel:
     """The live modules of one model, found through its `ArchitectureSpec`."""
@@ -132,6 +141,27 @@ class LocatedModel:
 
     def head_is_affine(self) -> bool:
         return self.transform.is_affine
+
+    def linear_head(self) -> tuple[LinearHead | None, str]:
+        """The head path as `prepare(x) @ weight.T + bias`, the form fused kernels (Liger) take; else the reason.
+
+        The logit scale is folded into the input and the bias (s * (W x + b) = W (s x) + s b), and a pre-head
+        projection runs in `prepare`, so only a soft-capped head or a wrapped one (e.g. LoRA on `lm_head`)
+        cannot be written this way.
+        """
+        if not self.transform.is_affine:
+            return None, f"{self.model_type} soft-caps its logits, which mixes logits rather than hidden states"
+        if type(self.head) is not nn.Linear:
+            return None, f"the output head is a {type(self.head).__name__}, not a plain nn.Linear (e.g. PEFT-wrapped)"
+        scale, pre_head, weight = self.transform.scale, self.pre_head, self.head.weight
+
+        def prepare(normed: torch.Tensor) -> torch.Tensor:
+            if pre_head is not None:
+                normed = pre_head(normed.to(weight.dtype))
+            return (normed * scale if scale != 1.0 else normed).to(weight.dtype)
+
+        bias = self.head.bias
+        return LinearHead(prepare, weight, None if bias is None else (bias * scale if scale != 1.0 else bias)), ""
 
 
 def _get(root: nn.Module, path: str) -> nn.Module | None:

@@ -20,7 +20,7 @@ ROUTER_INITS = ("uniform", "final")
 ADAPTERS = ("norm", "affine", "none")
 DISTILLS = ("kl", "reverse_kl", "js", "none")
 DISTILL_SCHEDULES = ("all", "rotate")
-LOSS_IMPLEMENTATIONS = ("chunked", "reference")
+LOSS_IMPLEMENTATIONS = ("auto", "chunked", "liger", "reference")
 
 
 def help_field(text: str, **kw: Any) -> Any:
@@ -92,10 +92,13 @@ class MoDEConfig:
         default=10,
     )
     loss_implementation: str = help_field(
-        "'chunked': compute the training losses chunk by chunk over the labelled tokens, so at most one chunk "
-        "of [chunk x vocab] logits per layer is alive at a time; 'reference': materialise all logits at once "
-        "(the straightforward computation, kept as the tested reference).",
-        default="chunked",
+        "How the training losses are computed (all give the same numbers): 'chunked' = chunk by chunk over the "
+        "labelled tokens, so at most one chunk of [chunk x vocab] logits per layer is alive at a time; 'liger' = "
+        "Liger-Kernel's fused linear cross-entropy and JSD (pip install 'modetune[liger]'; CUDA, an affine "
+        "plain-Linear head and a detached teacher); 'auto' = 'liger' when all of that holds, else 'chunked'; "
+        "'reference' = materialise all logits at once (the straightforward computation the others are tested "
+        "against).",
+        default="auto",
     )
     loss_chunk_size: int = help_field(
         "Tokens per chunk with loss_implementation='chunked'; 0 = automatic (about 2^23 logits per chunk over "

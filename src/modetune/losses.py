@@ -4,6 +4,9 @@ Two implementations that give the same numbers:
 
 * `mode_loss_reference` materialises every layer's [tokens x vocab] logits at once. It is the
   straightforward reading of the method and the reference the tests hold the fast path to.
+* `mode_loss_liger` (CUDA, optional `liger-kernel`) hands the same terms to Liger-Kernel's fused linear
+  cross-entropy and fused linear JSD, which never materialise the logits either. It needs an affine head
+  (`LocatedModel.linear_head`) and a detached teacher, and tests hold it to the reference too.
 * `mode_loss_chunked` walks over the labelled tokens in chunks. For each chunk it projects, computes the
   loss and, right away, the loss's gradient with respect to its inputs (the normalized hidden states and
   the router weights), then frees the logits. The autograd backward only scales those stored gradients.
@@ -25,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from modetune.architectures import LinearHead
 
 IGNORE_INDEX = -100
 Projector = Callable[[torch.Tensor], torch.Tensor]  # normalized hidden [n, d] -> logits [n, V]
@@ -59,6 +64,7 @@ class LossPlan:
     detach_teacher: bool
     students: tuple[int, ...]  # indices (into the k late layers) of the distilled non-final layers
     per_layer: bool  # project every layer (needed for distillation, per-layer metrics, soft-capped heads)
+    layer_metrics: bool = True  # report each layer's own cross-entropy (free in the chunked pass when per_layer)
 
 
 @dataclass
@@ -230,6 +236,69 @@ def mode_loss_chunked(
     )
     layer = None if torch.isnan(layer_ce).any() else layer_ce / denom
     return LossParts(total / denom, ce / denom, distill / denom, layer, n)
+
+
+LIGER_BETA = {"kl": 0.0, "reverse_kl": 1.0, "js": 0.5}  # Liger's generalized JSD: beta 0 / 1 = forward / reverse KL
+
+
+def mode_loss_liger(
+    ys: torch.Tensor | list[torch.Tensor],
+    gates: torch.Tensor,
+    labels: torch.Tensor,
+    head: LinearHead,
+    plan: LossPlan,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> LossParts:
+    """Same numbers as `mode_loss_reference`, through Liger-Kernel's fused kernels (one Triton pass per term).
+
+    The ensemble cross-entropy is one fused projection of the mixed hidden state; each distilled layer is one
+    fused linear JSD against the (detached) final layer; per-layer metrics, when asked for, are extra
+    forward-only fused cross-entropies.
+    """
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy, liger_fused_linear_jsd
+
+    if plan.distill != "none" and plan.students and not plan.detach_teacher:
+        raise ValueError("the Liger loss distills into a detached teacher only (distill_detach_teacher=True)")
+    targets = shift_labels(labels)
+    valid = targets != IGNORE_INDEX
+    n = int(valid.sum())
+    denom = _denominator(n, num_items_in_batch, gates.device)
+    ys_valid = [y[valid] for y in ys]  # unlabelled positions never reach the head
+    gates_valid, targets_valid = gates[valid], targets[valid]
+    k = len(ys_valid)
+
+    def fused_ce(x: torch.Tensor) -> torch.Tensor:
+        return liger_fused_linear_cross_entropy(
+            head.prepare(x), head.weight, targets_valid, bias=head.bias, reduction="sum"
+        ).float()
+
+    mixed = torch.einsum("knd,nk->nd", torch.stack(ys_valid), gates_valid.to(ys_valid[0].dtype))
+    ce = fused_ce(mixed) if n else mixed.sum() * 0.0
+    distill = gates.new_zeros(max(k - 1, 0), dtype=torch.float32)
+    if plan.distill != "none" and plan.students and n:
+        T = plan.temperature
+        teacher = head.prepare(ys_valid[-1]).detach()
+        terms = [
+            liger_fused_linear_jsd(
+                head.prepare(ys_valid[i]),
+                head.weight,
+                teacher,
+                head.weight,
+                None,
+                LIGER_BETA[plan.distill],
+                IGNORE_INDEX,
+                T,
+            ).float()
+            * (n * T**2)  # Liger averages over tokens and does not scale by T^2
+            for i in plan.students
+        ]
+        distill = distill.index_put((torch.tensor(plan.students, device=distill.device),), torch.stack(terms))
+    layer_ce = None
+    if plan.layer_metrics and n:
+        with torch.no_grad():
+            layer_ce = torch.stack([fused_ce(y) for y in ys_valid]) / denom
+    total = (ce + plan.distill_weight * distill.sum()) / denom
+    return LossParts(total, (ce / denom).detach(), (distill / denom).detach(), layer_ce, n)
 
 
 def _denominator(n: int, num_items_in_batch: int | torch.Tensor | None, device: torch.device) -> torch.Tensor:

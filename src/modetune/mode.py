@@ -43,6 +43,7 @@ from modetune.losses import (
     LossPlan,
     auto_chunk_size,
     mode_loss_chunked,
+    mode_loss_liger,
     mode_loss_reference,
     pick_students,
     shift_labels,
@@ -185,6 +186,10 @@ class MoDEModel(nn.Module):
                 p.requires_grad_(False)
         self.adapters.to(self.device)
         self.router.to(self.device)
+        if config.loss_implementation == "liger":
+            liger_unavailable = self._liger_unavailable(device=None)
+            if liger_unavailable:
+                raise ConfigError(f"loss_implementation='liger' cannot be used: {liger_unavailable}")
         self.current_step: int | None = None  # set by the training loop; else forward calls are counted
         self._training_forwards = 0
 
@@ -196,6 +201,7 @@ class MoDEModel(nn.Module):
 
     def _locate(self) -> None:
         self._located: LocatedModel = locate(self.causal_lm)
+        self._resolved_loss: dict[tuple[str, str], str] = {}  # 'auto' / 'liger', resolved per device
 
     @property
     def config(self):  # the base model's config, as HF-style callers expect
@@ -352,13 +358,49 @@ class MoDEModel(nn.Module):
             detach_teacher=cfg.distill_detach_teacher,
             students=pick_students(cfg.num_layers, cfg.distill_schedule, step) if distill_now else (),
             per_layer=per_layer,
+            layer_metrics=metrics_now,
         )
         labels = labels.to(gates.device)
-        if cfg.loss_implementation == "reference":
+        implementation = self.loss_implementation(gates.device)
+        if implementation == "reference":
             return mode_loss_reference(ys, gates, labels, self._project, plan, num_items_in_batch)
+        if implementation == "liger":
+            head, _ = self._located.linear_head()
+            return mode_loss_liger(ys, gates, labels, head, plan, num_items_in_batch)
         chunk = cfg.loss_chunk_size or auto_chunk_size(self.fingerprint()["vocab_size"], cfg.num_layers)
         head_params = tuple(p for p in self._located.head_path_parameters() if p.requires_grad)
         return mode_loss_chunked(ys, gates, labels, self._project, plan, chunk, num_items_in_batch, head_params)
+
+    def loss_implementation(self, device: torch.device) -> str:
+        """The loss implementation used on `device`: the configured one, with 'auto' resolved."""
+        requested = self.mode_config.loss_implementation
+        if requested in ("chunked", "reference"):
+            return requested
+        key = (requested, str(device))
+        if key not in self._resolved_loss:
+            unavailable = self._liger_unavailable(device)
+            if requested == "liger" and unavailable:
+                raise ConfigError(f"loss_implementation='liger' cannot be used: {unavailable}")
+            self._resolved_loss[key] = "chunked" if unavailable else "liger"
+        return self._resolved_loss[key]
+
+    def _liger_unavailable(self, device: torch.device | None) -> str:
+        """Why the Liger loss cannot run here ('' when it can); device=None skips the device check."""
+        try:
+            import liger_kernel.transformers.functional  # noqa: F401
+        except ImportError:
+            return "liger-kernel is not installed (pip install 'modetune[liger]'), or use 'chunked'"
+        _, reason = self._located.linear_head()
+        if reason:
+            return f"{reason}; use 'chunked' (or 'auto')"
+        if self.mode_config.uses_distillation and not self.mode_config.distill_detach_teacher:
+            return "Liger's fused JSD does not send gradients to the teacher; set distill_detach_teacher=True"
+        has_bias = getattr(self._located.head, "bias", None) is not None
+        if self.mode_config.uses_distillation and has_bias:
+            return "Liger's fused JSD takes no head bias; use 'chunked'"
+        if device is not None and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            return f"its Triton kernels need a CUDA device (this loss runs on {device.type}); use 'chunked'"
+        return ""
 
     # -- generation ------------------------------------------------------------------------------------
     @torch.no_grad()
