@@ -188,6 +188,8 @@ def _generate(gen: dict[str, Any]) -> list[str]:
                 _f(r["tokens_per_s"], 1),
                 _f(r["tps_ratio"], 3),
                 _f(r["predicted_ratio"], 3),
+                _f(1e3 * r["decode_step_s"]["median"], 1) if r.get("decode_step_s") else "–",
+                _f(r.get("decode_step_ratio"), 3),
                 _mem(r.get("memory"), "delta_mib"),
                 _f(r.get("memory_delta_ratio"), 3),
             ]
@@ -197,7 +199,10 @@ def _generate(gen: dict[str, Any]) -> list[str]:
         "",
         f"`model.generate`, {gen['setup']['decoding']}, the same prompt in every row; tokens/s = batch x new "
         "tokens / seconds. MoDE = `get_mode_model(base, MoDEConfig(num_layers=3))` around the very same base model "
-        "(untrained router and adapters: speed does not depend on their values).",
+        "(untrained router and adapters: speed does not depend on their values). One decoding step: a single "
+        "cached step (batch x 1 new token after 64 cached ones), timed alternately "
+        f"{gen['setup'].get('decode_steps', '')} times; median ms and base / MoDE speed ratio, the per-token cost "
+        "without the generation loop's run-to-run swings.",
         "",
         _table(
             [
@@ -208,6 +213,8 @@ def _generate(gen: dict[str, Any]) -> list[str]:
                 "tokens/s",
                 "MoDE / base",
                 "FLOP-predicted",
+                "1 step ms",
+                "step MoDE / base",
                 "peak Δ MiB",
                 "Δ / base",
             ],

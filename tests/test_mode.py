@@ -232,3 +232,18 @@ def test_left_padding_matches_unpadded(batch):
         padded = mode(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[1, -1]
         alone = mode(input_ids=batch["input_ids"][1:, 3:]).logits[0, -1]
     torch.testing.assert_close(padded, alone, rtol=1e-4, atol=1e-4)
+
+
+def test_logits_to_keep_routes_only_the_kept_positions(batch):
+    """Decoding normalizes, routes and projects only the kept positions, with the same numbers."""
+    mode = get_mode_model(build_tiny_model("llama"), MoDEConfig(num_layers=3, router_init="uniform")).eval()
+    with torch.no_grad():
+        mode.router.gate.weight.normal_(0, 0.5)
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        full = mode(**inputs)
+        last = mode(**inputs, logits_to_keep=1)
+        picked = mode(**inputs, logits_to_keep=torch.tensor([2, 7]))
+    assert last.router_weights.shape == (2, 1, 3) and full.router_weights.shape == (2, 12, 3)
+    torch.testing.assert_close(last.logits, full.logits[:, -1:], rtol=0, atol=1e-6)
+    torch.testing.assert_close(last.router_weights, full.router_weights[:, -1:])
+    torch.testing.assert_close(picked.logits, full.logits[:, [2, 7]], rtol=0, atol=1e-6)

@@ -150,7 +150,7 @@ class MoDEOutput(CausalLMOutputWithPast):
     ce_loss: torch.Tensor | None = None  # ensemble cross-entropy
     distill_loss: torch.Tensor | None = None  # [k-1] one term per non-final layer (unweighted)
     layer_ce: torch.Tensor | None = None  # [k] each layer's own cross-entropy (when computed this step)
-    router_weights: torch.Tensor | None = None  # [batch, seq, k]
+    router_weights: torch.Tensor | None = None  # [batch, seq, k] (decoding: only the kept positions)
     router_mean: torch.Tensor | None = None  # [k] mean weight over (labelled, else attended) tokens
     router_entropy: torch.Tensor | None = None  # mean per-token routing entropy (nats)
 
@@ -297,6 +297,10 @@ class MoDEModel(nn.Module):
         }
         with self._capture_late_states() as states:
             backbone_out = self._located.backbone(**backbone_kwargs)
+        if labels is None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            # decoding: only the kept positions are normalized, routed and projected
+            states = {slot: _keep_positions(h, logits_to_keep) for slot, h in states.items()}
+            logits_to_keep = 0
         ys = self._normalized_states(states)  # k x [B, T, d]
         gates = self.router(ys[-1])  # [B, T, k]
 
@@ -329,13 +333,11 @@ class MoDEModel(nn.Module):
         self, ys: list[torch.Tensor], gates: torch.Tensor, logits_to_keep: int | torch.Tensor = 0
     ) -> torch.Tensor:
         """sum_i g_i * head(y_i) at the kept positions; one projection when the head path is affine."""
-        ys = torch.stack([_keep_positions(y, logits_to_keep) for y in ys])
+        ys = [_keep_positions(y, logits_to_keep) for y in ys]
         gates = _keep_positions(gates, logits_to_keep)
         if self._located.head_is_affine() and self.mode_config.mix_in_hidden_space:
-            mixed = torch.einsum("k...d,...k->...d", ys, gates)
-            return self._project(mixed)
-        per_layer = torch.stack([self._project(y).float() for y in ys])
-        return torch.einsum("k...v,...k->...v", per_layer, gates).to(self.dtype)
+            return self._project(_mix(ys, gates))
+        return _mix([self._project(y).float() for y in ys], gates).to(self.dtype)
 
     def _loss(
         self,
@@ -530,6 +532,14 @@ def get_mode_model(model: nn.Module, config: MoDEConfig | None = None, **overrid
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
+def _mix(xs: list[torch.Tensor], gates: torch.Tensor) -> torch.Tensor:
+    """sum_i gates[..., i] * xs[i] (a fused multiply-add per layer: cheaper than stack + einsum when decoding)."""
+    mixed = xs[0] * gates[..., :1].to(xs[0].dtype)
+    for i in range(1, len(xs)):
+        mixed = mixed.addcmul(xs[i], gates[..., i : i + 1].to(xs[i].dtype))
+    return mixed
+
+
 def _keep_positions(t: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
     """The positions a `*ForCausalLM` would compute logits for (`logits_to_keep`, as in transformers)."""
     if isinstance(logits_to_keep, int):
