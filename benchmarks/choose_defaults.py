@@ -3,9 +3,11 @@
 1. Initial ensemble cross-entropy of an untrained k=3 MoDE on SmolLM2-135M over GSM8K worked solutions:
    router_init 'uniform' vs 'final' (and the base model).
 2. Short LoRA + MoDE runs on the built-in arithmetic task (the demo's), varying router_init and the
-   distillation weight lambda: held-out accuracy and ensemble cross-entropy after training.
+   distillation weight lambda (1.0, 0.1, 0 = no distillation): held-out accuracy, ensemble and per-layer
+   cross-entropy after training.
 
-    python benchmarks/choose_defaults.py [--steps 40] [--gsm8k ../shared/data/gsm8k_openai/train.jsonl]
+    python benchmarks/choose_defaults.py [--steps 40] [--seeds 0 1] [--gsm8k ../shared/data/gsm8k_openai/train.jsonl]
+                                         [--skip-initial] [--skip-training] [--redo]
 
 Writes benchmarks/defaults.json and prints a markdown table (copied into benchmarks/RESULTS.md).
 """
@@ -61,24 +63,40 @@ def short_run(steps: int, router_init: str, distill_weight: float, test: list, s
             **{f"ce_layer_{k}": v for k, v in losses["layers"].items()}}  # fmt: skip
 
 
+GRID = (("final", 1.0), ("final", 0.3), ("final", 0.1), ("final", 0.0), ("uniform", 1.0), ("uniform", 0.1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gsm8k", default=str(ROOT.parent / "shared" / "data" / "gsm8k_openai" / "train.jsonl"))
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds per setting")
+    parser.add_argument("--skip-initial", action="store_true", help="keep the untrained-ensemble figures on file")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--redo", action="store_true", help="re-run training settings already in defaults.json")
     args = parser.parse_args()
+    out_path = ROOT / "benchmarks" / "defaults.json"
+    results: dict = json.loads(out_path.read_text()) if out_path.exists() else {}
     torch.manual_seed(0)
-    results: dict = {"initial": initial_losses(Path(args.gsm8k), args.n)}
-    print(json.dumps(results["initial"], indent=2))
+    if not args.skip_initial or "initial" not in results:
+        results["initial"] = initial_losses(Path(args.gsm8k), args.n)
+        print(json.dumps(results["initial"], indent=2))
     if not args.skip_training:
         test = generate_problems(100, seed=0, difficulty=1, split="test")
+        done = {} if args.redo else results.get("runs", {})
         results["runs"] = {}
-        for init, lam in (("final", 1.0), ("uniform", 1.0), ("final", 0.1)):
-            key = f"router_init={init}, distill_weight={lam}"
-            results["runs"][key] = short_run(args.steps, init, lam, test)
-            print(key, json.dumps(results["runs"][key]))
-    (ROOT / "benchmarks" / "defaults.json").write_text(json.dumps(results, indent=2) + "\n")
+        results["training_setup"] = {
+            "steps": args.steps, "seeds": args.seeds, "data": "synthetic:2000:1", "test": "100 held-out problems",
+            "peft": "lora (TrainConfig defaults)", "batch_size": 8, "learning_rate": 1e-3, "num_layers": 3,
+        }  # fmt: skip
+        for seed in args.seeds:
+            for init, lam in GRID:
+                key = f"router_init={init}, distill_weight={lam}, seed={seed}"
+                results["runs"][key] = done.get(key) or short_run(args.steps, init, lam, test, seed=seed)
+                print(key, json.dumps(results["runs"][key]), flush=True)
+                out_path.write_text(json.dumps(results, indent=2) + "\n")  # keep what is done if interrupted
+    out_path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

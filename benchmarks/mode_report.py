@@ -70,8 +70,14 @@ def render(results: dict[str, Any]) -> str:
             "",
         ]
     machine, versions = meta["machine"], meta["versions"]
-    load = machine.get("load_average_start")
-    if load and machine.get("cores") and load[0] > 0.5 * machine["cores"]:
+    load, busy = machine.get("load_average_start"), machine.get("other_cpu_use_start")
+    if busy is not None and busy > 0.25:
+        parts += [
+            f"> Warning: other processes kept {busy} of {machine['cores']} cores busy when the run started; "
+            "the timings are noisy.",
+            "",
+        ]
+    elif busy is None and load and machine.get("cores") and load[0] > 0.5 * machine["cores"]:  # older results
         parts += [
             f"> Warning: the 1-minute load average was {load[0]} on {machine['cores']} cores when the run started; "
             "other processes shared the CPU, so the timings are noisy.",
@@ -87,7 +93,12 @@ def render(results: dict[str, Any]) -> str:
         f"Machine: {machine['cpu']}, {machine['cores']} cores ({machine['torch_threads']} torch threads), "
         f"{_f(machine.get('ram_gib'), 1)} GiB RAM, device `{machine['device']}`"
         + (f" ({machine['gpu']})" if machine.get("gpu") else "")
-        + f"; load average {machine.get('load_average_start')} at start, {machine.get('load_average_end')} at end.  ",
+        + f"; load average {machine.get('load_average_start')} at start, {machine.get('load_average_end')} at end"
+        + (
+            f"; other processes' CPU use before the start {machine['other_cpu_use_start']} cores.  "
+            if machine.get("other_cpu_use_start") is not None
+            else ".  "
+        ),
         f"Versions: Python {versions['python']}, torch {versions['torch']}, transformers {versions['transformers']}, "
         f"peft {versions['peft']}, modetune {versions['modetune']} (commit {commit}).",
         "",

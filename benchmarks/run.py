@@ -945,10 +945,32 @@ def machine_info(device: str) -> dict[str, Any]:
         "platform": platform.platform(),
         "device": device,
         "load_average_start": _loadavg(),
+        "other_cpu_use_start": other_cpu_use(),
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def other_cpu_use(seconds: float = 5.0) -> float | None:
+    """Cores kept busy by other processes, measured from /proc/stat while this one sleeps.
+
+    The load average is a poor check: it still counts a job that ended a minute ago, and during the run it
+    counts the benchmark itself.
+    """
+
+    def busy_and_total() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    try:
+        busy0, total0 = busy_and_total()
+        time.sleep(seconds)
+        busy1, total1 = busy_and_total()
+    except (OSError, ValueError, IndexError):
+        return None
+    return round((busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1), 2)
 
 
 def _loadavg() -> list[float] | None:

@@ -220,19 +220,14 @@ def mode_loss_chunked(
     `head_params`: trainable parameters inside `project` (e.g. LoRA on a pre-head projection, or a head in
     PEFT's modules_to_save); their gradients are accumulated chunk by chunk like the inputs'.
     """
-    ys = list(ys)
     slot_grads = tuple(y.requires_grad for y in ys)
-    targets = shift_labels(labels)
-    valid = targets != IGNORE_INDEX
-    n = int(valid.sum())
-    denom = _denominator(n, num_items_in_batch, ys[0].device)
-    ys_valid = torch.stack([y[valid] for y in ys])  # [k, n, d]: unlabelled positions never reach the head
-    gates_valid = gates[valid]  # [n, k]
+    layers, gates_valid, targets_valid, n, denom = _labelled_positions(ys, gates, labels, num_items_in_batch)
+    ys_valid = torch.stack(layers)  # [k, n, d]
     needs_grad = torch.is_grad_enabled() and (
         any(slot_grads) or gates_valid.requires_grad or any(p.requires_grad for p in head_params)
     )
     total, ce, distill, layer_ce = _ChunkedMoDELoss.apply(
-        ys_valid, gates_valid, targets[valid], project, plan, chunk_size, needs_grad, slot_grads, *head_params
+        ys_valid, gates_valid, targets_valid, project, plan, chunk_size, needs_grad, slot_grads, *head_params
     )
     layer = None if torch.isnan(layer_ce).any() else layer_ce / denom
     return LossParts(total / denom, ce / denom, distill / denom, layer, n)
@@ -259,12 +254,7 @@ def mode_loss_liger(
 
     if plan.distill != "none" and plan.students and not plan.detach_teacher:
         raise ValueError("the Liger loss distills into a detached teacher only (distill_detach_teacher=True)")
-    targets = shift_labels(labels)
-    valid = targets != IGNORE_INDEX
-    n = int(valid.sum())
-    denom = _denominator(n, num_items_in_batch, gates.device)
-    ys_valid = [y[valid] for y in ys]  # unlabelled positions never reach the head
-    gates_valid, targets_valid = gates[valid], targets[valid]
+    ys_valid, gates_valid, targets_valid, n, denom = _labelled_positions(ys, gates, labels, num_items_in_batch)
     k = len(ys_valid)
 
     def fused_ce(x: torch.Tensor) -> torch.Tensor:
@@ -299,6 +289,21 @@ def mode_loss_liger(
             layer_ce = torch.stack([fused_ce(y) for y in ys_valid]) / denom
     total = (ce + plan.distill_weight * distill.sum()) / denom
     return LossParts(total, (ce / denom).detach(), (distill / denom).detach(), layer_ce, n)
+
+
+def _labelled_positions(
+    ys: torch.Tensor | list[torch.Tensor],
+    gates: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None,
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, int, torch.Tensor]:
+    """k x [n, d] hidden states, [n, k] gates and [n] targets at the labelled positions only (unlabelled ones
+    never reach the head), n, and the loss denominator."""
+    targets = shift_labels(labels)
+    valid = targets != IGNORE_INDEX
+    n = int(valid.sum())
+    denom = _denominator(n, num_items_in_batch, gates.device)
+    return [y[valid] for y in ys], gates[valid], targets[valid], n, denom
 
 
 def _denominator(n: int, num_items_in_batch: int | torch.Tensor | None, device: torch.device) -> torch.Tensor:
