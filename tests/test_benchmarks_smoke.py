@@ -58,6 +58,9 @@ def test_tiny_quick_suite_writes_every_section(tmp_path):
         ("base", 1), ("base", 8), ("MoDE(k=3)", 1), ("MoDE(k=3)", 8)
     }  # fmt: skip
     assert all(r["memory"]["ok"] and r["tokens_per_s"] > 0 for r in results["generate"]["rows"])
+    assert all(r["decode_step_s"]["median"] > 0 and r["decode_step_ratio"] > 0 for r in results["generate"]["rows"])
+    assert results["meta"]["machine"]["other_cpu_use_start"] is not None
+    assert "one cached decoding step" in report.read_text()
     assert [r["model"] for r in results["loglik"]["rows"]] == ["base", "MoDE(k=3)"]
     assert all(r["memory"]["ok"] for r in results["memory"]["rows"])
     assert all(f["slope_mib_per_1k_tokens"] is not None for f in results["memory"]["fits"])
