@@ -23,13 +23,15 @@ accumulation), and every distillation term is multiplied by T^2.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from modetune.architectures import LinearHead
+from modetune.architectures import LinearHead, LocatedModel
+from modetune.config import MoDEConfig
 
 IGNORE_INDEX = -100
 Projector = Callable[[torch.Tensor], torch.Tensor]  # normalized hidden [n, d] -> logits [n, V]
@@ -234,6 +236,24 @@ def mode_loss_chunked(
 
 
 LIGER_BETA = {"kl": 0.0, "reverse_kl": 1.0, "js": 0.5}  # Liger's generalized JSD: beta 0 / 1 = forward / reverse KL
+
+
+def liger_unavailable(located: LocatedModel, config: MoDEConfig, device: torch.device | None) -> str:
+    """Why `mode_loss_liger` cannot run for this model and config ('' when it can); device=None: any device."""
+    try:
+        import liger_kernel.transformers.functional  # noqa: F401
+    except ImportError:
+        return "liger-kernel is not installed (pip install 'modetune[liger]'), or use 'chunked'"
+    _, reason = located.linear_head()
+    if reason:
+        return f"{reason}; use 'chunked' (or 'auto')"
+    if config.uses_distillation and not config.distill_detach_teacher:
+        return "Liger's fused JSD does not send gradients to the teacher; set distill_detach_teacher=True"
+    if config.uses_distillation and getattr(located.head, "bias", None) is not None:
+        return "Liger's fused JSD takes no head bias; use 'chunked'"
+    if device is not None and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"its Triton kernels need a CUDA device (this loss runs on {device.type}); use 'chunked'"
+    return ""
 
 
 def mode_loss_liger(

@@ -42,6 +42,7 @@ from modetune.losses import (
     LossParts,
     LossPlan,
     auto_chunk_size,
+    liger_unavailable,
     mode_loss_chunked,
     mode_loss_liger,
     mode_loss_reference,
@@ -187,9 +188,9 @@ class MoDEModel(nn.Module):
         self.adapters.to(self.device)
         self.router.to(self.device)
         if config.loss_implementation == "liger":
-            liger_unavailable = self._liger_unavailable(device=None)
-            if liger_unavailable:
-                raise ConfigError(f"loss_implementation='liger' cannot be used: {liger_unavailable}")
+            unavailable = liger_unavailable(self._located, config, device=None)
+            if unavailable:
+                raise ConfigError(f"loss_implementation='liger' cannot be used: {unavailable}")
         self.current_step: int | None = None  # set by the training loop; else forward calls are counted
         self._training_forwards = 0
 
@@ -380,29 +381,11 @@ class MoDEModel(nn.Module):
             return requested
         key = (requested, str(device))
         if key not in self._resolved_loss:
-            unavailable = self._liger_unavailable(device)
+            unavailable = liger_unavailable(self._located, self.mode_config, device)
             if requested == "liger" and unavailable:
                 raise ConfigError(f"loss_implementation='liger' cannot be used: {unavailable}")
             self._resolved_loss[key] = "chunked" if unavailable else "liger"
         return self._resolved_loss[key]
-
-    def _liger_unavailable(self, device: torch.device | None) -> str:
-        """Why the Liger loss cannot run here ('' when it can); device=None skips the device check."""
-        try:
-            import liger_kernel.transformers.functional  # noqa: F401
-        except ImportError:
-            return "liger-kernel is not installed (pip install 'modetune[liger]'), or use 'chunked'"
-        _, reason = self._located.linear_head()
-        if reason:
-            return f"{reason}; use 'chunked' (or 'auto')"
-        if self.mode_config.uses_distillation and not self.mode_config.distill_detach_teacher:
-            return "Liger's fused JSD does not send gradients to the teacher; set distill_detach_teacher=True"
-        has_bias = getattr(self._located.head, "bias", None) is not None
-        if self.mode_config.uses_distillation and has_bias:
-            return "Liger's fused JSD takes no head bias; use 'chunked'"
-        if device is not None and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            return f"its Triton kernels need a CUDA device (this loss runs on {device.type}); use 'chunked'"
-        return ""
 
     # -- generation ------------------------------------------------------------------------------------
     @torch.no_grad()
