@@ -57,6 +57,8 @@ def test_train_writes_a_complete_run(tmp_path, tiny_model_dir, capsys):
     } <= names
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and info["global_step"] == 4
+    # 'auto' resolved: Liger's kernels need CUDA (and liger-kernel installed)
+    assert info["loss_implementation"] in (("chunked", "liger") if torch.cuda.is_available() else ("chunked",))
     assert info["command"][:2] == ["modetune", "train"] or info["command"][0] == "modetune"
     assert info["mode_config"]["num_layers"] == 3 and info["train_config"]["peft"] == "lora"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -160,6 +162,11 @@ def test_mode_only_and_dora(tmp_path, tiny_model_dir):
         (["--peft", "prefix"], "peft='prefix' is not supported"),
         (["--resume"], "is not a run directory"),
         (["--data", "synthetic:abc"], "N must be a whole number"),
+        pytest.param(
+            ["--loss-implementation", "liger"],
+            "loss_implementation='liger' cannot be used",  # no CUDA here (or liger-kernel not installed)
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="Liger runs on CUDA"),
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, tiny_model_dir, capsys, extra, needle):

@@ -135,6 +135,7 @@ def _prepare_output(cfg: TrainConfig, mode_cfg: MoDEConfig) -> Path | None:
 
 def train(cfg: TrainConfig, mode_cfg: MoDEConfig, argv: list[str] | None = None) -> TrainResult:
     """Run one training job end to end and leave a complete run directory in `cfg.output`."""
+    import torch
     from transformers import TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_callback import ProgressCallback as HFProgressCallback
@@ -165,6 +166,9 @@ def train(cfg: TrainConfig, mode_cfg: MoDEConfig, argv: list[str] | None = None)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     mode = get_mode_model(wrap_peft(model, cfg), mode_cfg)
+    use_cpu = not _cuda_available()
+    # resolve 'auto' (and refuse an impossible 'liger') before anything is written
+    loss_implementation = mode.loss_implementation(torch.device("cpu" if use_cpu else "cuda"))
     if cfg.gradient_checkpointing:
         mode.gradient_checkpointing_enable()
 
@@ -185,6 +189,7 @@ def train(cfg: TrainConfig, mode_cfg: MoDEConfig, argv: list[str] | None = None)
         "synthetic_data": [s for s in cfg.data if parse_synthetic_spec(s) is not None],
         "train_config": cfg.to_dict(),
         "mode_config": mode_cfg.to_dict(),
+        "loss_implementation": loss_implementation,
         "num_train_examples": len(train_ds),
         "num_eval_examples": len(eval_ds) if eval_ds else 0,
         "data_stats": train_ds.stats.summary(),
@@ -200,7 +205,6 @@ def train(cfg: TrainConfig, mode_cfg: MoDEConfig, argv: list[str] | None = None)
         ]
     write_run_info(out, info)
 
-    use_cpu = not _cuda_available()
     args = TrainingArguments(
         output_dir=str(out),
         num_train_epochs=cfg.num_epochs,
