@@ -102,6 +102,7 @@ def test_auto_uses_liger_only_where_it_holds(batch, monkeypatch):
         ("gemma2", {}, "soft-caps"),
         ("phi", {}, "bias"),
         ("llama", {"distill_detach_teacher": False}, "distill_detach_teacher=True"),
+        ("llama", {"mix_in_hidden_space": False}, "mix_in_hidden_space=False"),
     ],
 )
 def test_explicit_liger_refuses_what_it_cannot_compute(model_type, overrides, message):

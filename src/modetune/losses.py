@@ -247,6 +247,8 @@ def liger_unavailable(located: LocatedModel, config: MoDEConfig, device: torch.d
     _, reason = located.linear_head()
     if reason:
         return f"{reason}; use 'chunked' (or 'auto')"
+    if not config.mix_in_hidden_space:
+        return "mix_in_hidden_space=False asks for per-layer logits, while Liger mixes hidden states; use 'chunked'"
     if config.uses_distillation and not config.distill_detach_teacher:
         return "Liger's fused JSD does not send gradients to the teacher; set distill_detach_teacher=True"
     if config.uses_distillation and getattr(located.head, "bias", None) is not None:
