@@ -37,6 +37,14 @@ IGNORE_INDEX = -100
 Projector = Callable[[torch.Tensor], torch.Tensor]  # normalized hidden [n, d] -> logits [n, V]
 
 
+def mix(xs: list[torch.Tensor] | tuple[torch.Tensor, ...], gates: torch.Tensor) -> torch.Tensor:
+    """sum_i gates[..., i] * xs[i]: the router's mixture, one fused multiply-add per layer (no stacked copy)."""
+    mixed = xs[0] * gates[..., :1].to(xs[0].dtype)
+    for i in range(1, len(xs)):
+        mixed = mixed.addcmul(xs[i], gates[..., i : i + 1].to(xs[i].dtype))
+    return mixed
+
+
 def divergence(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:
     """Per-token distillation term D(teacher, student) * T^2, summed over the vocabulary -> shape [n]."""
     s = F.log_softmax(student.float() / temperature, dim=-1)
@@ -96,8 +104,7 @@ def _chunk_terms(
     k, n = len(ys), targets.shape[0]
     distill = gates.new_zeros(max(k - 1, 0), dtype=torch.float32)
     if not plan.per_layer:  # affine head: mix hidden states, project once
-        mixed = torch.einsum("knd,nk->nd", torch.stack(ys), gates.to(ys[0].dtype))
-        ce = F.cross_entropy(project(mixed).float(), targets, reduction="sum")
+        ce = F.cross_entropy(project(mix(ys, gates)).float(), targets, reduction="sum")
         return ce, distill, None
     logits = project(torch.cat(ys)).float().view(k, n, -1)  # one projection for all k layers
     ensemble = torch.einsum("knv,nk->nv", logits, gates.float())
@@ -244,14 +251,14 @@ def liger_unavailable(located: LocatedModel, config: MoDEConfig, device: torch.d
         import liger_kernel.transformers.functional  # noqa: F401
     except ImportError:
         return "liger-kernel is not installed (pip install 'modetune[liger]'), or use 'chunked'"
-    _, reason = located.linear_head()
+    head, reason = located.linear_head()
     if reason:
         return f"{reason}; use 'chunked' (or 'auto')"
     if not config.mix_in_hidden_space:
         return "mix_in_hidden_space=False asks for per-layer logits, while Liger mixes hidden states; use 'chunked'"
     if config.uses_distillation and not config.distill_detach_teacher:
         return "Liger's fused JSD does not send gradients to the teacher; set distill_detach_teacher=True"
-    if config.uses_distillation and getattr(located.head, "bias", None) is not None:
+    if config.uses_distillation and head.bias is not None:
         return "Liger's fused JSD takes no head bias; use 'chunked'"
     if device is not None and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return f"its Triton kernels need a CUDA device (this loss runs on {device.type}); use 'chunked'"
@@ -284,7 +291,7 @@ def mode_loss_liger(
             head.prepare(x), head.weight, targets_valid, bias=head.bias, reduction="sum"
         ).float()
 
-    mixed = torch.einsum("knd,nk->nd", torch.stack(ys_valid), gates_valid.to(ys_valid[0].dtype))
+    mixed = mix(ys_valid, gates_valid)
     ce = fused_ce(mixed) if n else mixed.sum() * 0.0
     distill = gates.new_zeros(max(k - 1, 0), dtype=torch.float32)
     if plan.distill != "none" and plan.students and n:

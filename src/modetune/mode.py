@@ -43,6 +43,7 @@ from modetune.losses import (
     LossPlan,
     auto_chunk_size,
     liger_unavailable,
+    mix,
     mode_loss_chunked,
     mode_loss_liger,
     mode_loss_reference,
@@ -188,9 +189,7 @@ class MoDEModel(nn.Module):
         self.adapters.to(self.device)
         self.router.to(self.device)
         if config.loss_implementation == "liger":
-            unavailable = liger_unavailable(self._located, config, device=None)
-            if unavailable:
-                raise ConfigError(f"loss_implementation='liger' cannot be used: {unavailable}")
+            self.loss_implementation(device=None)  # refuse now what cannot run on any device
         self.current_step: int | None = None  # set by the training loop; else forward calls are counted
         self._training_forwards = 0
 
@@ -337,8 +336,8 @@ class MoDEModel(nn.Module):
         ys = [_keep_positions(y, logits_to_keep) for y in ys]
         gates = _keep_positions(gates, logits_to_keep)
         if self._located.head_is_affine() and self.mode_config.mix_in_hidden_space:
-            return self._project(_mix(ys, gates))
-        return _mix([self._project(y).float() for y in ys], gates).to(self.dtype)
+            return self._project(mix(ys, gates))
+        return mix([self._project(y).float() for y in ys], gates).to(self.dtype)
 
     def _loss(
         self,
@@ -374,8 +373,8 @@ class MoDEModel(nn.Module):
         head_params = tuple(p for p in self._located.head_path_parameters() if p.requires_grad)
         return mode_loss_chunked(ys, gates, labels, self._project, plan, chunk, num_items_in_batch, head_params)
 
-    def loss_implementation(self, device: torch.device) -> str:
-        """The loss implementation used on `device`: the configured one, with 'auto' resolved."""
+    def loss_implementation(self, device: torch.device | None) -> str:
+        """The loss implementation used on `device` (None: any device): the configured one, 'auto' resolved."""
         requested = self.mode_config.loss_implementation
         if requested in ("chunked", "reference"):
             return requested
@@ -515,14 +514,6 @@ def get_mode_model(model: nn.Module, config: MoDEConfig | None = None, **overrid
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
-def _mix(xs: list[torch.Tensor], gates: torch.Tensor) -> torch.Tensor:
-    """sum_i gates[..., i] * xs[i] (a fused multiply-add per layer: cheaper than stack + einsum when decoding)."""
-    mixed = xs[0] * gates[..., :1].to(xs[0].dtype)
-    for i in range(1, len(xs)):
-        mixed = mixed.addcmul(xs[i], gates[..., i : i + 1].to(xs[i].dtype))
-    return mixed
-
-
 def _keep_positions(t: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
     """The positions a `*ForCausalLM` would compute logits for (`logits_to_keep`, as in transformers)."""
     if isinstance(logits_to_keep, int):
