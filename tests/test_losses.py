@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
 
 from modetune import MoDEConfig, get_mode_model
+from modetune.errors import ConfigError
 from modetune.losses import LossPlan, auto_chunk_size, divergence, mode_loss_chunked, mode_loss_reference
 from tests.conftest import build_tiny_model
 
@@ -168,3 +170,13 @@ def test_layer_metrics_every(batch):
     mode.eval()
     with torch.no_grad():
         assert mode(**batch).layer_ce is not None  # evaluation always reports them
+
+
+def test_without_liger_auto_is_chunked_and_explicit_liger_says_how_to_install(batch, monkeypatch):
+    """A plain `pip install modetune` has no liger-kernel: 'auto' trains with the chunked loss."""
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.functional", None)  # import raises ImportError
+    mode = get_mode_model(build_tiny_model("llama"), MoDEConfig(num_layers=3)).train()
+    assert mode.loss_implementation(torch.device("cuda")) == "chunked"
+    assert torch.isfinite(mode(**batch).loss)
+    with pytest.raises(ConfigError, match=r"liger-kernel is not installed \(pip install 'modetune\[liger\]'\)"):
+        get_mode_model(build_tiny_model("llama"), MoDEConfig(num_layers=3, loss_implementation="liger"))
