@@ -22,6 +22,19 @@ DISTILLS = ("kl", "reverse_kl", "js", "none")
 DISTILL_SCHEDULES = ("all", "rotate")
 LOSS_IMPLEMENTATIONS = ("auto", "chunked", "liger", "reference")
 
+# MoDEConfig.paper(): the paper's stated choices plus our stated fill-ins (experiments/PAPER.md has the table)
+PAPER_PRESET: dict[str, Any] = {
+    "num_layers": 3,
+    "router": "softmax",
+    "router_bias": False,
+    "router_init": "uniform",
+    "adapter": "norm",
+    "distill": "kl",
+    "distill_weight": 1.0,
+    "distill_temperature": 1.0,
+    "distill_detach_teacher": True,
+}
+
 
 def help_field(text: str, **kw: Any) -> Any:
     """A dataclass field carrying its help text (the CLI and README options are generated from it)."""
@@ -48,6 +61,11 @@ class MoDEConfig:
         "starts from the base model's behaviour; 'uniform': W_g = 0, b = 0 (equal weights). "
         "Default chosen by measurement (see README, 'Choosing the defaults').",
         default="final",
+    )
+    router_bias: bool = help_field(
+        "Give the router a bias b (g = softmax(x W_g + b)). --no-router-bias is the paper's form, "
+        "g = softmax(x W_g); it needs router_init='uniform' (the 'final' init lives in the bias).",
+        default=True,
     )
     router_final_weight: float = help_field(
         "With router_init='final': the initial routing weight of the final layer, in (0, 1); the rest is "
@@ -136,6 +154,12 @@ class MoDEConfig:
             raise ConfigError(
                 f"top_k={self.top_k} is larger than num_layers={self.num_layers}; allowed: 1..{self.num_layers}"
             )
+        _check_bool(self, "router_bias")
+        if not self.router_bias and self.router_init == "final" and self.num_layers > 1:
+            raise ConfigError(
+                "router_bias=False cannot start from router_init='final' (that initial weighting is a bias); "
+                "allowed: router_init='uniform' with router_bias=False, or router_bias=True"
+            )
         _check_number(self, "router_final_weight")
         if not 0.0 < self.router_final_weight < 1.0:
             raise ConfigError(
@@ -155,6 +179,19 @@ class MoDEConfig:
         _check_int(self, "layer_metrics_every", low=1)
         _check_choice(self, "loss_implementation", LOSS_IMPLEMENTATIONS)
         _check_int(self, "loss_chunk_size", low=0)
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> MoDEConfig:
+        """The configuration of the MoDE paper (arXiv 2410.13077 v1) as far as it states one.
+
+        k = 3 late layers, a dense softmax router without bias (g = softmax(x W_g)), a trainable copy of the
+        final norm per late layer, KL distillation from the final layer. What the paper leaves unstated is
+        filled in and listed in experiments/PAPER.md: router start (uniform: W_g = 0), KL direction
+        (teacher = final layer, detached), lambda = 1 (plain sum of the two losses), T = 1.
+        """
+        values: dict[str, Any] = dict(PAPER_PRESET)
+        values.update(overrides)
+        return cls(**values)
 
     @property
     def uses_distillation(self) -> bool:

@@ -102,17 +102,19 @@ class SharedNormAdapter(nn.Module):
 
 
 class Router(nn.Module):
-    """g = softmax(x W_g + b) over the k late layers, per token; optionally keep only the top_k weights."""
+    """g = softmax(x W_g + b) over the k late layers, per token (b absent with router_bias=False, the paper's
+    form); optionally keep only the top_k weights."""
 
     def __init__(self, hidden_size: int, config: MoDEConfig):
         super().__init__()
         k = config.num_layers
-        self.gate = nn.Linear(hidden_size, k, bias=True)
+        self.gate = nn.Linear(hidden_size, k, bias=config.router_bias)
         self.top_k = config.top_k if config.router == "topk" else None
         with torch.no_grad():
             self.gate.weight.zero_()
-            self.gate.bias.zero_()
-            if config.router_init == "final" and k > 1:
+            if self.gate.bias is not None:
+                self.gate.bias.zero_()
+            if config.router_init == "final" and k > 1 and self.gate.bias is not None:
                 # softmax gives the final layer router_final_weight and the others (1 - w) / (k - 1) each
                 w = config.router_final_weight
                 self.gate.bias[-1] = torch.log(torch.tensor(w * (k - 1) / (1.0 - w)))

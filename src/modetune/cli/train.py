@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 
 from modetune.cli.options import add_dataclass_options, dataclass_from_args, setup_logging
 from modetune.config import MoDEConfig
@@ -19,7 +20,46 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_dataclass_options(parser, TrainConfig, "run")
     add_dataclass_options(parser, MoDEConfig, "MoDE")
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="default",
+        help="MoDE settings to start from: 'default' (modetune's defaults) or 'paper' (the MoDE paper's "
+        "configuration: MoDEConfig.paper(), see experiments/PAPER.md); MoDE flags given explicitly override it.",
+    )
+    _record_explicit(parser, {f.name for f in fields(MoDEConfig)})
     parser.set_defaults(run=run)
+
+
+PRESETS = ("default", "paper")
+_EXPLICIT = "_explicit_mode_options"
+
+
+def _record_explicit(parser: argparse.ArgumentParser, names: set[str]) -> None:
+    """Make each MoDE option note that it was given on the command line, so a preset never overrides it."""
+
+    for action in parser._actions:
+        if action.dest not in names:
+            continue
+        base = type(action)
+
+        def call(self, parser, namespace, values, option_string=None, _base=base):
+            if not hasattr(namespace, _EXPLICIT):
+                setattr(namespace, _EXPLICIT, set())
+            getattr(namespace, _EXPLICIT).add(self.dest)
+            _base.__call__(self, parser, namespace, values, option_string)
+
+        action.__class__ = type(f"Recorded{base.__name__}", (base,), {"__call__": call})
+
+
+def mode_config_from_args(args: argparse.Namespace) -> MoDEConfig:
+    """The MoDE config of a `modetune train` command line: the preset, then every explicitly given flag."""
+    preset = getattr(args, "preset", "default")
+    if preset == "default":
+        return dataclass_from_args(MoDEConfig, args)
+    explicit = getattr(args, _EXPLICIT, set())
+    values = {name: getattr(args, name) for name in explicit}
+    return MoDEConfig.paper(**values)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging()
     cfg = dataclass_from_args(TrainConfig, args)
-    mode_cfg = dataclass_from_args(MoDEConfig, args)
+    mode_cfg = mode_config_from_args(args)
     result = train(cfg, mode_cfg, argv=["modetune", *sys.argv[1:]])
     print(
         f"done: {result.global_step} steps in {result.seconds / 60:.1f} min, train loss {result.train_loss:.4f}"
