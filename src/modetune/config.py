@@ -224,12 +224,16 @@ class MoDEConfig:
 
     def save_pretrained(self, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
         """Write `mode_config.json` atomically; `extra` (e.g. the base-model fingerprint) is stored beside the fields."""
-        path = Path(directory) / CONFIG_NAME
-        tmp = path.with_name(f".{CONFIG_NAME}.tmp")
-        payload = {**self.to_dict(), **({"_extra": extra} if extra else {})}
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-        return path
+        return save_config_json(Path(directory) / CONFIG_NAME, self.to_dict(), extra)
+
+
+def save_config_json(path: Path, fields_: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+    """Write a method config (plus `_extra`) atomically: a killed process leaves the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    payload = {**fields_, **({"_extra": extra} if extra else {})}
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def _check_choice(cfg: MoDEConfig, name: str, allowed: tuple[str, ...]) -> None:

@@ -551,13 +551,15 @@ def _reject_prompt_learning(model: nn.Module) -> None:
         )
 
 
-def load_config(directory: Path) -> tuple[MoDEConfig, dict[str, Any]]:
-    """Read `mode_config.json`: the MoDE config and the stored extras (base fingerprint, versions)."""
+def load_config(
+    directory: Path, config_cls: type = MoDEConfig, name: str = CONFIG_NAME, what: str = "MoDE"
+) -> tuple[Any, dict[str, Any]]:
+    """Read `mode_config.json` (or another method's `name`): the config and the stored extras (base fingerprint)."""
     if not directory.is_dir():
-        raise CheckpointError(f"{directory} is not a directory with a saved MoDE model")
-    path = directory / CONFIG_NAME
+        raise CheckpointError(f"{directory} is not a directory with a saved {what} model")
+    path = directory / name
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing: {directory} does not hold a saved MoDE model")
+        raise CheckpointError(f"{path} is missing: {directory} does not hold a saved {what} model")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -566,7 +568,7 @@ def load_config(directory: Path) -> tuple[MoDEConfig, dict[str, Any]]:
         raise CheckpointError(f"{path} does not hold a JSON object; the file is corrupt")
     extra = data.pop("_extra", {}) or {}
     try:
-        return MoDEConfig.from_dict(data), extra
+        return config_cls.from_dict(data), extra
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
 
@@ -589,14 +591,16 @@ def _load_peft(base_model: nn.Module, directory: Path, is_trainable: bool) -> nn
         raise CheckpointError(f"the PEFT adapter in {directory} cannot be loaded: {exc}") from None
 
 
-def _check_fingerprint(saved: dict[str, Any] | None, actual: dict[str, Any], directory: Path) -> None:
+def _check_fingerprint(
+    saved: dict[str, Any] | None, actual: dict[str, Any], directory: Path, name: str = CONFIG_NAME, what: str = "MoDE"
+) -> None:
     if not saved:
-        raise CheckpointError(f"{directory / CONFIG_NAME} has no base-model fingerprint; it was not saved by modetune")
+        raise CheckpointError(f"{directory / name} has no base-model fingerprint; it was not saved by modetune")
     diffs = [
         f"{key}: saved {saved.get(key)!r}, given {actual[key]!r}" for key in actual if saved.get(key) != actual[key]
     ]
     if diffs:
         raise CheckpointError(
-            f"the MoDE model in {directory} was trained on a different base model ({'; '.join(diffs)}). "
+            f"the {what} model in {directory} was trained on a different base model ({'; '.join(diffs)}). "
             "Load it onto the base model it was trained with."
         )

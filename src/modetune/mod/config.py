@@ -1,0 +1,165 @@
+"""`MoDConfig`: every choice MoDification leaves open, validated, with help text, round-tripping through JSON.
+
+Field help lives in each field's `metadata["help"]`, so `modetune train --method mod` builds its flags from
+this one place (as for `MoDEConfig`). Choices the papers leave open are options; the README says which
+default was picked and why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from modetune.config import _check_choice, _check_int, _check_number, help_field, save_config_json
+from modetune.errors import ConfigError
+
+CONFIG_NAME = "mod_config.json"
+
+OPERATORS = ("threshold", "topk")
+ROUTER_INPUTS = ("normed", "hidden")
+ROUTER_WEIGHTS = ("normalized", "sigmoid", "straight_through")
+SKIPPED_KV = ("drop", "keep")
+
+
+@dataclass
+class MoDConfig:
+    """Configuration of a Mixture-of-Depths conversion (MoDification) of a pretrained causal LM."""
+
+    operator: str = help_field(
+        "How a routed layer picks the tokens it processes: 'threshold' (MoDification: a token is processed when its "
+        "router score sigmoid(s) exceeds --threshold; causal, the count adapts per layer) or 'topk' (MoD: the "
+        "--capacity fraction of each sequence with the highest scores; at decoding a new token is processed when its "
+        "score reaches the lowest score selected in the prompt).",
+        default="threshold",
+    )
+    threshold: float = help_field(
+        "p for operator='threshold', in [0, 1): processed iff sigmoid(score) > p. Can be changed after training to "
+        "trade quality for speed (p -> 0 processes every token).",
+        default=0.5,
+    )
+    capacity: float = help_field(
+        "For operator='topk', in (0, 1]: the fraction of each sequence's tokens a routed layer processes.",
+        default=0.5,
+    )
+    routed_layers: list[int] | None = help_field(
+        "Explicit decoder-layer indices (0-based) that get a router; default: derived from --skip-first, "
+        "--skip-last and --layer-stride.",
+        default=None,
+    )
+    skip_first: int = help_field("Leave the first N decoder layers dense (no router).", default=2)
+    skip_last: int = help_field("Leave the last N decoder layers dense (no router).", default=2)
+    layer_stride: int = help_field(
+        "Route every Nth layer of the remaining range (1 = all of them, 2 = every other one).", default=1
+    )
+    router_input: str = help_field(
+        "What the linear router scores: 'normed' (the layer input divided by its RMS, no weights, so one learning "
+        "rate suits every depth) or 'hidden' (the raw layer input).",
+        default="normed",
+    )
+    router_weight: str = help_field(
+        "How the router weight w multiplies the block's update (out = w * block(x) + (1 - w) * x, a two-expert "
+        "mixture of the block and a no-op): 'normalized' w = sigmoid(s) / sigmoid(b0), exactly 1 at "
+        "initialisation, so the converted model starts equal to the base; 'sigmoid' w = sigmoid(s) (MoD's plain "
+        "weighting, close to but not equal to the base at step 0); 'straight_through' w = 1 in the forward pass "
+        "with the gradient of 'normalized'.",
+        default="normalized",
+    )
+    router_init_bias: float = help_field(
+        "b0: the router bias at initialisation (its weight starts at 0), so every token starts with score "
+        "sigmoid(b0); must exceed logit(--threshold) for step 0 to process every token.",
+        default=3.0,
+    )
+    load_weight: float = help_field(
+        "lambda_load: weight of the layer-load-reducing loss (>= 0) added to the LM loss.", default=1.0
+    )
+    load_target: float = help_field(
+        "Target layer load in [0, 1]: the loss is mean over routed layers of max(0, mean sigmoid score - target), so "
+        "routers are pushed toward skipping until their mean score reaches the target.",
+        default=0.5,
+    )
+    skipped_kv: str = help_field(
+        "'drop': a skipped token costs nothing in the block and stores no key/value at that layer (the MoD saving); "
+        "'keep': the block runs on every token (so skipped tokens keep their KV entry) and only the processed "
+        "tokens take its output; no saving, a quality reference.",
+        default="drop",
+    )
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, num_model_layers: int | None = None) -> None:
+        """Reject bad values with a message naming the field and the allowed values."""
+        _check_choice(self, "operator", OPERATORS)
+        _check_choice(self, "router_input", ROUTER_INPUTS)
+        _check_choice(self, "router_weight", ROUTER_WEIGHTS)
+        _check_choice(self, "skipped_kv", SKIPPED_KV)
+        for name in ("threshold", "capacity", "router_init_bias", "load_weight", "load_target"):
+            _check_number(self, name)
+        if not 0.0 <= self.threshold < 1.0:
+            raise ConfigError(f"threshold={self.threshold!r} is out of range; allowed: 0 <= p < 1")
+        if not 0.0 < self.capacity <= 1.0:
+            raise ConfigError(f"capacity={self.capacity!r} is out of range; allowed: 0 < capacity <= 1")
+        if self.load_weight < 0:
+            raise ConfigError(f"load_weight={self.load_weight!r} is negative; allowed: a number >= 0")
+        if not 0.0 <= self.load_target <= 1.0:
+            raise ConfigError(f"load_target={self.load_target!r} is out of range; allowed: 0 <= target <= 1")
+        _check_int(self, "skip_first", low=0)
+        _check_int(self, "skip_last", low=0)
+        _check_int(self, "layer_stride", low=1)
+        if self.routed_layers is not None:
+            if not isinstance(self.routed_layers, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.routed_layers
+            ):
+                raise ConfigError(f"routed_layers={self.routed_layers!r} must be a list of layer indices >= 0")
+            if len(set(self.routed_layers)) != len(self.routed_layers):
+                raise ConfigError(f"routed_layers={self.routed_layers!r} lists a layer twice")
+        if num_model_layers is not None:
+            layers = self.layer_indices(num_model_layers)
+            if not layers:
+                raise ConfigError(
+                    f"no layer gets a router: the model has {num_model_layers} decoder layers and skip_first="
+                    f"{self.skip_first}, skip_last={self.skip_last}; lower them or pass routed_layers"
+                )
+            if max(layers) >= num_model_layers:
+                raise ConfigError(
+                    f"routed_layers={self.routed_layers} names a layer the model does not have; allowed: "
+                    f"0..{num_model_layers - 1}"
+                )
+
+    def layer_indices(self, num_model_layers: int) -> list[int]:
+        """The decoder layers that get a router, in order."""
+        if self.routed_layers is not None:
+            return sorted(self.routed_layers)
+        return list(range(self.skip_first, num_model_layers - self.skip_last, self.layer_stride))
+
+    # -- serialisation ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MoDConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a MoD config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown MoD config field(s) {unknown}; allowed fields: {sorted(known)}")
+        return cls(**data)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json_string(cls, text: str) -> MoDConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"MoD config is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def save_pretrained(self, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
+        """Write `mod_config.json` atomically; `extra` (e.g. the base-model fingerprint) is stored beside the fields."""
+        return save_config_json(Path(directory) / CONFIG_NAME, self.to_dict(), extra)

@@ -1,0 +1,583 @@
+"""MoDification: a pretrained causal LM turned into a Mixture-of-Depths model, read top to bottom.
+
+Each routed decoder layer l gets a router, a linear score on the layer input x_t (one number per token):
+
+    s_t   = x_t . w_l + b_l               x_t: the layer input, RMS-normalised without weights (router_input)
+    g_t   = sigmoid(s_t)                  the router score
+    keep  = g_t > p                       operator="threshold" (MoDification: causal, adaptive count), or the
+                                          top capacity * T scores of the sequence (operator="topk", MoD)
+    out_t = w_t * block(x)_t + (1 - w_t) * x_t   for kept tokens: a two-expert mixture of the block and a
+                                          no-op, w_t = g_t / sigmoid(b0) (router_weight="normalized")
+    out_t = x_t                           for skipped tokens: they pass on the residual stream unchanged
+
+The block runs on the kept tokens only (gathered, then scattered back), so a skipped token costs nothing
+there and stores no key/value at that layer. Keys keep their RoPE rotation from their true positions, and
+attention among the kept tokens is masked by position, so each layer's cache may hold a different number
+of tokens (`MoDCache`).
+
+At initialisation w_l = 0 and b_l = b0, so every token scores sigmoid(b0) > p, is processed, and gets
+weight exactly 1: the converted model equals the base model. Training adds a layer-load-reducing loss
+
+    loss = CE + lambda_load * mean_l max(0, mean_t g_t - target)
+
+that pushes scores down, traded against the language-modelling loss, until tokens start to fall below p.
+Only the routers (plus whatever a wrapped PEFT method trains, e.g. LoRA) receive gradients.
+
+Batches: every sequence keeps its own tokens; rows are padded to the largest kept count of the batch and
+the padding slots are masked out of attention and of the cache (masking, not a per-sequence loop).
+Supported: decoder layers called as `layer(hidden_states, attention_mask=, position_ids=,
+position_embeddings=, cache=, ...)` (the llama-style families) with 'sdpa' or 'eager' attention and no
+sliding window.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from modetune.architectures import LocatedModel, locate
+from modetune.errors import CheckpointError, ConfigError, ModetuneError, UnsupportedArchitectureError
+from modetune.mod.config import CONFIG_NAME, MoDConfig
+from modetune.mode import (
+    PEFT_CONFIG_NAME,
+    _check_fingerprint,
+    _is_peft,
+    _load_peft,
+    _read_weights,
+    _reject_prompt_learning,
+    _unwrap,
+    fingerprint_of,
+    load_config,
+)
+
+WEIGHTS_NAME = "mod_model.safetensors"
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+# --------------------------------------------------------------------------------------------------
+# The router
+# --------------------------------------------------------------------------------------------------
+class Router(nn.Module):
+    """s = x . w + b per token (float32); w starts at 0 and b at b0, so every token starts at sigmoid(b0)."""
+
+    def __init__(self, hidden_size: int, config: MoDConfig):
+        super().__init__()
+        self.score = nn.Linear(hidden_size, 1, bias=True)
+        self.normed = config.router_input == "normed"
+        with torch.no_grad():
+            self.score.weight.zero_()
+            self.score.bias.fill_(config.router_init_bias)
+        # sigmoid(b0), computed exactly as forward() computes it at step 0, so w = g / init_score is exactly 1
+        self.register_buffer("init_score", torch.sigmoid(torch.tensor(config.router_init_bias)), persistent=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = hidden.float()
+        if self.normed:
+            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return self.score(x).squeeze(-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The cache: per-layer variable lengths
+# --------------------------------------------------------------------------------------------------
+class MoDCache(DynamicCache):
+    """A `DynamicCache` in which a routed layer holds keys/values only for the tokens it processed.
+
+    Dense layers fill their `DynamicLayer` as usual. For routed layers the cache also keeps each stored
+    key's position (for the position-based causal mask) and whether it is a real token or a batch-padding
+    slot. `get_seq_length()` is the number of tokens fed so far, which every layer has seen whether it
+    processed them or not, so generation computes positions as for the base model.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen_tokens = 0
+        self.key_positions: dict[int, torch.Tensor] = {}  # routed layer -> [B, n] positions of its cached keys
+        self.key_valid: dict[int, torch.Tensor] = {}  # routed layer -> [B, n] False for batch-padding slots
+        self.topk_floor: dict[int, torch.Tensor] = {}  # topk: routed layer -> [B] lowest score kept in the prompt
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.seen_tokens + query_length, 0
+
+    def layer_length(self, layer_idx: int) -> int:
+        """How many key/value slots layer `layer_idx` holds (routed layers: only the processed tokens)."""
+        if layer_idx >= len(self.layers) or self.layers[layer_idx].keys is None:
+            return 0
+        return int(self.layers[layer_idx].keys.shape[-2])
+
+    def kv_bytes(self) -> int:
+        """Bytes held by all keys and values."""
+        return sum(
+            t.numel() * t.element_size() for layer in self.layers for t in (layer.keys, layer.values) if t is not None
+        )
+
+    def record(self, layer_idx: int, positions: torch.Tensor, valid: torch.Tensor) -> None:
+        if layer_idx in self.key_positions:
+            positions = torch.cat([self.key_positions[layer_idx], positions], dim=1)
+            valid = torch.cat([self.key_valid[layer_idx], valid], dim=1)
+        self.key_positions[layer_idx], self.key_valid[layer_idx] = positions, valid
+
+    def _index_metadata(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        for store in (self.key_positions, self.key_valid, self.topk_floor):
+            for key in store:
+                store[key] = fn(store[key])
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        self._index_metadata(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self._index_metadata(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        self._index_metadata(lambda t: t[indices])
+
+    def crop(self, max_length: int) -> None:
+        raise ModetuneError("a MoD cache cannot be cropped (assisted/speculative decoding is not supported)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class MoDOutput(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` plus the loss parts and, per routed layer (`MoDModel.layer_indices`), the routing."""
+
+    lm_loss: torch.Tensor | None = None  # the language-modelling cross-entropy
+    load_loss: torch.Tensor | None = None  # the layer-load-reducing term (unweighted)
+    processed_fraction: torch.Tensor | None = None  # [n_routed] fraction of (non-padding) tokens processed
+    router_load: torch.Tensor | None = None  # [n_routed] mean router score sigmoid(s), the soft load
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+class MoDModel(nn.Module):
+    """Wraps a `*ForCausalLM` (or a `PeftModel` of one) and lets routed layers skip tokens."""
+
+    accepts_loss_kwargs = True  # transformers.Trainer passes num_items_in_batch (correct grad accumulation)
+
+    def __init__(self, model: nn.Module, config: MoDConfig | None = None):
+        super().__init__()
+        config = config or MoDConfig()
+        if not isinstance(config, MoDConfig):
+            raise ConfigError(f"config must be a MoDConfig, got {type(config).__name__}")
+        _reject_prompt_learning(model)
+        self.model = model
+        self.mod_config = config
+        self._located: LocatedModel = locate(self.causal_lm)
+        _check_supported(self.causal_lm)
+        config.validate(len(self._located.layers))
+        self.layer_indices = config.layer_indices(len(self._located.layers))
+        hidden = self.causal_lm.config.get_text_config().hidden_size
+        self.routers = nn.ModuleList(Router(hidden, config) for _ in self.layer_indices)
+        if not _is_peft(model):  # routers-only tuning: the base model is frozen
+            for p in model.parameters():
+                p.requires_grad_(False)
+        self.routers.to(self.device)
+        self.current_step: int | None = None  # set by the shared Trainer; unused here
+        self._tokens: torch.Tensor | None = None  # [B, T] non-padding tokens of the running forward
+        self._stats: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+
+    # -- where things live ---------------------------------------------------------------------------
+    @property
+    def causal_lm(self) -> PreTrainedModel:
+        """The innermost `*ForCausalLM` (under any PEFT wrapper)."""
+        return _unwrap(self.model)
+
+    @property
+    def config(self):  # the base model's config, as HF-style callers expect
+        return self.causal_lm.config
+
+    @property
+    def generation_config(self):
+        return self.causal_lm.generation_config
+
+    @property
+    def device(self) -> torch.device:
+        return self._located.head.weight.device
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.causal_lm.get_input_embeddings()
+
+    def fingerprint(self) -> dict[str, Any]:
+        return fingerprint_of(self.causal_lm)
+
+    # -- routing one layer ---------------------------------------------------------------------------
+    def _select(self, slot: int, layer_idx: int, g: torch.Tensor, cache: MoDCache | None) -> torch.Tensor:
+        """[B, T] bool: the tokens layer `layer_idx` processes (never batch padding)."""
+        cfg, valid = self.mod_config, self._tokens
+        if cfg.operator == "threshold":
+            return (g > cfg.threshold) & valid
+        if cache is not None and layer_idx in cache.topk_floor:  # decoding: causal stand-in for top-k
+            return (g >= cache.topk_floor[layer_idx][:, None]) & valid
+        k = torch.ceil(cfg.capacity * valid.sum(1).float()).long()  # [B]
+        rank = g.masked_fill(~valid, -1.0).argsort(1, descending=True).argsort(1)
+        select = (rank < k[:, None]) & valid
+        if cache is not None:
+            cache.topk_floor[layer_idx] = g.masked_fill(~select, math.inf).amin(1)
+        return select
+
+    def _mix_weight(self, router: Router, logits: torch.Tensor) -> torch.Tensor:
+        """w: how much of the block's output a processed token takes (the rest is the no-op expert)."""
+        g = torch.sigmoid(logits)
+        kind = self.mod_config.router_weight
+        if kind == "sigmoid":
+            return g
+        normalized = g / router.init_score
+        if kind == "normalized":
+            return normalized
+        return normalized - normalized.detach() + 1.0  # straight_through: exactly 1 forward, gradient of w
+
+    def _route_layer(
+        self, slot: int, layer_idx: int, block: Callable[..., Any], hidden: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """Replaces decoder layer `layer_idx`'s forward while routing is on."""
+        if args:
+            raise UnsupportedArchitectureError(
+                f"{type(self.causal_lm).__name__} passes positional arguments to its decoder layers; MoD supports "
+                "decoder layers called with keyword arguments (llama-style families)"
+            )
+        cache_key = "cache" if "cache" in kwargs else "past_key_values"
+        cache = kwargs.get(cache_key)
+        cache = cache if isinstance(cache, MoDCache) else None
+        B, T, d = hidden.shape
+        if self._tokens is None or self._tokens.shape != (B, T):
+            self._tokens = torch.ones(B, T, dtype=torch.bool, device=hidden.device)
+        router = self.routers[slot]
+        logits = router(hidden)
+        g = torch.sigmoid(logits)
+        select = self._select(slot, layer_idx, g.detach(), cache)
+        if self._stats is not None:
+            self._stats[layer_idx] = (g, select, self._tokens)
+        w = self._mix_weight(router, logits)
+
+        if self.mod_config.skipped_kv == "keep":  # every token through the block; only kept ones take its output
+            out = _first(block(hidden, **kwargs))
+            wk = w[..., None].to(hidden.dtype)
+            return torch.where(select[..., None], wk * out + (1 - wk) * hidden, hidden)
+
+        counts = select.sum(1)
+        n = int(counts.max())
+        if n == 0:  # nobody is processed: the layer is skipped outright
+            return hidden
+        # gather: processed tokens first, in position order; rows padded to n with (masked) skipped tokens
+        order = torch.argsort((~select).to(torch.int8), dim=1, stable=True)[:, :n]
+        slot_valid = torch.arange(n, device=hidden.device)[None, :] < counts[:, None]  # [B, n]
+        positions = _positions(kwargs.get("position_ids"), B, T, cache, hidden.device).gather(1, order)
+        call = dict(kwargs)
+        call["position_ids"] = positions
+        if kwargs.get("position_embeddings") is not None:
+            call["position_embeddings"] = tuple(
+                _gather(t.expand(B, *t.shape[1:]), order) for t in kwargs["position_embeddings"]
+            )
+        call.pop("cache_position", None)
+        call["attention_mask"] = self._layer_mask(layer_idx, positions, slot_valid, cache, hidden.dtype)
+        kept = _gather(hidden, order)
+        out = _first(block(kept, **call))
+        if cache is not None:
+            cache.record(layer_idx, positions, slot_valid)
+        wk = _gather(w, order)[..., None].to(hidden.dtype)
+        mixed = torch.where(slot_valid[..., None], wk * out + (1 - wk) * kept, kept)
+        return hidden.scatter(1, order[..., None].expand(B, n, d), mixed)  # scatter back
+
+    def _layer_mask(
+        self,
+        layer_idx: int,
+        positions: torch.Tensor,
+        slot_valid: torch.Tensor,
+        cache: MoDCache | None,
+        dtype: torch.dtype,
+    ) -> torch.Tensor | None:
+        """Attention mask of the gathered queries over this layer's keys: key position <= query position."""
+        past_pos = cache.key_positions.get(layer_idx) if cache is not None else None
+        key_pos, key_valid = positions, slot_valid
+        if past_pos is not None:
+            key_pos = torch.cat([past_pos, positions], dim=1)
+            key_valid = torch.cat([cache.key_valid[layer_idx], slot_valid], dim=1)
+        n = positions.shape[1]
+        sdpa = self.causal_lm.config._attn_implementation == "sdpa"
+        if bool(key_valid.all()) and (n == 1 or (past_pos is None and sdpa)):
+            return None  # plain causal (or a single query over all keys): the fast kernels' own path
+        allowed = (key_pos[:, None, :] <= positions[:, :, None]) & key_valid[:, None, :]
+        allowed[:, :, -n:] |= torch.eye(n, dtype=torch.bool, device=positions.device)  # padding slots see themselves
+        allowed = allowed[:, None]  # [B, 1, n, keys]
+        if sdpa:
+            return allowed
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
+
+    # -- switching routing on -------------------------------------------------------------------------
+    @contextmanager
+    def routing(self) -> Iterator[None]:
+        """While active, routed layers run through `_route_layer` and the decoder stack uses a `MoDCache`."""
+        layers, backbone = self._located.layers, self._located.backbone
+        saved = {}
+        for slot, idx in enumerate(self.layer_indices):
+            layer = layers[idx]
+            saved[idx] = layer.__dict__.get("forward")
+            block = type(layer).forward.__get__(layer)
+
+            def forward(hidden, *args, _slot=slot, _idx=idx, _block=block, **kwargs):
+                return self._route_layer(_slot, _idx, _block, hidden, *args, **kwargs)
+
+            layer.forward = forward
+
+        def before(_module, args, kwargs):
+            ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+            if ids is None and args:
+                ids = args[0]
+            T = ids.shape[1]
+            mask = kwargs.get("attention_mask")
+            self._tokens = mask[:, -T:].bool() if (mask is not None and mask.dim() == 2) else None
+            key = "cache" if "cache" in kwargs else "past_key_values"
+            cache = kwargs.get(key)
+            use_cache = kwargs.get("use_cache")
+            use_cache = self.causal_lm.config.use_cache if use_cache is None else use_cache
+            if (cache is None and use_cache) or (cache is not None and not isinstance(cache, MoDCache)):
+                if cache is not None and cache.get_seq_length() > 0:
+                    raise ModetuneError(
+                        f"a MoD model needs a MoDCache (its layers store different numbers of tokens), got a filled "
+                        f"{type(cache).__name__}; pass cache=MoDCache() or none"
+                    )
+                kwargs[key] = MoDCache()
+            self._step_tokens = T
+            return args, kwargs
+
+        def after(_module, _args, kwargs, output):
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None) or cache
+            if isinstance(cache, MoDCache):
+                cache.seen_tokens += self._step_tokens
+            return output
+
+        handles = [
+            backbone.register_forward_pre_hook(before, with_kwargs=True),
+            backbone.register_forward_hook(after, with_kwargs=True),
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for idx, previous in saved.items():
+                if previous is None:
+                    del layers[idx].forward
+                else:
+                    layers[idx].forward = previous
+            self._tokens = None
+
+    # -- the forward pass ----------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        skip_logits: bool | None = None,  # accepted for the shared Trainer; the base model computes the logits
+        **kwargs: Any,
+    ) -> MoDOutput:
+        """Like a `*ForCausalLM.forward` with routing; the loss adds lambda_load x the load objective."""
+        kwargs.pop("return_dict", None)
+        if use_cache is None:
+            use_cache = not self.training and labels is None
+        if num_items_in_batch is not None:
+            kwargs["num_items_in_batch"] = num_items_in_batch
+        self._stats = {}
+        try:
+            with self.routing():
+                out = self.model(
+                    input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=use_cache, **kwargs
+                )
+            stats, self._stats = self._stats, None
+        finally:
+            self._stats = None
+        load, fraction = self._layer_loads(stats)
+        cfg = self.mod_config
+        load_loss = torch.clamp(load - cfg.load_target, min=0).mean() if load is not None else None
+        loss = out.loss
+        if loss is not None and load_loss is not None and cfg.load_weight > 0:
+            loss = loss + cfg.load_weight * load_loss.to(loss.device)
+        return MoDOutput(
+            loss=loss,
+            logits=out.logits,
+            cache=getattr(out, "cache", None),
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            lm_loss=out.loss,
+            load_loss=load_loss,
+            processed_fraction=fraction,
+            router_load=load.detach() if load is not None else None,
+        )
+
+    def _layer_loads(self, stats: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per routed layer: the soft load (mean score, differentiable) and the processed fraction."""
+        if not stats:
+            return None, None
+        loads, fractions = [], []
+        for idx in self.layer_indices:
+            g, select, valid = stats[idx]
+            count = valid.sum().clamp(min=1)
+            loads.append((g * valid).sum() / count)
+            fractions.append((select & valid).sum() / count)
+        return torch.stack(loads), torch.stack(fractions).float()
+
+    # -- generation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """`transformers` generation with routing; the KV cache is a `MoDCache` (per-layer lengths)."""
+        if kwargs.get("use_cache", True) and kwargs.get("cache") is None and kwargs.get("past_key_values") is None:
+            kwargs["cache"] = MoDCache()
+        with self.routing():
+            return self.model.generate(*args, **kwargs)
+
+    # -- PEFT conveniences ---------------------------------------------------------------------------
+    def merge_and_unload(self) -> MoDModel:
+        """Merge a wrapped LoRA-style adapter into the base weights; the routers stay as they are."""
+        if _is_peft(self.model):
+            self.model = self.model.merge_and_unload()
+            self._located = locate(self.causal_lm)
+        return self
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        self.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.causal_lm.enable_input_require_grads()
+
+    def trainable_parameter_counts(self) -> dict[str, int]:
+        mod = sum(p.numel() for p in self.routers.parameters() if p.requires_grad)
+        peft = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return {"mod": mod, "peft": peft, "trainable": mod + peft, "all": total}
+
+    def print_trainable_parameters(self) -> None:
+        c = self.trainable_parameter_counts()
+        print(
+            f"trainable params: {c['trainable']:,} (MoD routers {c['mod']:,} + PEFT {c['peft']:,}) || "
+            f"all params: {c['all']:,} || trainable%: {100 * c['trainable'] / c['all']:.4f}"
+        )
+
+    # -- saving and loading ------------------------------------------------------------------------------
+    def mod_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the routers' weights."""
+        return {f"routers.{k}": v.detach().contiguous().cpu() for k, v in self.routers.state_dict().items()}
+
+    def load_mod_weights(self, directory: str | os.PathLike[str]) -> None:
+        """Load `mod_model.safetensors` from a saved model or checkpoint directory into this model."""
+        path = Path(directory) / WEIGHTS_NAME
+        state = _read_weights(path)
+        expected = self.mod_state_dict()
+        if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
+            raise CheckpointError(
+                f"{path} does not match this MoD configuration (routed layers {self.layer_indices}): saved "
+                f"{sorted(state)}, expected {sorted(expected)}"
+            )
+        self.routers.load_state_dict({k[len("routers.") :]: v for k, v in state.items()})
+
+    load_mode_weights = load_mod_weights  # the name the shared Trainer's checkpoint resume calls
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **peft_kwargs: Any) -> None:
+        """Write router weights (safetensors) + config + base fingerprint, and the PEFT adapter if wrapped."""
+        from safetensors.torch import save_file
+
+        from modetune import __version__
+
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if _is_peft(self.model):
+            self.model.save_pretrained(str(directory), **peft_kwargs)
+        tmp = directory / f".{WEIGHTS_NAME}.tmp"
+        save_file(self.mod_state_dict(), str(tmp), metadata={"format": "pt", "modetune_version": __version__})
+        os.replace(tmp, directory / WEIGHTS_NAME)
+        extra = {"base_model": self.fingerprint(), "peft": _is_peft(self.model), "modetune_version": __version__}
+        self.mod_config.save_pretrained(directory, extra=extra)
+
+    @classmethod
+    def from_pretrained(
+        cls, base_model: nn.Module, path: str | os.PathLike[str], is_trainable: bool = False
+    ) -> MoDModel:
+        """Restore a saved MoD model (and its PEFT adapter, if one was saved) onto `base_model`."""
+        directory = Path(path)
+        config, extra = load_config(directory, MoDConfig, CONFIG_NAME, what="MoD")
+        _check_fingerprint(extra.get("base_model"), fingerprint_of(_unwrap(base_model)), directory, CONFIG_NAME, "MoD")
+        model = base_model
+        if extra.get("peft") or (directory / PEFT_CONFIG_NAME).exists():
+            if not (directory / PEFT_CONFIG_NAME).exists():
+                raise CheckpointError(f"{directory} was saved with a PEFT adapter but {PEFT_CONFIG_NAME} is missing")
+            if not _is_peft(base_model):
+                model = _load_peft(base_model, directory, is_trainable)
+        mod = cls(model, config)
+        mod.load_mod_weights(directory)
+        if not is_trainable:
+            mod.eval()
+            for p in mod.routers.parameters():
+                p.requires_grad_(False)
+        return mod
+
+
+def get_mod_model(model: nn.Module, config: MoDConfig | None = None, **overrides: Any) -> MoDModel:
+    """Wrap a `*ForCausalLM` or a `PeftModel` of one with MoD routers (`overrides` are MoDConfig fields)."""
+    if isinstance(model, MoDModel):
+        raise ModetuneError("this model is already a MoDModel; wrap the base (or PEFT) model instead")
+    if config is None:
+        config = MoDConfig(**overrides)
+    elif overrides:
+        config = MoDConfig.from_dict({**config.to_dict(), **overrides})
+    return MoDModel(model, config)
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+def _first(output: Any) -> torch.Tensor:
+    """A decoder layer's hidden states (transformers 5 returns a tensor, older families a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _gather(t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """t[b, order[b, j], ...] for a [B, T, ...] tensor."""
+    index = order.view(*order.shape, *([1] * (t.dim() - 2))).expand(*order.shape, *t.shape[2:])
+    return t.gather(1, index)
+
+
+def _positions(
+    position_ids: torch.Tensor | None, B: int, T: int, cache: MoDCache | None, device: torch.device
+) -> torch.Tensor:
+    """[B, T] absolute positions of this step's tokens (what RoPE and the position-based mask use)."""
+    if position_ids is None:
+        start = cache.seen_tokens if cache is not None else 0
+        position_ids = torch.arange(start, start + T, device=device)[None]
+    return position_ids.to(device).expand(B, T)
+
+
+def _check_supported(causal_lm: PreTrainedModel) -> None:
+    config = causal_lm.config.get_text_config()
+    impl = causal_lm.config._attn_implementation
+    if impl not in ATTENTION_IMPLEMENTATIONS:
+        raise UnsupportedArchitectureError(
+            f"MoD builds its own per-layer attention masks for attn_implementation in {ATTENTION_IMPLEMENTATIONS}; "
+            f"this model uses {impl!r}. Load it with attn_implementation='sdpa'."
+        )
+    layer_types = set(getattr(config, "layer_types", None) or [])
+    if getattr(config, "sliding_window", None) or (layer_types - {"full_attention"}):
+        raise UnsupportedArchitectureError(
+            f"{type(causal_lm).__name__} uses sliding-window or non-full attention layers, which MoD's "
+            "position-based masks do not model; use a model with full attention (or sliding_window=None)"
+        )
