@@ -8,6 +8,7 @@ from dataclasses import fields
 
 from modetune.cli.options import add_dataclass_options, dataclass_from_args, setup_logging
 from modetune.config import MoDEConfig
+from modetune.mod.config import MoDConfig
 from modetune.training.config import TrainConfig
 
 
@@ -20,6 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_dataclass_options(parser, TrainConfig, "run")
     add_dataclass_options(parser, MoDEConfig, "MoDE")
+    add_dataclass_options(parser, MoDConfig, "MoD (with --method mod)")
     parser.add_argument(
         "--preset",
         choices=PRESETS,
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging()
     cfg = dataclass_from_args(TrainConfig, args)
-    mode_cfg = mode_config_from_args(args)
+    mode_cfg = dataclass_from_args(MoDConfig, args) if cfg.method == "mod" else mode_config_from_args(args)
     result = train(cfg, mode_cfg, argv=["modetune", *sys.argv[1:]])
     print(
         f"done: {result.global_step} steps in {result.seconds / 60:.1f} min, train loss {result.train_loss:.4f}"

@@ -12,6 +12,7 @@ from modetune.config import help_field as _help
 from modetune.errors import ConfigError
 
 PEFT_METHODS = ("lora", "dora", "none")
+METHODS = ("mode", "mod")
 TEMPLATES = ("alpaca", "chat")
 
 
@@ -48,6 +49,11 @@ class TrainConfig:
     )
     eval_steps: int = _help(
         "Evaluate the held-out loss every N steps (0: only at the end, if there is eval data).", default=0
+    )
+    method: str = _help(
+        "Depth method: 'mode' (Mixture-of-Depths Ensemble, options under 'MoDE') or 'mod' (MoDification: routed "
+        "layers skip tokens, options under 'MoD').",
+        default="mode",
     )
     peft: str = _help("PEFT method under MoDE: 'lora', 'dora' or 'none' (MoDE alone).", default="lora")
     lora_r: int = _help("LoRA/DoRA rank.", default=8)
@@ -90,6 +96,8 @@ class TrainConfig:
             raise ConfigError("--output is required: the run directory to write")
         if not self.data:
             raise ConfigError("--data is required: a training file, or 'synthetic' for built-in arithmetic problems")
+        if self.method not in METHODS:
+            raise ConfigError(f"method={self.method!r} is not supported; allowed: {', '.join(METHODS)}")
         if self.peft not in PEFT_METHODS:
             raise ConfigError(f"peft={self.peft!r} is not supported; allowed: {', '.join(PEFT_METHODS)}")
         if self.template not in TEMPLATES:

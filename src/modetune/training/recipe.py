@@ -103,19 +103,19 @@ def wrap_peft(model: Any, cfg: TrainConfig) -> Any:
         raise ConfigError(f"--target-modules {cfg.target_modules!r}: {exc}") from None
 
 
-def _prepare_output(cfg: TrainConfig, mode_cfg: MoDEConfig) -> Path | None:
+def _prepare_output(cfg: TrainConfig, mode_cfg: Any) -> Path | None:
     """Create the run directory, or check a resumed one; returns the checkpoint to resume from."""
     out = Path(cfg.output)
     if cfg.resume:
         if not (out / RUN_FILE).is_file():
             raise ModetuneError(f"--resume: {out} is not a run directory (no {RUN_FILE}); start it without --resume")
         previous = read_run_info(out)
-        for key, now in (("train_config", cfg.to_dict()), ("mode_config", mode_cfg.to_dict())):
+        for key, now in (("train_config", cfg.to_dict()), (f"{cfg.method}_config", mode_cfg.to_dict())):
             before = dict(previous.get(key, {}))
             changed = {
                 k: (before.get(k), v)
                 for k, v in now.items()
-                if k not in ("resume", "overwrite", "max_steps", "save_steps") and before.get(k) != v
+                if k not in ("resume", "overwrite", "max_steps", "save_steps", "method") and before.get(k) != v
             }
             if changed:
                 detail = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in changed.items())
@@ -133,7 +133,7 @@ def _prepare_output(cfg: TrainConfig, mode_cfg: MoDEConfig) -> Path | None:
     return None
 
 
-def train(cfg: TrainConfig, mode_cfg: MoDEConfig, argv: list[str] | None = None) -> TrainResult:
+def train(cfg: TrainConfig, mode_cfg: MoDEConfig | Any, argv: list[str] | None = None) -> TrainResult:
     """Run one training job end to end and leave a complete run directory in `cfg.output`."""
     import torch
     from transformers import TrainingArguments, set_seed
@@ -165,10 +165,17 @@ def train(cfg: TrainConfig, mode_cfg: MoDEConfig, argv: list[str] | None = None)
     model, tokenizer = load_model_and_tokenizer(cfg.model, dtype=cfg.dtype)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    mode = get_mode_model(wrap_peft(model, cfg), mode_cfg)
     use_cpu = not _cuda_available()
-    # resolve 'auto' (and refuse an impossible 'liger') before anything is written
-    loss_implementation = mode.loss_implementation(torch.device("cpu" if use_cpu else "cuda"))
+    if cfg.method == "mod":  # MoDification (modetune.mod): same recipe, its own model and logged metrics
+        from modetune.mod import get_mod_model
+        from modetune.mod.trainer import MoDTrainer as trainer_cls
+
+        mode, loss_implementation = get_mod_model(wrap_peft(model, cfg), mode_cfg), None
+    else:
+        trainer_cls = MoDETrainer
+        mode = get_mode_model(wrap_peft(model, cfg), mode_cfg)
+        # resolve 'auto' (and refuse an impossible 'liger') before anything is written
+        loss_implementation = mode.loss_implementation(torch.device("cpu" if use_cpu else "cuda"))
     if cfg.gradient_checkpointing:
         mode.gradient_checkpointing_enable()
 
@@ -188,7 +195,7 @@ def train(cfg: TrainConfig, mode_cfg: MoDEConfig, argv: list[str] | None = None)
         "train_files": [str(Path(s).resolve()) for s in cfg.data if parse_synthetic_spec(s) is None],
         "synthetic_data": [s for s in cfg.data if parse_synthetic_spec(s) is not None],
         "train_config": cfg.to_dict(),
-        "mode_config": mode_cfg.to_dict(),
+        f"{cfg.method}_config": mode_cfg.to_dict(),
         "loss_implementation": loss_implementation,
         "num_train_examples": len(train_ds),
         "num_eval_examples": len(eval_ds) if eval_ds else 0,
@@ -235,7 +242,7 @@ def train(cfg: TrainConfig, mode_cfg: MoDEConfig, argv: list[str] | None = None)
         prediction_loss_only=True,
         include_num_input_tokens_seen="no",
     )
-    trainer = MoDETrainer(
+    trainer = trainer_cls(
         model=mode,
         args=args,
         train_dataset=train_ds,
