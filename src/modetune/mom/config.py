@@ -1,0 +1,179 @@
+"""`MoMConfig`: the module pool, the rounds and the routers of a Mixture-of-Modules model.
+
+A transformers `PretrainedConfig` (model_type "modetune_mom"), so `MoMForCausalLM` saves, loads and registers
+with the Auto classes like any causal LM. The attention and FFN modules are those of an ordinary decoder
+family (llama, mistral, qwen2, qwen3); `base_config` holds that family's config (sizes, norm eps, rope), so a
+pool built from a pre-trained model's layers and a freshly initialised pool are described the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+from modetune.errors import ConfigError
+
+# Decoder families whose layers are `input_layernorm -> self_attn -> residual -> post_attention_layernorm -> mlp
+# -> residual`, with rotary positions at the stack level: their layers split cleanly into an attention module
+# and an FFN module. Anything else (parallel attention/FFN, post-norm, embedding scaling, soft-capping) would
+# need its own module definition.
+MOM_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+ROUTERS = ("gru", "linear")
+WEIGHTINGS = ("softmax", "topk_softmax")
+POOL_INITS = ("layers", "fresh")
+# bookkeeping keys of a saved config that say nothing about the modules
+_NOT_ARCHITECTURE = {
+    "_name_or_path",
+    "transformers_version",
+    "architectures",
+    "_commit_hash",
+    "auto_map",
+    "id2label",
+    "label2id",
+}
+
+# Help text for every MoM field (the CLI and README are generated from it).
+FIELD_HELP: dict[str, str] = {
+    "num_attention_modules": "Attention modules in the pool (m^A in the paper).",
+    "num_ffn_modules": "Feed-forward modules in the pool (m^F).",
+    "num_skip_modules": "SKIP modules offered to each router (m^S >= 0): choosing one adds nothing to the residual "
+    "stream, so a token can skip a round; several make skipping more likely at initialisation.",
+    "num_rounds": "H: assembly rounds; each round adds one assembled attention module and one assembled FFN module.",
+    "k_per_round": "K: modules each router picks per token and round (from its modules plus the SKIP modules).",
+    "router": "'gru' (the paper's choice as we read it: a GRU cell carries each token's routing state across rounds, "
+    "then a linear layer scores the modules) or 'linear' (a linear layer on the current hidden state).",
+    "router_hidden_size": "Hidden size of the GRU router state (0: the model's hidden size).",
+    "weighting": "How the picked modules' outputs are weighted: 'softmax' = their probabilities under the softmax "
+    "over all options (the router gets a gradient even with K=1); 'topk_softmax' = softmax over the K picked logits "
+    "only (weights sum to 1).",
+    "pool_init": "'layers': the pool was built from a pre-trained model's layers (phase 2 of the paper); 'fresh': "
+    "random initialisation (recorded, and used by `modetune pretrain --arch mom`).",
+    "router_init_bias": "Initial per-round logit bonus for module h in round h (0: uniform routing). With a pool built "
+    "from layers, a positive value starts near the source model's layer order.",
+    "fixed_routes": "Bypass the routers: round h uses attention module h and FFN module h with weight 1 (the source "
+    "model's own computation when the pool was built from its layers).",
+    "pruned_attention_modules": "Attention modules removed from the pool (never picked); for the pruning analysis.",
+    "pruned_ffn_modules": "FFN modules removed from the pool (never picked).",
+}
+
+
+class MoMConfig(PretrainedConfig):
+    """Pool sizes, rounds H, K per round, router form and pool initialisation of an MoM model (validated)."""
+
+    model_type = "modetune_mom"
+
+    def __init__(
+        self,
+        base_config: dict[str, Any] | PretrainedConfig | None = None,
+        num_attention_modules: int = 4,
+        num_ffn_modules: int = 4,
+        num_skip_modules: int = 1,
+        num_rounds: int = 4,
+        k_per_round: int = 1,
+        router: str = "gru",
+        router_hidden_size: int = 0,
+        weighting: str = "softmax",
+        pool_init: str = "fresh",
+        router_init_bias: float = 0.0,
+        fixed_routes: bool = False,
+        pruned_attention_modules: list[int] | None = None,
+        pruned_ffn_modules: list[int] | None = None,
+        **kwargs: Any,
+    ):
+        if isinstance(base_config, PretrainedConfig):
+            base_config = base_config.to_dict()
+        self.base_config: dict[str, Any] = {
+            k: v for k, v in dict(base_config or {"model_type": "llama"}).items() if k not in _NOT_ARCHITECTURE
+        }
+        self.num_attention_modules = num_attention_modules
+        self.num_ffn_modules = num_ffn_modules
+        self.num_skip_modules = num_skip_modules
+        self.num_rounds = num_rounds
+        self.k_per_round = k_per_round
+        self.router = router
+        self.router_hidden_size = router_hidden_size
+        self.weighting = weighting
+        self.pool_init = pool_init
+        self.router_init_bias = float(router_init_bias)
+        self.fixed_routes = bool(fixed_routes)
+        self.pruned_attention_modules = sorted(set(pruned_attention_modules or []))
+        self.pruned_ffn_modules = sorted(set(pruned_ffn_modules or []))
+        base = self.family_config()
+        # values transformers' own utilities (loss, generation, lm-eval) read from the top-level config
+        # (always derived from base_config, so the two can never disagree)
+        derived = (
+            "vocab_size",
+            "hidden_size",
+            "pad_token_id",
+            "bos_token_id",
+            "eos_token_id",
+            "max_position_embeddings",
+            "initializer_range",
+        )
+        for key in derived:
+            kwargs[key] = getattr(base, key, None)
+        kwargs["tie_word_embeddings"] = bool(getattr(base, "tie_word_embeddings", False))
+        super().__init__(**kwargs)
+        self.validate()
+
+    def family_config(self) -> PretrainedConfig:
+        """The decoder family's own config object (what each attention/FFN module is built from)."""
+        model_type = self.base_config.get("model_type")
+        if model_type not in MOM_FAMILIES:
+            raise ConfigError(
+                f"MoMConfig.base_config: model type {model_type!r} cannot be split into MoM modules; supported "
+                f"families: {', '.join(MOM_FAMILIES)} (pre-norm decoder layers with self_attn and mlp)"
+            )
+        values = {k: v for k, v in self.base_config.items() if k != "model_type"}
+        return AutoConfig.for_model(model_type, **values)
+
+    def validate(self) -> None:
+        def positive(name: str) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"MoMConfig.{name} must be a whole number >= 1, got {value!r} ({FIELD_HELP[name]})")
+
+        for name in ("num_attention_modules", "num_ffn_modules", "num_rounds", "k_per_round"):
+            positive(name)
+        if not isinstance(self.num_skip_modules, int) or self.num_skip_modules < 0:
+            raise ConfigError(f"MoMConfig.num_skip_modules must be a whole number >= 0, got {self.num_skip_modules!r}")
+        if not isinstance(self.router_hidden_size, int) or self.router_hidden_size < 0:
+            raise ConfigError(f"MoMConfig.router_hidden_size must be >= 0, got {self.router_hidden_size!r}")
+        for name, allowed in (("router", ROUTERS), ("weighting", WEIGHTINGS), ("pool_init", POOL_INITS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"MoMConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for kind, pool, pruned in (
+            ("attention", self.num_attention_modules, self.pruned_attention_modules),
+            ("ffn", self.num_ffn_modules, self.pruned_ffn_modules),
+        ):
+            if any(not 0 <= i < pool for i in pruned):
+                raise ConfigError(f"MoMConfig.pruned_{kind}_modules {pruned} names modules outside 0..{pool - 1}")
+            options = pool - len(pruned) + self.num_skip_modules
+            if self.k_per_round > options:
+                raise ConfigError(
+                    f"MoMConfig.k_per_round={self.k_per_round} exceeds the {options} {kind} options left (modules not pruned plus "
+                    "SKIP modules); lower k_per_round or add modules"
+                )
+        if self.fixed_routes and self.num_rounds > min(self.num_attention_modules, self.num_ffn_modules):
+            raise ConfigError(
+                f"MoMConfig.fixed_routes needs num_rounds ({self.num_rounds}) <= the number of attention and FFN "
+                f"modules ({self.num_attention_modules}, {self.num_ffn_modules}): round h uses module h"
+            )
+        if self.fixed_routes and (
+            set(self.pruned_attention_modules) & set(range(self.num_rounds))
+            or set(self.pruned_ffn_modules) & set(range(self.num_rounds))
+        ):
+            raise ConfigError("MoMConfig.fixed_routes uses module h in round h; it cannot be pruned")
+        family = self.family_config()
+        if getattr(family, "use_sliding_window", False):
+            raise ConfigError(
+                "MoM modules implement full attention and mistral's fixed window; a config with use_sliding_window=True "
+                "(per-layer windows) is not supported"
+            )
+
+    def sliding_window(self) -> int | None:
+        """The attention window of the family (mistral's `sliding_window`), or None for full attention."""
+        if self.base_config.get("model_type") == "mistral":
+            return self.base_config.get("sliding_window")
+        return None

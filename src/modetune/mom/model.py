@@ -1,0 +1,516 @@
+"""Mixture-of-Modules (MoM; Gong et al., EMNLP 2024, arXiv 2407.06677) as a transformers causal LM.
+
+A vanilla transformer runs every token through layers 1..L in order. MoM owns a pool of attention modules
+(a norm + multi-head attention), a pool of FFN modules (a norm + MLP) and SKIP modules, and assembles each
+token's computation in H rounds. In round h, for each token:
+
+    attention router: scores the m^A attention modules + m^S SKIPs, keeps the top K
+    x <- x + sum_k w_k * A_{i_k}(x)            (a SKIP adds nothing)
+    FFN router:       scores the m^F FFN modules + m^S SKIPs, keeps the top K
+    x <- x + sum_k w_k * F_{j_k}(x)
+
+then the final norm and the LM head. A vanilla transformer is the special case m^A = m^F = H, K = 1, round h
+always picking module h with weight 1 (`fix_routes_to_layers()`); layer skipping, MoD and MoE are other
+special cases (SKIP modules; K > 1 over FFN modules).
+
+Where this follows the paper (as far as we could read it here) and where it departs, and why
+-------------------------------------------------------------------------------------------
+Only the abstract and third-party summaries of the paper were reachable from this machine (the arXiv HTML and
+the authors' code, GitHub gzhch/MoM, were not), so the details below are marked "paper" only where those
+sources state them; everything else is our choice and is an option where it matters.
+
+* Pool, rounds, K, SKIP (paper): m^A attention modules, m^F FFN modules and m^S SKIP modules; two routers (one
+  for attention, one for FFN) pick the best K modules of each kind per token in each of H rounds; the picked
+  modules' outputs, weighted by the router, are added to the residual stream; a SKIP contributes nothing.
+* Router form: 'gru' (default) keeps a per-token GRU state across rounds, so a round's choice depends on the
+  token's earlier choices; this is our reading of the paper's router, which decides sequentially over rounds.
+  'linear' is the MoE-style alternative. Both routers read a parameter-free RMS-normalised hidden state and
+  add a learned per-round bias (ours: it lets a router that is shared across rounds still tell rounds apart,
+  and `router_init_bias` uses it to start near the source model's layer order in phase 2).
+* Module weighting: 'softmax' weights each picked module by its probability under the softmax over all options
+  (Switch-Transformer style; the router then gets a gradient even with K = 1); 'topk_softmax' renormalises
+  over the K picked logits (Mixtral style). The paper says the outputs are weighted by the router; which of the
+  two it uses we could not verify. No load-balancing loss is added (we found none described); the per-module
+  load and the router entropy are returned so they can be watched.
+* KV cache (our design; the paper discusses it but we could not read how it resolves it): an attention module
+  used in round h attends over the tokens that picked *that module in that round* (and the token itself), so
+  the cache has one KV slot per (round, attention module) pair, plus each slot's selection mask. Why per
+  (round, module) and not per round: keys of different modules live in different spaces, so one slot per
+  round would make a query of module A attend to keys made by module B; per (round, module) keeps every
+  attention a proper single-module attention and reduces exactly to the vanilla cache under fixed routes.
+  Why "only the tokens that picked it": it needs no keys/values from modules a token never ran (the cost of a
+  token is the modules it picked), which is what MoD does for skipped tokens. Slots a chunk of tokens does not
+  use are padded with masked zeros so every slot has the same length (simple bookkeeping; memory grows with
+  H x m^A slots, which is the price of this dense reference implementation).
+* Two-phase initialisation (paper): phase 1 pre-trains a vanilla transformer, phase 2 splits its layers into
+  modules (`from_pretrained_layers`), adds the routers and trains everything. Module i is a copy of layer
+  i mod L; the routers start random (paper) unless `router_init_bias` > 0 (ours).
+* Compute: this implementation runs an attention module on the whole chunk when any token picked it and
+  masks the rest, and an FFN module only on the tokens that picked it. The reported FLOPs per token count the
+  modules a token picked, not this implementation's dense work.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from modetune.errors import ConfigError, UnsupportedArchitectureError
+from modetune.mom.config import MOM_FAMILIES, MoMConfig
+
+
+def family_classes(model_type: str) -> tuple[type, type, type]:
+    """(DecoderLayer, RotaryEmbedding, RMSNorm) classes of a decoder family, from transformers itself."""
+    prefix = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type][: -len("ForCausalLM")]
+    module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    return (
+        getattr(module, f"{prefix}DecoderLayer"),
+        getattr(module, f"{prefix}RotaryEmbedding"),
+        getattr(module, f"{prefix}RMSNorm"),
+    )
+
+
+# -- the cache -------------------------------------------------------------------------------------------
+class MoMCache(DynamicCache):
+    """One KV slot per (round, attention module) pair, and each slot's selection mask.
+
+    Slot (h, j) holds, for every cached position, the keys/values module j produced in round h and whether
+    that token picked module j in round h (positions that did not are masked out of the attention). The masks
+    live in the same DynamicCache as extra "layers" (shape [B, 1, S, 1]), so beam-search reordering, cropping
+    and batch selection treat them exactly like the keys.
+    """
+
+    def __init__(self, num_rounds: int, num_modules: int):
+        super().__init__()
+        self.num_rounds, self.num_modules = num_rounds, num_modules
+
+    def kv_slot(self, round_idx: int, module_idx: int) -> int:
+        return round_idx * self.num_modules + module_idx
+
+    def update_selection(self, round_idx: int, module_idx: int, selected: torch.Tensor) -> torch.Tensor:
+        """Append this chunk's selection [B, T] to slot (h, j); return the selection of all cached positions."""
+        flag = selected[:, None, :, None].to(torch.float32)
+        slot = self.num_rounds * self.num_modules + self.kv_slot(round_idx, module_idx)
+        stored, _ = self.update(flag, flag, slot)
+        return stored[:, 0, :, 0] > 0.5
+
+
+class _SlotView:
+    """What an HF attention module sees as its cache: writes go to one (round, module) slot of a MoMCache."""
+
+    def __init__(self, cache: MoMCache, slot: int):
+        self.cache, self.slot = cache, slot
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        return self.cache.update(key_states, value_states, self.slot)
+
+
+# -- modules and routers --------------------------------------------------------------------------------
+class AttentionModule(nn.Module):
+    """A decoder layer's attention half: its input norm and its attention (the family's own classes)."""
+
+    def __init__(self, norm: nn.Module, attn: nn.Module):
+        super().__init__()
+        self.input_layernorm, self.self_attn = norm, attn
+
+    def forward(self, x: torch.Tensor, position_embeddings: Any, mask: torch.Tensor | None, cache: Any) -> torch.Tensor:
+        out, _ = self.self_attn(
+            self.input_layernorm(x), position_embeddings=position_embeddings, attention_mask=mask, cache=cache
+        )
+        return out
+
+
+class FFNModule(nn.Module):
+    """A decoder layer's FFN half: its post-attention norm and its MLP."""
+
+    def __init__(self, norm: nn.Module, mlp: nn.Module):
+        super().__init__()
+        self.post_attention_layernorm, self.mlp = norm, mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.post_attention_layernorm(x))
+
+
+class Router(nn.Module):
+    """Scores `num_modules + num_skip` options per token and round ('gru': state carried across rounds)."""
+
+    def __init__(self, hidden: int, options: int, rounds: int, form: str, state_size: int, eps: float):
+        super().__init__()
+        self.form, self.eps = form, eps
+        if form == "gru":
+            self.cell = nn.GRUCell(hidden, state_size)
+            self.proj = nn.Linear(state_size, options)
+        else:
+            self.proj = nn.Linear(hidden, options)
+        self.round_bias = nn.Parameter(torch.zeros(rounds, options))
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None, round_idx: int):
+        z = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.form == "gru":
+            flat = z.reshape(-1, z.shape[-1])
+            state = self.cell(flat, state)
+            logits = self.proj(state).view(*x.shape[:-1], -1)
+        else:
+            logits = self.proj(z)
+        return logits + self.round_bias[round_idx], state
+
+
+@dataclass
+class MoMCausalLMOutput(CausalLMOutputWithPast):
+    """A causal-LM output plus routing statistics (averaged over rounds and real tokens).
+
+    attention_load / ffn_load: fraction of picks that went to each option (modules, then SKIPs);
+    router_entropy: mean entropy (nats) of the routers' distributions; routes: per round, the picked
+    option indices [B, T, K] of the attention and FFN routers (only with `output_routes=True`).
+    """
+
+    attention_load: torch.Tensor | None = None
+    ffn_load: torch.Tensor | None = None
+    router_entropy: torch.Tensor | None = None
+    routes: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+
+
+# -- the model -----------------------------------------------------------------------------------------
+class MoMForCausalLM(PreTrainedModel, GenerationMixin):
+    """A Mixture-of-Modules causal LM: embeddings, a module pool, two routers, H rounds, final norm, head."""
+
+    config_class = MoMConfig
+    base_model_prefix = "mom"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _no_split_modules = ["AttentionModule", "FFNModule"]  # noqa: RUF012 (transformers' class attributes)
+    _tied_weights_keys = {"lm_head.weight": "embed_tokens.weight"}  # noqa: RUF012
+
+    def __init__(self, config: MoMConfig):
+        super().__init__(config)
+        family = config.family_config()
+        self._family = family
+        layer_cls, rotary_cls, norm_cls = family_classes(family.model_type)
+        d = family.hidden_size
+        self.embed_tokens = nn.Embedding(family.vocab_size, d, getattr(family, "pad_token_id", None))
+        attn, ffn = [], []
+        for j in range(max(config.num_attention_modules, config.num_ffn_modules)):
+            layer = layer_cls(family, layer_idx=j)  # its two halves become one attention and one FFN module
+            if j < config.num_attention_modules:
+                attn.append(AttentionModule(layer.input_layernorm, layer.self_attn))
+            if j < config.num_ffn_modules:
+                ffn.append(FFNModule(layer.post_attention_layernorm, layer.mlp))
+        self.attention_modules = nn.ModuleList(attn)
+        self.ffn_modules = nn.ModuleList(ffn)
+        state = config.router_hidden_size or d
+        eps = float(getattr(family, "rms_norm_eps", 1e-6))
+        H, S = config.num_rounds, config.num_skip_modules
+        self.attention_router = Router(d, config.num_attention_modules + S, H, config.router, state, eps)
+        self.ffn_router = Router(d, config.num_ffn_modules + S, H, config.router, state, eps)
+        self.norm = norm_cls(d, eps=eps)
+        self.rotary_emb = rotary_cls(config=family)
+        self.lm_head = nn.Linear(d, family.vocab_size, bias=False)
+        attn0 = self.attention_modules[0].self_attn
+        self._kv_heads = int(getattr(family, "num_key_value_heads", None) or family.num_attention_heads)
+        self._head_dim = int(attn0.head_dim)
+        self.post_init()
+
+    # -- HF plumbing ---------------------------------------------------------------------------------
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # generate() must not build a per-layer DynamicCache; forward() makes a MoMCache
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.lm_head = value
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The family's usual init (transformers' own, which also rebuilds rotary buffers) plus the routers'."""
+        from transformers import initialization as init
+
+        if isinstance(module, nn.GRUCell):
+            bound = module.hidden_size**-0.5
+            for p in module.parameters():
+                init.uniform_(p, -bound, bound)
+        elif isinstance(module, Router):
+            bias = torch.zeros_like(module.round_bias)
+            for h in range(min(bias.shape[0], bias.shape[1] - self.config.num_skip_modules)):
+                bias[h, h] = self.config.router_init_bias
+            init.copy_(module.round_bias, bias)
+        else:
+            super()._init_weights(module)
+
+    def fix_routes_to_layers(self, fixed: bool = True) -> MoMForCausalLM:
+        """Round h uses attention module h and FFN module h with weight 1 (the source model, exactly)."""
+        self.config.fixed_routes = fixed
+        try:
+            self.config.validate()
+        except ConfigError:
+            self.config.fixed_routes = False
+            raise
+        return self
+
+    def prune_modules(self, attention: list[int] = (), ffn: list[int] = ()) -> MoMForCausalLM:  # type: ignore[assignment]
+        """Remove modules from the pool (the routers never pick them again); for the pruning analysis."""
+        before = (self.config.pruned_attention_modules, self.config.pruned_ffn_modules)
+        self.config.pruned_attention_modules = sorted(set(before[0]) | set(attention))
+        self.config.pruned_ffn_modules = sorted(set(before[1]) | set(ffn))
+        try:
+            self.config.validate()
+        except ConfigError:
+            self.config.pruned_attention_modules, self.config.pruned_ffn_modules = before
+            raise
+        return self
+
+    # -- routing -------------------------------------------------------------------------------------
+    def _route(self, router: Router, x: torch.Tensor, state: Any, h: int, n_modules: int, pruned: list[int]):
+        """-> (weights [B,T,n_modules] (0 = not picked), picked [B,T,n_modules] bool, picks, probs, state)."""
+        B, T = x.shape[:2]
+        if self.config.fixed_routes:
+            picked = torch.zeros(B, T, n_modules, dtype=torch.bool, device=x.device)
+            picked[..., h] = True
+            return picked.to(x.dtype), picked, None, None, state
+        logits, state = router(x, state, h)
+        logits = logits.float()
+        if pruned:
+            logits[..., pruned] = float("-inf")
+        probs = logits.softmax(-1)
+        top_logits, picks = logits.topk(self.config.k_per_round, dim=-1)
+        w = top_logits.softmax(-1) if self.config.weighting == "topk_softmax" else probs.gather(-1, picks)
+        options = logits.shape[-1]
+        dense = torch.zeros(B, T, options, dtype=w.dtype, device=x.device).scatter(-1, picks, w)
+        picked = torch.zeros(B, T, options, dtype=torch.bool, device=x.device).scatter(-1, picks, True)
+        return dense[..., :n_modules].to(x.dtype), picked[..., :n_modules], picks, probs, state
+
+    def _attention_mask(
+        self, selected: torch.Tensor, key_valid: torch.Tensor, past: int, T: int, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """Additive mask [B,1,T,S]: causal, not padding, and the key picked this module in this round (or is the
+        query itself). None when that is plain causal attention that SDPA can do on its own."""
+        S = key_valid.shape[1]
+        if (
+            bool(selected.all())
+            and bool(key_valid.all())
+            and (past == 0 or T == 1)
+            and self.config._attn_implementation == "sdpa"
+        ):
+            return None
+        q_pos = torch.arange(past, past + T, device=selected.device)[:, None]
+        k_pos = torch.arange(S, device=selected.device)[None, :]
+        allowed = k_pos <= q_pos
+        window = self.config.sliding_window()
+        if window:
+            allowed = allowed & (q_pos - k_pos < window)
+        keys = (selected & key_valid)[:, None, :] | (k_pos == q_pos)[None]  # [B, T, S]
+        allowed = allowed[None] & keys
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=selected.device)
+        return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+    # -- forward -------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: MoMCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        output_routes: bool = False,
+        **kwargs: Any,
+    ) -> MoMCausalLMOutput:
+        cfg = self.config
+        self._family._attn_implementation = cfg._attn_implementation  # modules read it from the family config
+        if cache is None:
+            cache = kwargs.pop("past_key_values", None)
+        for unused in ("output_attentions", "output_hidden_states", "return_dict", "cache_position"):
+            kwargs.pop(unused, None)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T = x.shape[:2]
+
+        if use_cache is None:
+            use_cache = bool(getattr(cfg, "use_cache", True)) and not self.training
+        if cache is not None and not isinstance(cache, MoMCache):
+            if cache.get_seq_length() > 0:
+                raise ValueError("MoMForCausalLM needs its own MoMCache; got a filled " + type(cache).__name__)
+            cache = None
+        if use_cache and cache is None:
+            cache = MoMCache(cfg.num_rounds, cfg.num_attention_modules)
+        past = cache.get_seq_length() if cache is not None else 0
+
+        key_valid = torch.ones(B, past + T, dtype=torch.bool, device=x.device)
+        if attention_mask is not None:
+            if attention_mask.dim() != 2:
+                raise ValueError("MoMForCausalLM takes a 2D attention_mask (1 = real token, 0 = padding)")
+            m = attention_mask.to(torch.bool)
+            key_valid[:, -m.shape[1] :] = m[:, -(past + T) :]
+        if position_ids is None:
+            position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+        position_embeddings = self.rotary_emb(x, position_ids=position_ids)
+
+        state_a = state_f = None
+        loads_a, loads_f, entropies, routes = [], [], [], []
+        real = key_valid[:, -T:]
+        for h in range(cfg.num_rounds):
+            # attention: every module some token picked runs on the chunk, masked to the tokens that picked it
+            w, picked, picks_a, probs_a, state_a = self._route(
+                self.attention_router, x, state_a, h, cfg.num_attention_modules, cfg.pruned_attention_modules
+            )
+            out = None
+            for j, module in enumerate(self.attention_modules):
+                sel = picked[..., j]
+                slot = cache.kv_slot(h, j) if cache is not None else None
+                if not bool(sel.any()):
+                    if cache is not None:  # keep every slot the same length: masked zeros
+                        zeros = x.new_zeros(B, self._kv_heads, T, self._head_dim)
+                        cache.update(zeros, zeros, slot)
+                        cache.update_selection(h, j, sel)
+                    continue
+                sel_all = cache.update_selection(h, j, sel) if cache is not None else sel
+                mask = self._attention_mask(sel_all, key_valid, past, T, x.dtype)
+                y = module(x, position_embeddings, mask, _SlotView(cache, slot) if cache is not None else None)
+                y = y * w[..., j : j + 1]
+                out = y if out is None else out + y
+            if out is not None:
+                x = x + out
+            # FFN: each module runs only on the tokens that picked it
+            w, picked, picks_f, probs_f, state_f = self._route(
+                self.ffn_router, x, state_f, h, cfg.num_ffn_modules, cfg.pruned_ffn_modules
+            )
+            out = None
+            for j, module in enumerate(self.ffn_modules):
+                sel = picked[..., j]
+                if bool(sel.all()):
+                    y = module(x) * w[..., j : j + 1]
+                elif bool(sel.any()):
+                    y = torch.zeros_like(x)
+                    y[sel] = module(x[sel]) * w[..., j][sel][:, None]
+                else:
+                    continue
+                out = y if out is None else out + y
+            if out is not None:
+                x = x + out
+            if picks_a is not None:
+                loads_a.append(self._load(picks_a, probs_a.shape[-1], real))
+                loads_f.append(self._load(picks_f, probs_f.shape[-1], real))
+                entropies.append(self._entropy(probs_a, real))
+                entropies.append(self._entropy(probs_f, real))
+                if output_routes:
+                    routes.append((picks_a, picks_f))
+
+        x = self.norm(x)
+        if isinstance(logits_to_keep, int):
+            kept = x[:, -logits_to_keep:] if logits_to_keep > 0 else x
+        else:
+            kept = x[:, logits_to_keep]
+        logits = self.lm_head(kept)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=cfg.vocab_size, **kwargs)
+        return MoMCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=cache if use_cache else None,
+            attention_load=torch.stack(loads_a).mean(0) if loads_a else None,
+            ffn_load=torch.stack(loads_f).mean(0) if loads_f else None,
+            router_entropy=torch.stack(entropies).mean() if entropies else None,
+            routes=tuple(routes) if output_routes else None,
+        )
+
+    @staticmethod
+    def _load(picks: torch.Tensor, options: int, real: torch.Tensor) -> torch.Tensor:
+        counts = torch.zeros(options, device=picks.device)
+        counts.index_add_(0, picks[real].reshape(-1), torch.ones(picks[real].numel(), device=picks.device))
+        return (counts / counts.sum().clamp(min=1)).detach()
+
+    @staticmethod
+    def _entropy(probs: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        p = probs[real]
+        return -(p * p.clamp(min=1e-12).log()).sum(-1).mean().detach()
+
+    # -- cost ----------------------------------------------------------------------------------------
+    def forward_flops_per_token(self, context: int = 0, attention_picks: float | None = None) -> float:
+        """Multiply-adds x 2 of the modules a token runs (K per router and round; SKIP picks cost nothing).
+
+        `attention_picks`/FFN picks per round default to K (an upper bound: a picked SKIP costs nothing); the
+        attention-score term uses `context` keys. Embedding lookups and norms are ignored; the head is counted.
+        """
+        fam, cfg = self._family, self.config
+        d, ff = fam.hidden_size, fam.intermediate_size
+        heads, hd = fam.num_attention_heads, self._head_dim
+        attn = 2 * (d * heads * hd * 2 + d * self._kv_heads * hd * 2) + 2 * 2 * heads * hd * context
+        mlp = 2 * 3 * d * ff
+        k = 1 if cfg.fixed_routes else cfg.k_per_round
+        router = 0 if cfg.fixed_routes else 2 * 2 * (d * (cfg.router_hidden_size or d) * 3 + d)
+        per_round = (attention_picks if attention_picks is not None else k) * attn + k * mlp + router
+        return cfg.num_rounds * per_round + 2 * d * fam.vocab_size
+
+
+def from_pretrained_layers(model: PreTrainedModel, config: MoMConfig | None = None) -> MoMForCausalLM:
+    """Phase 2 of MoM: build the pool from a causal LM's layers (module i = layer i mod L), keep its
+    embeddings, final norm and head. With `fix_routes_to_layers()` the result computes the model's own logits.
+
+    `config` gives pool sizes, rounds, K and router (its `base_config` is replaced by the model's config);
+    default: m^A = m^F = H = L, K = 1, one SKIP.
+    """
+    from modetune.architectures import locate
+
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in MOM_FAMILIES:
+        raise UnsupportedArchitectureError(
+            f"MoM can split layers of {', '.join(MOM_FAMILIES)} models, not {model_type!r}: its decoder layers must be "
+            "pre-norm with `input_layernorm`, `self_attn`, `post_attention_layernorm` and `mlp`"
+        )
+    located = locate(model)
+    layers = located.layers
+    L = len(layers)
+    values = config.to_dict() if config is not None else {}
+    for key in ("model_type", "transformers_version", "architectures", "base_config", "pool_init"):
+        values.pop(key, None)
+    for key in ("num_attention_modules", "num_ffn_modules", "num_rounds"):
+        values.setdefault(key, L)
+    base = model.config.to_dict()
+    attn_impl = getattr(model.config, "_attn_implementation", None)
+    mom_config = MoMConfig(base_config=base, pool_init="layers", **values)
+    if attn_impl:
+        mom_config._attn_implementation = attn_impl
+    dtype = next(model.parameters()).dtype
+    mom = MoMForCausalLM(mom_config).to(dtype)
+    with torch.no_grad():
+        mom.embed_tokens.load_state_dict(model.get_input_embeddings().state_dict())
+        for j, module in enumerate(mom.attention_modules):
+            layer = layers[j % L]
+            module.input_layernorm.load_state_dict(layer.input_layernorm.state_dict())
+            module.self_attn.load_state_dict(layer.self_attn.state_dict())
+        for j, module in enumerate(mom.ffn_modules):
+            layer = layers[j % L]
+            module.post_attention_layernorm.load_state_dict(layer.post_attention_layernorm.state_dict())
+            module.mlp.load_state_dict(layer.mlp.state_dict())
+        if located.final_norm is not None:
+            mom.norm.load_state_dict(located.final_norm.state_dict())
+        if mom_config.tie_word_embeddings:
+            mom.lm_head.weight = mom.embed_tokens.weight
+        else:
+            mom.lm_head.load_state_dict(located.head.state_dict())
+        mom.rotary_emb = copy.deepcopy(located.backbone.rotary_emb)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        mom.generation_config = copy.deepcopy(gen)
+    return mom.eval() if not model.training else mom
