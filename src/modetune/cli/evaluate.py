@@ -20,9 +20,11 @@ from modetune.errors import ConfigError
 _EPILOG = """\
 tasks: gsm8k svamp aqua multiarith addsub singleeq mawps (arithmetic);
        boolq piqa siqa hellaswag winogrande arc_easy arc_challenge openbookqa (commonsense);
-       groups: arithmetic, commonsense, all (members whose data file is found).
-data:  without --data, NAME/test.json is searched under $MODETUNE_DATA_DIR, ./data, ./shared/data and
-       ../shared/data. --data DIR searches DIR (also DIR/dataset/<LLM-Adapters name>/test.json);
+       mathqa; groups: arithmetic, commonsense, all (members whose data file is found).
+       any other LLM-Adapters-format file: --task NAME --answer-type number|letter|label [--choices ...] --data FILE.
+data:  without --data, NAME/test.json is searched under $MODETUNE_DATA_DIR, ./data, ./shared/data,
+       ../shared/data and the cache of `modetune data fetch NAME` (~/.cache/modetune/data).
+       --data DIR searches DIR (also DIR/dataset/<LLM-Adapters name>/test.json);
        --data FILE is the file of the single task; --data NAME=FILE gives one task's file.
 examples:
   modetune eval --model smollm2-135m --task gsm8k --task boolq --limit 200 --output out/base
@@ -63,6 +65,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="test file (one task), directory, or NAME=FILE; repeatable",
     )
     parser.add_argument(
+        "--answer-type",
+        choices=["number", "letter", "label"],
+        default=None,
+        help="score a --task that modetune does not list (its file given with --data) by the LLM-Adapters rule: "
+        "last number, first letter, or first label",
+    )
+    parser.add_argument(
+        "--choices",
+        default=None,
+        metavar="A,B,...",
+        help="with --answer-type: the letters (default A-E) or labels (default: read from the file's "
+        "'Answer format:' lines)",
+    )
+    parser.add_argument(
         "--limit", type=int, default=None, metavar="N", help="seeded random subset of N questions per task"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit subset and of sampling (default: 0)")
@@ -99,17 +115,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ll = parser.add_argument_group("log-likelihood (--scoring loglikelihood)")
     ll.add_argument(
         "--ll-style",
-        choices=["text", "label"],
-        default="text",
-        help="text (default): score each choice's own text after the bare question (lm-eval style); "
-        "label: score ' answerN' after 'the correct answer is' (LLM-Adapters' training target format)",
+        choices=["auto", "text", "label", "partial"],
+        default="auto",
+        help="text: score each choice's own text after the bare question (lm-eval style); "
+        "label: score ' answerN' after 'the correct answer is' (LLM-Adapters' training target format); "
+        "partial: fill the '_' blank with each option and score the rest of the sentence (lm-eval's WinoGrande); "
+        "auto (default): partial for WinoGrande, text otherwise",
     )
     ll.add_argument(
         "--ll-norm",
         choices=["auto", "char", "token", "none"],
         default="auto",
         help="rank by the summed log-prob (none), per token, or per character (lm-eval acc_norm); "
-        "auto (default): char for --ll-style text, none for label",
+        "auto (default): char for --ll-style text, none for label and partial",
     )
 
     misc = parser.add_argument_group("other")
@@ -168,6 +186,10 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     console = Console(stderr=True)
 
+    if args.answer_type or args.choices:
+        from modetune.evaluation.tasks import define_custom_tasks
+
+        define_custom_tasks(args.tasks, args.answer_type, args.choices, args.data)
     data = parse_data_args(args.data)
     specs = resolve_task_names(args.tasks, data)
     settings = _generation_settings(args)

@@ -15,6 +15,18 @@ Two scoring modes:
     the target format LLM-Adapters trains on (``output`` = ``"the correct answer is answer2"``), so a
     model tuned on it is scored on the decision it was taught to state.
 
+  - ``"partial"`` (fill-in-the-blank tasks, WinoGrande; the default there): lm-evaluation-harness's
+    partial evaluation. Context = the sentence up to the ``_`` blank with the option filled in,
+    continuation = ``" "`` + the rest of the sentence; no prompt template, as lm-eval's ``winogrande``
+    task. The continuation is the same for every option, so the ranking compares how well each
+    filled-in prefix predicts the rest (lm-eval's ``acc``: summed log-prob, ``ll_norm="none"``).
+
+  ``ll_style="auto"`` (the default) is ``partial`` for blank-filling tasks and ``text`` otherwise.
+  Where conventions differ from lm-eval: lm-eval moves *all* trailing whitespace of a context
+  (newlines included) into the continuation; modetune moves trailing spaces only, so in the ``text``
+  and ``label`` styles the Alpaca prompt's final newline stays in the context. The ``partial``
+  contexts end in the option's last word, so there the requests are identical to lm-eval's.
+
   Measured on SmolLM2-135M-Instruct (untuned; 150 questions per task, seed 0): ``text`` 62% PIQA,
   39% ARC-e, 32% OBQA, 25% ARC-c, 33% BoolQ; ``label`` 50/27/20/28/51% -- the untuned model just
   puts all its mass on one label (always ``solution1``/``answer4``/``false``). Hence ``text`` is the
@@ -48,6 +60,7 @@ from modetune.evaluation.stats import wilson_interval
 from modetune.evaluation.tasks import (
     EvalExample,
     TaskSpec,
+    blank_sentence,
     find_task_file,
     get_task,
     load_task_examples,
@@ -69,7 +82,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SCORING_MODES = ("generate", "loglikelihood")
-LL_STYLES = ("label", "text")
+LL_STYLES = ("label", "text", "partial")
 LL_NORMS = ("char", "token", "none")
 SCHEMA_VERSION = 1
 
@@ -124,7 +137,37 @@ def multiple_choice_requests(
         return [(prompt + prefix, " " + c.label) for c in example.choices]
     if style == "text":
         return [(prompt, c.text) for c in example.choices]
+    if style == "partial":
+        before, after = blank_sentence(spec, example.instruction, where=example.id)
+        return [(before + c.text, " " + after.strip()) for c in example.choices]
     raise ConfigError(f"unknown log-likelihood style '{style}'; use one of {', '.join(LL_STYLES)}")
+
+
+def _style_for(spec: TaskSpec, ll_style: str) -> str:
+    """The log-likelihood style of one task: ``auto`` is lm-eval's partial scoring for blank-filling
+    tasks (WinoGrande) and the choice text otherwise."""
+    if ll_style != "auto":
+        return ll_style
+    return "partial" if spec.blank else "text"
+
+
+def _norm_for(style: str, ll_norm: str) -> str:
+    # labels are symbols ("answer1", " true"): their length means nothing, so rank by the sum; partial
+    # continuations are the same text for every option (lm-eval's acc); choice texts differ in length,
+    # so rank per character (lm-eval's acc_norm)
+    if ll_norm != "auto":
+        return ll_norm
+    return "char" if style == "text" else "none"
+
+
+def _ll_settings(styles: Mapping[str, str], norms: Mapping[str, str]) -> dict[str, Any]:
+    """The resolved style and norm (``"per task"`` when tasks differ), and each task's pair."""
+    style = next(iter(set(styles.values()))) if len(set(styles.values())) == 1 else "per task"
+    norm = next(iter(set(norms.values()))) if len(set(norms.values())) == 1 else "per task"
+    out: dict[str, Any] = {"style": style, "norm": norm}
+    if "per task" in (style, norm):
+        out["per_task"] = {name: {"style": styles[name], "norm": norms[name]} for name in styles}
+    return out
 
 
 def _normalised(logprob: float, n_tokens: int, continuation: str, norm: str) -> float:
@@ -204,7 +247,9 @@ def _evaluate_loglikelihood(
     batch_size: int,
     progress: bool,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    if style == "text":  # the options are what is scored, so the context is the bare question
+    if style == "partial":  # lm-eval's formulation: the bare sentence, no prompt template
+        prompts = [blank_sentence(spec, ex.instruction, where=ex.id)[0] for ex in examples]
+    elif style == "text":  # the options are what is scored, so the context is the bare question
         prompts = [
             build_prompt_text(
                 dataclasses.replace(ex, instruction=question_stem(spec, ex.instruction)), template, tokenizer
@@ -232,7 +277,8 @@ def _evaluate_loglikelihood(
             correct_by_norm[n] += ex.choices[picks[n]].label == ex.gold
         chosen = picks[norm]
         label = ex.choices[chosen].label
-        row = _row(ex, prompt, reqs[chosen][1].strip(), label, label == ex.gold, "loglikelihood")
+        shown = ex.choices[chosen].text if style == "partial" else reqs[chosen][1].strip()
+        row = _row(ex, prompt, shown, label, label == ex.gold, "loglikelihood")
         row["choices"] = [
             {"label": c.label, "text": c.text, "logprob": round(lp, 4), "n_tokens": nt, "greedy": greedy}
             for c, (lp, nt, greedy) in zip(ex.choices, got, strict=True)
@@ -269,7 +315,7 @@ def evaluate_model(
     seed: int = 0,
     scoring: str = "generate",
     generation: GenerationSettings | None = None,
-    ll_style: str = "text",
+    ll_style: str = "auto",
     ll_norm: str = "auto",
     template: str = "alpaca",
     batch_size: int = 8,
@@ -288,7 +334,9 @@ def evaluate_model(
             same questions, so runs stay comparable).
         scoring: ``"generate"`` or ``"loglikelihood"`` (multiple-choice tasks only).
         generation: decoding settings (greedy by default).
-        ll_style, ll_norm: log-likelihood phrasing and ranking score (see the module docstring).
+        ll_style, ll_norm: log-likelihood phrasing and ranking score (see the module docstring);
+            ``"auto"`` picks per task (``partial`` for WinoGrande, ``text`` otherwise; the norm
+            ``none`` for labels and partial, ``char`` for choice texts).
         template: prompt template, ``"alpaca"`` (the protocol) or ``"chat"``.
         train_files: training files to check for verbatim test questions (contamination guard).
         output_dir: if given, write results.json and predictions.jsonl there.
@@ -301,13 +349,9 @@ def evaluate_model(
     """
     if scoring not in SCORING_MODES:
         raise ConfigError(f"unknown scoring '{scoring}'; use one of {', '.join(SCORING_MODES)}")
-    if ll_style not in LL_STYLES:
-        raise ConfigError(f"unknown log-likelihood style '{ll_style}'; use one of {', '.join(LL_STYLES)}")
-    if ll_norm == "auto":
-        # labels are symbols ("answer1", " true"): their length means nothing, so rank by the sum;
-        # choice texts differ in length, so rank per character (lm-eval's acc_norm)
-        ll_norm = "none" if ll_style == "label" else "char"
-    if ll_norm not in LL_NORMS:
+    if ll_style not in (*LL_STYLES, "auto"):
+        raise ConfigError(f"unknown log-likelihood style '{ll_style}'; use one of auto, {', '.join(LL_STYLES)}")
+    if ll_norm not in (*LL_NORMS, "auto"):
         raise ConfigError(f"unknown log-likelihood normalisation '{ll_norm}'; use one of auto, {', '.join(LL_NORMS)}")
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
@@ -315,7 +359,15 @@ def evaluate_model(
     specs = [t if isinstance(t, TaskSpec) else get_task(t) for t in tasks]
     if not specs:
         raise ConfigError("no task given")
+    styles = {s.name: _style_for(s, ll_style) for s in specs}
+    norms = {s.name: _norm_for(styles[s.name], ll_norm) for s in specs}
     if scoring == "loglikelihood":
+        no_blank = [s.name for s in specs if styles[s.name] == "partial" and not s.blank]
+        if no_blank:
+            raise ConfigError(
+                f"--ll-style partial fills a '_' blank in the sentence (WinoGrande); {', '.join(no_blank)} "
+                "has no blank: use --ll-style text or label"
+            )
         numeric = [s.name for s in specs if not s.multiple_choice]
         if numeric:
             raise ConfigError(
@@ -353,8 +405,18 @@ def evaluate_model(
             )
         else:
             rows, extra = _evaluate_loglikelihood(
-                model, tokenizer, spec, examples, prompts, ll_style, ll_norm, template, batch_size, progress
+                model,
+                tokenizer,
+                spec,
+                examples,
+                prompts,
+                styles[spec.name],
+                norms[spec.name],
+                template,
+                batch_size,
+                progress,
             )
+            extra = {**extra, "ll_style": styles[spec.name], "ll_norm": norms[spec.name]}
         n = len(rows)
         correct = sum(r["correct"] for r in rows)
         lo, hi = wilson_interval(correct, n)
@@ -385,7 +447,7 @@ def evaluate_model(
             "batch_size": batch_size,
             "template": template,
             "generation": settings.to_dict() if scoring == "generate" else None,
-            "loglikelihood": {"style": ll_style, "norm": ll_norm} if scoring == "loglikelihood" else None,
+            "loglikelihood": _ll_settings(styles, norms) if scoring == "loglikelihood" else None,
         },
         "contamination": contamination,
         "environment": _environment(),

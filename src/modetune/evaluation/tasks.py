@@ -8,9 +8,11 @@ LLM-Adapters JSON format (``instruction``, ``answer``). The file comes from, in 
    LLM-Adapters name (``ARC-Easy``); ``DIR/dataset/<task dir>/test.json`` (an LLM-Adapters checkout);
    ``DIR/<task>.json`` / ``DIR/<task>.jsonl``;
 3. the same layout under each directory of ``$MODETUNE_DATA_DIR`` (``os.pathsep``-separated), then
-   ``./data``, ``./shared/data`` and ``../shared/data`` relative to the current directory.
+   ``./data``, ``./shared/data`` and ``../shared/data`` relative to the current directory, then the
+   data cache that ``modetune data fetch TASK`` fills (``~/.cache/modetune/data``).
 
-Files we do not ship (SIQA, WinoGrande, HellaSwag) work as soon as a user points at them.
+HellaSwag (too large to pin) works as soon as a user points at its file. Any other LLM-Adapters-format
+file is scored through a custom task: `custom_task` (``--task NAME --answer-type number|letter|label``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modetune.errors import DataError, ModetuneError
+from modetune.errors import ConfigError, DataError, ModetuneError
 
 __all__ = [
     "GROUPS",
@@ -30,12 +32,16 @@ __all__ = [
     "Choice",
     "EvalExample",
     "TaskSpec",
+    "blank_sentence",
+    "custom_task",
     "default_data_dirs",
     "find_task_file",
     "get_task",
+    "infer_labels",
     "load_task_examples",
     "parse_choices",
     "question_stem",
+    "register_task",
     "resolve_task_names",
     "select_subset",
 ]
@@ -58,6 +64,9 @@ class TaskSpec:
         dirs: directory names the data file may live under (ours first, then LLM-Adapters').
         aliases: other accepted spellings of the name.
         max_new_tokens: default generation budget (LLM-Adapters: 256 arithmetic, 32 commonsense).
+        blank: the question is a sentence with a ``_`` blank that each option fills (WinoGrande), so
+            the ``partial`` log-likelihood style applies (and is its default).
+        prefix: the instruction's fixed task preamble, removed to get the bare sentence.
     """
 
     name: str
@@ -68,6 +77,8 @@ class TaskSpec:
     dirs: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     max_new_tokens: int = 256
+    blank: bool = False
+    prefix: str = ""
 
     @property
     def multiple_choice(self) -> bool:
@@ -104,21 +115,35 @@ _TASK_LIST = [
     _labelled("piqa", "Solution", 2, ("piqa", "PIQA")),
     _labelled("siqa", "Answer", 5, ("siqa", "social_i_qa", "SIQA"), ("social_i_qa", "socialiqa")),
     _labelled("hellaswag", "Ending", 4, ("hellaswag", "HellaSwag")),
-    _labelled("winogrande", "Option", 2, ("winogrande", "WinoGrande")),
+    TaskSpec(
+        "winogrande",
+        "commonsense",
+        "label",
+        ("option1", "option2"),
+        "Option",
+        ("winogrande", "WinoGrande"),
+        max_new_tokens=32,
+        blank=True,
+        prefix="Please choose the correct answer to fill in the blank to complete the given sentence:",
+    ),
     _labelled("arc_easy", "Answer", 5, ("arc_easy", "ARC-Easy", "arc-easy"), ("arc-e", "arc_e", "arce")),
     _labelled(
         "arc_challenge", "Answer", 5, ("arc_challenge", "ARC-Challenge", "arc-challenge"), ("arc-c", "arc_c", "arcc")
     ),
     _labelled("openbookqa", "Answer", 5, ("openbookqa", "OpenBookQA", "obqa"), ("obqa",)),
+    # MathQA (LLM-Adapters' dataset/mathqa): 'The options: A ) 38 , B ) 27.675 , ...', gold letter A-E.
+    # Not in the arithmetic group: the literature's arithmetic averages do not include it.
+    TaskSpec("mathqa", "arithmetic", "letter", ("A", "B", "C", "D", "E"), "aqua", ("mathqa", "MathQA"), ("math_qa",)),
 ]
+_NOT_IN_GROUPS = {"mathqa"}
 
 #: canonical name -> spec, in the order the literature reports them
 TASKS: dict[str, TaskSpec] = {t.name: t for t in _TASK_LIST}
 
 #: group name -> member tasks (a group expands to the members whose data file can be found)
 GROUPS: dict[str, tuple[str, ...]] = {
-    "arithmetic": tuple(t.name for t in _TASK_LIST if t.category == "arithmetic"),
-    "commonsense": tuple(t.name for t in _TASK_LIST if t.category == "commonsense"),
+    "arithmetic": tuple(t.name for t in _TASK_LIST if t.category == "arithmetic" and t.name not in _NOT_IN_GROUPS),
+    "commonsense": tuple(t.name for t in _TASK_LIST if t.category == "commonsense" and t.name not in _NOT_IN_GROUPS),
 }
 GROUPS["all"] = GROUPS["arithmetic"] + GROUPS["commonsense"]
 
@@ -131,6 +156,82 @@ _LOOKUP: dict[str, str] = {}
 for _t in _TASK_LIST:
     for _alias in (_t.name, *_t.aliases, *_t.dirs):
         _LOOKUP[_key(_alias)] = _t.name
+_BUILTIN = frozenset(_LOOKUP)
+
+
+ANSWER_TYPES = ("number", "letter", "label")
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Make `get_task` know ``spec`` (a custom task); a built-in task's name is refused."""
+    existing = _LOOKUP.get(_key(spec.name))
+    if existing is not None and TASKS[existing] != spec and existing in _BUILTIN:
+        raise ConfigError(f"task '{spec.name}' is a built-in task; give the custom task another name")
+    TASKS[spec.name] = spec
+    for alias in (spec.name, *spec.aliases):
+        _LOOKUP[_key(alias)] = spec.name
+    return spec
+
+
+def custom_task(name: str, answer_type: str, choices: Sequence[str] | None = None) -> TaskSpec:
+    """A task for any LLM-Adapters-format file, scored by the LLM-Adapters rules of ``answer_type``.
+
+    * ``number``: last number in the generation, ``|pred - gold| <= 0.001``;
+    * ``letter``: first capital among ``choices`` (default A-E); the options are read from
+      ``Answer Choices: (A) ...`` or ``The options: A ) ...`` for log-likelihood scoring;
+    * ``label``: first occurrence of one of ``choices`` (e.g. ``answer1,answer2,answer3``). Labels of
+      the form ``<word>N`` are options listed as ``Word1: ... Word2: ...`` in the instruction
+      (as in the commonsense files); other labels (``yes,no``) are scored as the choice texts themselves.
+
+    The spec is registered (`register_task`), so the name works everywhere a task name does.
+    """
+    if answer_type not in ANSWER_TYPES:
+        raise ConfigError(f"--answer-type must be one of {', '.join(ANSWER_TYPES)}, got '{answer_type}'")
+    key = _key(name)
+    if not key or not re.fullmatch(r"[a-z0-9_.]+", key):
+        raise ConfigError(f"custom task name '{name}' must be letters, digits, '_' or '.'")
+    if key in _BUILTIN or key in GROUPS:
+        raise ConfigError(
+            f"'{name}' is a built-in task or group; drop --answer-type to use it, or name the custom task differently"
+        )
+    labels = tuple(c.strip() for c in (choices or ()) if c.strip())
+    if answer_type == "number":
+        if labels:
+            raise ConfigError("--choices does not apply to --answer-type number")
+        return register_task(TaskSpec(key, "custom", "number", dirs=(key,), max_new_tokens=256))
+    if answer_type == "letter":
+        labels = tuple(label.upper() for label in labels) or ("A", "B", "C", "D", "E")
+        if not all(re.fullmatch(r"[A-Z]", label) for label in labels):
+            raise ConfigError(f"--choices for --answer-type letter must be single letters, got {','.join(labels)}")
+        return register_task(TaskSpec(key, "custom", "letter", labels, "aqua", (key,), max_new_tokens=256))
+    if len(labels) < 2:
+        raise ConfigError(
+            "--answer-type label needs at least two labels: --choices answer1,answer2,... (or a file whose "
+            "instructions end with 'Answer format: a/b/...')"
+        )
+    labels = tuple(label.lower() for label in labels)
+    m = [re.fullmatch(r"([a-z]+)(\d+)", label) for label in labels]
+    if (
+        all(m)
+        and len({x.group(1) for x in m if x}) == 1
+        and [int(x.group(2)) for x in m if x] == list(range(1, len(labels) + 1))
+    ):
+        marker = m[0].group(1).capitalize()  # type: ignore[union-attr]
+    else:
+        marker = "labels"
+    return register_task(TaskSpec(key, "custom", "label", labels, marker, (key,), max_new_tokens=32))
+
+
+def infer_labels(path: str | Path) -> list[str]:
+    """The answer labels a file announces in its ``Answer format: a/b/...`` lines (first-seen order)."""
+    from modetune.data.loaders import load_dataset_file
+
+    labels: dict[str, None] = {}
+    for rec in load_dataset_file(path):
+        fmt = _FORMAT_LINE.search(rec.instruction)
+        if fmt:
+            labels.update(dict.fromkeys(p.strip() for p in fmt.group("labels").split("/") if p.strip()))
+    return list(labels)
 
 
 def get_task(name: str) -> TaskSpec:
@@ -149,12 +250,18 @@ def get_task(name: str) -> TaskSpec:
 
 def default_data_dirs() -> list[Path]:
     """Directories searched when a task has no explicit ``--data``: ``$MODETUNE_DATA_DIR``, then
-    ``./data``, ``./shared/data`` and ``../shared/data`` (the project's shared data next to the repo)."""
+    ``./data``, ``./shared/data`` and ``../shared/data`` (the project's shared data next to the repo),
+    then the data cache of ``modetune data fetch``."""
+    from modetune.data.fetch import data_cache_dir
+
     dirs: list[Path] = []
     env = os.environ.get("MODETUNE_DATA_DIR", "")
     dirs.extend(Path(p).expanduser() for p in env.split(os.pathsep) if p.strip())
     cwd = Path.cwd()
     dirs.extend([cwd / "data", cwd / "shared" / "data", cwd.parent / "shared" / "data"])
+    cache = data_cache_dir()
+    if cache not in dirs:
+        dirs.append(cache)
     return dirs
 
 
@@ -174,7 +281,7 @@ def find_task_file(task: TaskSpec | str, data: str | Path | None = None) -> Path
     spec = get_task(task) if isinstance(task, str) else task
     if data is not None:
         path = Path(data).expanduser()
-        if path.is_file():
+        if path.is_file() or _is_saved_dataset(path):
             return path
         if not path.exists():
             raise DataError(
@@ -190,11 +297,22 @@ def find_task_file(task: TaskSpec | str, data: str | Path | None = None) -> Path
             if candidate.is_file():
                 return candidate
     where = ", ".join(str(d) for d in searched)
+    from modetune.data.fetch import fetchable_names
+
+    fetch = (
+        f"run `modetune data fetch {spec.name}` to download it (pinned, sha256-checked), or "
+        if spec.name in fetchable_names()
+        else ""
+    )
     raise DataError(
         f"no test file found for task '{spec.name}' (looked for {spec.dirs[0]}/test.json in: {where}); "
-        f"pass --data FILE (or --data {spec.name}=FILE, or a directory holding {spec.dirs[0]}/test.json), "
-        "or set MODETUNE_DATA_DIR"
+        f"{fetch}pass --data FILE (or --data {spec.name}=FILE, or a directory holding {spec.dirs[0]}/test.json)"
     )
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    """A directory written by ``datasets``' ``save_to_disk`` (a Dataset or a DatasetDict)."""
+    return path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file())
 
 
 def resolve_task_names(names: Iterable[str], data: dict[str, Path] | Path | None = None) -> list[TaskSpec]:
@@ -315,9 +433,9 @@ def select_subset(examples: Sequence[EvalExample], limit: int | None, seed: int 
 # --------------------------------------------------------------------------------------------------
 # multiple-choice parsing
 
-_FORMAT_LINE = re.compile(r"\n\s*Answer format:\s*(?P<labels>[^\n]*)\s*$", re.IGNORECASE)
-_AQUA_PAREN = re.compile(r"\(([A-E])\)")
-_AQUA_SPACED = re.compile(r"(?:^|(?<=[\s,]))([A-E])\s?\)")
+# the format line ends the instruction; in LLM-Adapters' WinoGrande file it shares the options' line
+# ("Option1: Sarah Option2: Maria Answer format: option1/option2"), elsewhere it has a line of its own
+_FORMAT_LINE = re.compile(r"(?:^|\s)Answer format:\s*(?P<labels>[^\n]*?)\s*$", re.IGNORECASE)
 
 
 def _fail_choices(where: str, problem: str) -> DataError:
@@ -341,7 +459,9 @@ def parse_choices(task: TaskSpec | str, instruction: str, *, where: str = "instr
     if marker == "boolean":
         return [Choice("true", "true"), Choice("false", "false")]
     if marker == "aqua":
-        return _parse_aqua(instruction, where)
+        return _parse_lettered(instruction, where, spec.labels or "ABCDE")
+    if marker == "labels":  # custom label task whose labels are the choice texts ("yes", "no")
+        return [Choice(label, label) for label in spec.labels]
 
     body = instruction
     n_expected = None
@@ -383,27 +503,92 @@ def question_stem(task: TaskSpec | str, instruction: str) -> str:
             pos = body.find(header)
             if pos >= 0:
                 cut = min(cut, pos)
-    elif marker not in (None, "boolean"):
+    elif marker not in (None, "boolean", "labels"):
         m = re.search(rf"\b{marker}1\s*:", body, re.IGNORECASE)
         if m:
             cut = m.start()
     return body[:cut].strip()
 
 
-def _parse_aqua(instruction: str, where: str) -> list[Choice]:
-    for header, pattern in (("Answer Choices:", _AQUA_PAREN), ("The options:", _AQUA_SPACED)):
+def _parse_lettered(instruction: str, where: str, letters: Sequence[str] = "ABCDE") -> list[Choice]:
+    """Lettered options after ``Answer Choices:`` (``(A) x (B) y``, AQuA) or ``The options:`` (``A ) x ,
+    B ) y``, AQuA and MathQA; MathQA also has ``['A ) x', 'B ) y']`` and ``A ) A ) x , B ) B ) y``).
+    Letters are found in order, each after the previous one, so option texts may hold anything else."""
+    for header in ("Answer Choices:", "The options:"):
         pos = instruction.find(header)
         if pos < 0:
             continue
         tail = instruction[pos + len(header) :]
-        matches = list(pattern.finditer(tail))
-        letters = [m.group(1) for m in matches]
-        if len(matches) < 2 or letters != ["A", "B", "C", "D", "E"][: len(letters)]:
+        found: list[tuple[str, int, int]] = []
+        at = 0
+        for letter in letters:
+            pattern = rf"\({letter}\)" if header == "Answer Choices:" else rf"(?<![^\s,\['\"]){letter}\s?\)"
+            m = re.compile(pattern).search(tail, at)
+            if m is None:
+                break
+            found.append((letter, m.start(), m.end()))
+            at = m.end()
+        if len(found) < 2:
             raise _fail_choices(where, f"cannot read the options after '{header}'")
         choices = []
-        for k, m in enumerate(matches):
-            stop = matches[k + 1].start() if k + 1 < len(matches) else len(tail)
-            text = tail[m.end() : stop].strip().rstrip(",").strip()
-            choices.append(Choice(m.group(1), text))
+        for k, (letter, _, end) in enumerate(found):
+            stop = found[k + 1][1] if k + 1 < len(found) else len(tail)
+            text = tail[end:stop].strip(" \t\n,'\"[]")  # separators, and MathQA's list brackets/quotes
+            text = re.sub(rf"^{letter}\s?\)\s*", "", text)  # MathQA's doubled 'A ) A ) 2'
+            choices.append(Choice(letter, text))
         return choices
     raise _fail_choices(where, "no 'Answer Choices: (A) ...' or 'The options: A ) ...' list")
+
+
+# --------------------------------------------------------------------------------------------------
+# WinoGrande: partial evaluation (lm-evaluation-harness's formulation)
+
+
+def blank_sentence(task: TaskSpec | str, instruction: str, *, where: str = "instruction") -> tuple[str, str]:
+    """(text before the ``_`` blank, text after it) of a fill-in-the-blank question (WinoGrande).
+
+    lm-evaluation-harness scores WinoGrande by *partial evaluation*: the context is the sentence up to
+    the blank with an option filled in, the continuation is the rest of the sentence; the option whose
+    context makes the rest most likely wins. This returns the two halves of the bare sentence (task
+    preamble, options and ``Answer format:`` line removed); `modetune.evaluation.pipeline` builds the
+    requests as lm-eval does: ``(before + option, " " + after.strip())``.
+    """
+    spec = get_task(task) if isinstance(task, str) else task
+    sentence = question_stem(spec, instruction)
+    if spec.prefix and sentence.startswith(spec.prefix):
+        sentence = sentence[len(spec.prefix) :].strip()
+    if sentence.count("_") != 1:
+        raise DataError(
+            f"{where}: expected exactly one '_' blank in the sentence, found {sentence.count('_')} "
+            "(--ll-style partial needs a fill-in-the-blank sentence; use --ll-style text)"
+        )
+    before, after = sentence.split("_")
+    return before, after
+
+
+def define_custom_tasks(
+    names: Iterable[str], answer_type: str | None, choices: str | Sequence[str] | None, data: Sequence[str] | None
+) -> list[TaskSpec]:
+    """``modetune eval --task NAME --answer-type TYPE [--choices ...] --data FILE``: register each named
+    task as a custom task (`custom_task`). Without ``--choices`` a label task reads its labels from the
+    file's ``Answer format:`` lines."""
+    if not answer_type:
+        raise ConfigError("--choices needs --answer-type number|letter|label")
+    if not data:
+        raise ConfigError("a custom task (--answer-type) needs its file: --data FILE")
+    labels = [c for c in choices.split(",")] if isinstance(choices, str) else list(choices or [])
+    specs = []
+    for raw in names:
+        for name in (p.strip() for p in str(raw).split(",") if p.strip()):
+            task_labels = labels
+            if answer_type == "label" and not task_labels:
+                files = [v.partition("=")[2] if "=" in v and not Path(v).exists() else v for v in data]
+                mine = [v.partition("=")[2] for v in data if v.partition("=")[0] == name and "=" in v]
+                source = Path((mine or files)[0])
+                if not source.is_file():
+                    raise ConfigError(
+                        f"--answer-type label without --choices reads the labels from a file; {source} is not one"
+                    )
+                task_labels = infer_labels(source)
+            specs.append(custom_task(name, answer_type, task_labels))
+    return specs
