@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "demo": "modetune.cli.demo",
     "eval": "modetune.cli.evaluate",
     "compare": "modetune.cli.compare",
+    "inspect": "modetune.cli.inspect",
     "data": "modetune.cli.data",
 }
 

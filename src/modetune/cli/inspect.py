@@ -1,0 +1,277 @@
+"""`modetune inspect`: per-layer lens table, routing maps (PNG + one self-contained HTML page) and training curves.
+
+    modetune inspect (--model MODEL | --run RUN_DIR) (--data FILE | --task NAME | --prompt TEXT)
+                     [--limit N] --output DIR
+
+Every input is checked before a model is loaded. The computation lives in `modetune.analysis.lens`, the
+files in `modetune.analysis.report`; this module parses options, loads, and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+from typing import Any
+
+from modetune.errors import ConfigError
+
+_EPILOG = """\
+data:  --data FILE (any format `modetune train` reads), --data synthetic[:N[:LEVEL]] (held-out generated
+       problems: the test split, disjoint from training), --task NAME (its test file, found as in
+       `modetune eval`; records without a reference response are scored on their gold answer), or
+       --prompt TEXT (raw text, no template: every token after the first is scored; repeatable).
+files: lens.json (everything), lens.csv / lens.md (per-layer table), lens.png, routing.png,
+       routing_by_class.png, routing.html, training_curves.png (--run with metrics).
+examples:
+  modetune inspect --run runs/demo --data synthetic:50:1 --output out/inspect-demo
+  modetune inspect --model smollm2-135m --task gsm8k --limit 50 --output out/inspect-base
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="per-layer lens table, routing maps and training curves of a model or a MoDE run",
+        description="Look inside a model or a MoDE run: every layer's cross-entropy and top-1 accuracy (plain "
+        "logit lens, and the late layers through their MoDE adapters), the oracle figure, what the router picks, "
+        "routing maps (PNG and one self-contained HTML page) and a run's training curves.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="base model spec (as `modetune train --model`); inspected untrained")
+    which.add_argument(
+        "--run", dest="run_dir", metavar="RUN_DIR", help="a run directory from `modetune train` (compared to its base)"
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", metavar="FILE", help="dataset file, or synthetic[:N[:LEVEL]]")
+    source.add_argument("--task", metavar="NAME", help="a benchmark name (its test file, as `modetune eval` finds it)")
+    source.add_argument(
+        "--prompt", action="append", metavar="TEXT", help="raw text to inspect (every token scored); repeatable"
+    )
+    parser.add_argument("--data-dir", metavar="DIR", help="where to look for --task files (default: as modetune eval)")
+    parser.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="seeded random subset of N records (default: 100)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the --limit subset and of synthetic data (default: 0)"
+    )
+    parser.add_argument("--output", required=True, metavar="DIR", help="directory for the files")
+    parser.add_argument(
+        "--num-layers",
+        type=int,
+        default=3,
+        metavar="K",
+        help="with --model: ensemble size k of the untrained MoDE wrapper (default: 3)",
+    )
+    parser.add_argument("--no-base", action="store_true", help="with --run: skip the base model's columns")
+    parser.add_argument(
+        "--template",
+        choices=["alpaca", "chat"],
+        default="alpaca",
+        help="prompt template for --data/--task (default: alpaca)",
+    )
+    parser.add_argument("--cutoff-len", type=int, default=256, help="maximum tokens per example (default: 256)")
+    parser.add_argument("--batch-size", type=int, default=8, help="examples per forward pass (default: 8)")
+    parser.add_argument("--top-n", type=int, default=5, help="top predictions per layer in the HTML page (default: 5)")
+    parser.add_argument("--map-examples", type=int, default=20, help="examples shown in the routing maps (default: 20)")
+    parser.add_argument("--dtype", default="auto", help="model dtype (auto, float32, bfloat16, float16)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
+    parser.set_defaults(run=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name, low in (
+        ("limit", 1),
+        ("num_layers", 1),
+        ("cutoff_len", 2),
+        ("batch_size", 1),
+        ("top_n", 1),
+        ("map_examples", 0),
+    ):
+        value = getattr(args, name)
+        if value < low:
+            raise ConfigError(f"--{name.replace('_', '-')} {value} is too small; allowed: an integer >= {low}")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file; give a directory")
+    if args.prompt is not None and not all(p.strip() for p in args.prompt):
+        raise ConfigError("--prompt is empty; give some text")
+
+
+def _load_examples(args: argparse.Namespace) -> tuple[list[Any] | None, list[str] | None, str]:
+    """(examples, prompts, description) of the data source, validated before any model is loaded."""
+    from modetune.data import Example, generate_problems, load_dataset_file
+    from modetune.errors import DataError
+
+    if args.prompt is not None:
+        return None, list(args.prompt), f"{len(args.prompt)} prompt(s)"
+    if args.data is not None and args.data.split(":")[0] == "synthetic":
+        parts = args.data.split(":")
+        try:
+            n = int(parts[1]) if len(parts) > 1 and parts[1] else args.limit
+        except ValueError:
+            raise ConfigError(f"--data {args.data}: N must be an integer (synthetic[:N[:LEVEL]])") from None
+        level: int | str = parts[2] if len(parts) > 2 else 1
+        level = int(level) if isinstance(level, str) and level.isdigit() else level
+        examples = generate_problems(min(n, args.limit), seed=args.seed, difficulty=level, split="test")
+        return examples, None, f"{len(examples)} held-out synthetic problems (level {level}, seed {args.seed})"
+    if args.task is not None:
+        from modetune.evaluation.tasks import find_task_file, get_task
+
+        spec = get_task(args.task)
+        path = find_task_file(spec, args.data_dir)
+        what = f"task {spec.name} ({path})"
+    else:
+        path = Path(args.data)
+        if not path.is_file():
+            raise ConfigError(f"--data {path} does not exist; give a dataset file or synthetic[:N[:LEVEL]]")
+        what = str(path)
+    records = load_dataset_file(path)
+    fixed = []
+    for ex in records:
+        if not ex.response.strip():
+            if not ex.answer:
+                continue
+            ex = Example(ex.instruction, ex.input, str(ex.answer), ex.answer, ex.source, ex.index)
+        fixed.append(ex)
+    if not fixed:
+        raise DataError(f"{path}: no record has a response or gold answer to score")
+    if len(fixed) > args.limit:
+        rng = random.Random(args.seed)
+        fixed = [fixed[i] for i in sorted(rng.sample(range(len(fixed)), args.limit))]
+    return fixed, None, f"{len(fixed)} records of {what}"
+
+
+def _check_model_source(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The run's info (run.json), or None for --model; errors name the problem before anything loads."""
+    from modetune.errors import CheckpointError
+    from modetune.runs import find_run_root, read_run_info
+
+    if args.run_dir is None:
+        from modetune.loading import resolve_model
+
+        resolve_model(args.model)
+        return None
+    root = find_run_root(args.run_dir)
+    info = read_run_info(root)
+    if not (Path(args.run_dir) / "mode_config.json").is_file():
+        raise CheckpointError(f"{args.run_dir} holds no trained model yet (mode_config.json is missing)")
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from modetune.analysis.curves import plot_training_curves
+    from modetune.analysis.lens import example_batches, inspect_batches, prompt_batches
+    from modetune.analysis.report import (
+        plot_lens,
+        plot_routing_by_class,
+        plot_routing_heatmap,
+        write_json,
+        write_lens_tables,
+        write_routing_html,
+    )
+    from modetune.cli.options import setup_logging
+
+    setup_logging()
+    _check_args(args)
+    examples, prompts, data_desc = _load_examples(args)
+    info = _check_model_source(args)
+
+    from modetune.config import MoDEConfig
+    from modetune.loading import load_model_and_tokenizer
+    from modetune.mode import get_mode_model
+    from modetune.runs import load_run
+
+    console = Console()
+    models: dict[str, tuple[Any, Any]] = {}
+    if args.run_dir is not None:
+        tuned, tokenizer, info = load_run(args.run_dir, dtype=args.dtype, device=args.device)
+        subject = f"run {info['run_dir']}"
+        if not args.no_base:
+            base_spec = info.get("base_model", {})
+            spec = (
+                base_spec.get("path")
+                if base_spec.get("path") and Path(base_spec["path"]).exists()
+                else (base_spec.get("spec"))
+            )
+            base, _ = load_model_and_tokenizer(spec, dtype=args.dtype, device=args.device)
+            k = tuned.mode_config.num_layers
+            models["base"] = (get_mode_model(base, MoDEConfig(num_layers=k)), tokenizer)
+        models["run"] = (tuned, tokenizer)
+    else:
+        base, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
+        subject = f"model {args.model} (untrained MoDE wrapper, k={args.num_layers})"
+        models["model"] = (get_mode_model(base, MoDEConfig(num_layers=args.num_layers)), tokenizer)
+
+    if prompts is not None:
+        batches = prompt_batches(prompts, tokenizer, cutoff_len=args.cutoff_len)
+    else:
+        batches = example_batches(
+            examples, tokenizer, template=args.template, cutoff_len=args.cutoff_len, batch_size=args.batch_size
+        )
+    results = {}
+    for name, (model, tok) in models.items():
+        console.print(f"inspecting {name} on {data_desc} ...")
+        results[name] = inspect_batches(model, tok, batches, top_n=args.top_n, map_examples=args.map_examples)
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    main_name = "run" if "run" in results else "model"
+    main = results[main_name]
+    files = [
+        write_json({"subject": subject, "data": data_desc, "results": results}, out / "lens.json"),
+        *write_lens_tables(results, out),
+        plot_lens(results, out / "lens.png"),
+        plot_routing_heatmap(main, out / "routing.png"),
+        plot_routing_by_class(main, out / "routing_by_class.png"),
+        write_routing_html(
+            main, out / "routing.html", f"modetune inspect: routing map of {main_name}", f"{subject}, {data_desc}"
+        ),
+    ]
+    if info is not None:
+        metrics = Path(info["run_dir"]) / "metrics.jsonl"
+        if metrics.is_file():
+            files.append(plot_training_curves(metrics, out / "training_curves.png"))
+
+    table = Table(title=f"{subject}: late layers on {data_desc} ({main['tokens']} labelled tokens)")
+    table.add_column("layer", justify="right")
+    for name in results:
+        table.add_column(f"{name} lens CE / acc", justify="right")
+        table.add_column(f"{name} adapter CE / acc", justify="right")
+        table.add_column(f"{name} router mean / argmax", justify="right")
+    for layer in main["late_layers"]:
+        cells = [str(layer)]
+        for res in results.values():
+            row = res["layers"][layer]
+            cells += [
+                f"{row['lens_ce']:.3f} / {row['lens_acc']:.1%}",
+                f"{row['adapter_ce']:.3f} / {row['adapter_acc']:.1%}",
+                f"{row['router_mean']:.2f} / {row['router_argmax_share']:.0%}",
+            ]
+        table.add_row(*cells)
+    ens = [
+        "ensemble",
+        *[
+            x
+            for res in results.values()
+            for x in ("", f"{res['ensemble']['ce']:.3f} / {res['ensemble']['acc']:.1%}", "")
+        ],
+    ]
+    table.add_row(*ens)
+    console.print(table)
+    for name, res in results.items():
+        o = res["oracle"]
+        console.print(
+            f"{name}: a non-final late layer beats the final layer on {o['late_beats_final_share']:.1%} of tokens; "
+            f"oracle CE {o['oracle_ce']:.3f} vs final {res['final']['ce']:.3f} vs ensemble {res['ensemble']['ce']:.3f};"
+            f" router entropy {res['router']['entropy']:.3f} nats"
+        )
+    print("files written:")
+    for path in files:
+        print(f"  {path}")
+    return 0
