@@ -18,7 +18,7 @@ SUBCOMMANDS = {
     "demo": "modetune.cli.demo",
     "eval": "modetune.cli.evaluate",
     "compare": "modetune.cli.compare",
-    "inspect": "modetune.cli.inspect",
+    "pretrain": "modetune.cli.pretrain",
     "data": "modetune.cli.data",
 }
 

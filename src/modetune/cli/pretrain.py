@@ -1,0 +1,43 @@
+"""`modetune pretrain`: pre-train a small vanilla transformer or Mixture-of-Modules model on a text corpus."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from modetune.cli.options import add_dataclass_options, dataclass_from_args, setup_logging
+from modetune.mom.pretrain import PretrainConfig
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "pretrain",
+        help="pre-train a vanilla or Mixture-of-Modules (MoM) model from scratch and save a complete run",
+        description="Pre-train a llama-style transformer (--arch vanilla) or a Mixture-of-Modules model (--arch mom) "
+        "on a text corpus, into a run directory like `modetune train`'s (metrics, curves, resumable checkpoints). "
+        "--init-from builds the MoM pool from an existing model's layers (phase 2 of the paper).",
+    )
+    mom = PretrainConfig.MOM_FIELDS
+    add_dataclass_options(parser, PretrainConfig, "run", skip=mom)
+    add_dataclass_options(parser, PretrainConfig, "MoM", skip=tuple(n for n in _field_names() if n not in mom))
+    parser.set_defaults(run=run)
+
+
+def _field_names() -> list[str]:
+    from modetune.mom.pretrain import config_fields
+
+    return config_fields()
+
+
+def run(args: argparse.Namespace) -> int:
+    from modetune.mom.pretrain import pretrain
+
+    setup_logging()
+    cfg = dataclass_from_args(PretrainConfig, args)
+    result = pretrain(cfg, argv=["modetune", *sys.argv[1:]])
+    print(
+        f"done: {result.global_step} steps in {result.seconds / 60:.1f} min, train loss {result.train_loss:.4f}, "
+        f"held-out loss {result.eval_loss:.4f} (perplexity {result.perplexity:.2f})"
+    )
+    print(f"run saved in {result.run_dir}")
+    return 0

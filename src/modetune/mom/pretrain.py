@@ -1,0 +1,456 @@
+"""Pre-training from scratch, vanilla transformer or MoM, behind `modetune pretrain`.
+
+The same run directory as `modetune train` (run.json, metrics.jsonl, training_curves.png, checkpoint-N/
+marked complete only when whole, resume with the same data order, optimizer state and RNG) from the same
+pieces: `MoDETrainer`'s logging, checkpoint markers and NaN guard, the JSONL and progress callbacks and the
+curve plot. What differs is the model (a whole `PreTrainedModel`, saved as model.safetensors) and the data
+(fixed-length blocks of a text corpus, `modetune.data.corpus`).
+
+Both architectures use the SmolLM2 tokenizer and llama-family modules (RMSNorm, rotary attention, SwiGLU),
+so at equal sizes they differ only in how modules are assembled. Phase 2 of the paper (`--init-from`) builds
+the MoM pool from a vanilla run's (or any llama-family model's) layers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modetune.config import help_field as _help
+from modetune.errors import ConfigError, ModetuneError
+from modetune.mom.config import FIELD_HELP, ROUTERS, WEIGHTINGS
+from modetune.runs import RUN_FILE, read_run_info, write_run_info
+from modetune.training.trainer import (
+    CHECKPOINT_MARKER,
+    JsonlMetricsCallback,
+    MoDETrainer,
+    ProgressCallback,
+    TrainingDivergedError,
+    latest_complete_checkpoint,
+)
+
+logger = logging.getLogger(__name__)
+ARCHS = ("mom", "vanilla")
+
+
+@dataclass
+class PretrainConfig:
+    """A pre-training run: architecture and size, corpus, optimisation, output."""
+
+    output: str = _help("Run directory to create (checkpoints, metrics, final model).", default="")
+    arch: str = _help("'mom' (Mixture-of-Modules) or 'vanilla' (a llama-style transformer).", default="mom")
+    corpus: list[str] = _help(  # noqa: RUF009
+        "Text: 'shared' (the training files of ../shared/data as plain text, about 1.6 M tokens) and/or .txt "
+        "(blank-line separated documents) or .jsonl ('text' field) files.",
+        default_factory=lambda: ["shared"],
+    )
+    tokenizer: str = _help("Model whose tokenizer is used (see `modetune train --model`).", default="smollm2-135m")
+    block_size: int = _help("Tokens per training sequence (documents are concatenated, EOS between).", default=256)
+    heldout_fraction: float = _help(
+        "Share of documents held out for perplexity (fixed by a hash of each document).", default=0.05
+    )
+    max_train_tokens: int = _help("Use at most this many training tokens (0: all).", default=0)
+    eval_max_blocks: int = _help("Evaluate on at most this many held-out blocks (0: all).", default=0)
+    hidden_size: int = _help("Model width d.", default=256)
+    num_layers: int = _help(
+        "Vanilla: decoder layers. MoM: default for the pool sizes and the rounds (equal parameters).", default=6
+    )
+    num_heads: int = _help("Attention heads.", default=4)
+    num_kv_heads: int = _help("Key/value heads (0: = --num-heads).", default=0)
+    intermediate_size: int = _help("FFN inner size (0: 8/3 d rounded up to a multiple of 64).", default=0)
+    init_from: str = _help(
+        "MoM phase 2: build the pool from this model's layers (a `modetune pretrain --arch vanilla` run directory, "
+        "a local transformers directory or 'smollm2-135m'); size options are then taken from that model.",
+        default="",
+    )
+    num_attention_modules: int = _help(FIELD_HELP["num_attention_modules"] + " 0: --num-layers.", default=0)
+    num_ffn_modules: int = _help(FIELD_HELP["num_ffn_modules"] + " 0: --num-layers.", default=0)
+    num_skip_modules: int = _help(FIELD_HELP["num_skip_modules"], default=1)
+    num_rounds: int = _help(FIELD_HELP["num_rounds"] + " 0: --num-layers.", default=0)
+    k_per_round: int = _help(FIELD_HELP["k_per_round"], default=1)
+    router: str = _help(FIELD_HELP["router"], default="gru")
+    router_hidden_size: int = _help(FIELD_HELP["router_hidden_size"], default=0)
+    weighting: str = _help(FIELD_HELP["weighting"], default="softmax")
+    router_init_bias: float = _help(FIELD_HELP["router_init_bias"], default=0.0)
+    max_steps: int = _help("Optimizer steps.", default=200)
+    learning_rate: float = _help("Peak learning rate.", default=1e-3)
+    lr_scheduler: str = _help("Schedule: cosine, linear, constant, ...", default="cosine")
+    warmup_steps: int = _help("Linear warm-up steps.", default=10)
+    weight_decay: float = _help("AdamW weight decay.", default=0.1)
+    max_grad_norm: float = _help("Gradient clipping norm (0: off).", default=1.0)
+    batch_size: int = _help("Sequences per device per step.", default=8)
+    grad_accum: int = _help("Gradient accumulation steps.", default=1)
+    seed: int = _help("Seed for initialisation, data order and dropout.", default=0)
+    save_steps: int = _help("Write a resumable checkpoint every N steps (0: only the final model).", default=50)
+    save_total_limit: int = _help("Keep at most this many checkpoints.", default=2)
+    logging_steps: int = _help("Log metrics every N steps.", default=1)
+    eval_steps: int = _help("Held-out loss every N steps (0: only at the end).", default=0)
+    resume: bool = _help("Continue from the latest complete checkpoint in --output.", default=False)
+    overwrite: bool = _help("Allow writing into a non-empty --output that is not resumed.", default=False)
+
+    MOM_FIELDS = (
+        "num_attention_modules",
+        "num_ffn_modules",
+        "num_skip_modules",
+        "num_rounds",
+        "k_per_round",
+        "router",
+        "router_hidden_size",
+        "weighting",
+        "router_init_bias",
+    )
+
+    def validate(self) -> None:
+        if not self.output:
+            raise ConfigError("--output is required")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.router not in ROUTERS or self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"--router must be one of {ROUTERS} and --weighting one of {WEIGHTINGS}")
+        if self.init_from and self.arch != "mom":
+            raise ConfigError("--init-from builds a MoM pool from a model's layers; it needs --arch mom")
+        for name in ("block_size", "hidden_size", "num_layers", "num_heads", "max_steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"--hidden-size {self.hidden_size} is not divisible by --num-heads {self.num_heads}")
+        if self.num_kv_heads and self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"--num-heads {self.num_heads} is not divisible by --num-kv-heads {self.num_kv_heads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- models --------------------------------------------------------------------------------------------
+def vanilla_config(cfg: PretrainConfig, tokenizer: Any) -> Any:
+    """A llama-style config of the requested size with the tokenizer's vocabulary and special tokens."""
+    from transformers import LlamaConfig
+
+    inter = cfg.intermediate_size or 64 * math.ceil(cfg.hidden_size * 8 / 3 / 64)
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=inter,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads or cfg.num_heads,
+        max_position_embeddings=max(cfg.block_size, 2048),
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def mom_config(cfg: PretrainConfig, base: Any, num_layers: int, pool_init: str) -> Any:
+    from modetune.mom.config import MoMConfig
+
+    return MoMConfig(
+        base_config=base.to_dict() if base is not None else None,
+        num_attention_modules=cfg.num_attention_modules or num_layers,
+        num_ffn_modules=cfg.num_ffn_modules or num_layers,
+        num_skip_modules=cfg.num_skip_modules,
+        num_rounds=cfg.num_rounds or num_layers,
+        k_per_round=cfg.k_per_round,
+        router=cfg.router,
+        router_hidden_size=cfg.router_hidden_size,
+        weighting=cfg.weighting,
+        router_init_bias=cfg.router_init_bias,
+        pool_init=pool_init,
+    )
+
+
+def build_model(cfg: PretrainConfig, tokenizer: Any) -> Any:
+    """The model to pre-train, initialised from `cfg.seed` (or from --init-from's layers)."""
+    from transformers import LlamaForCausalLM, set_seed
+
+    from modetune.architectures import locate
+    from modetune.mom.model import MoMForCausalLM, from_pretrained_layers
+
+    set_seed(cfg.seed)
+    if cfg.init_from:
+        source = load_source_model(cfg.init_from)
+        layers = len(locate(source).layers)
+        return from_pretrained_layers(source, mom_config(cfg, None, layers, "layers")).train()
+    base = vanilla_config(cfg, tokenizer)
+    if cfg.arch == "vanilla":
+        return LlamaForCausalLM(base)
+    return MoMForCausalLM(mom_config(cfg, base, cfg.num_layers, "fresh"))
+
+
+def load_source_model(spec: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    from modetune.loading import load_model_and_tokenizer
+
+    path = Path(spec)
+    if (path / RUN_FILE).is_file() and (path / "config.json").is_file():
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    model, _ = load_model_and_tokenizer(spec, dtype="float32", device="cpu")
+    return model
+
+
+def parameter_counts(model: Any) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    head = model.get_output_embeddings().weight
+    tied = head is model.get_input_embeddings().weight
+    return {
+        "total": total,
+        "embedding": embedding,
+        "non_embedding": total - embedding - (0 if tied else head.numel()),
+        "router": sum(
+            p.numel() for n, p in model.named_parameters() if n.startswith(("attention_router", "ffn_router"))
+        ),
+    }
+
+
+def flops_per_token(model: Any, context: int) -> float:
+    """Forward FLOPs (2 x multiply-adds) per token at `context` keys: the modules a token runs, the head."""
+    from modetune.mom.model import MoMForCausalLM
+
+    if isinstance(model, MoMForCausalLM):
+        return model.forward_flops_per_token(context)
+    c = model.config
+    d, ff, L = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    hd = d // c.num_attention_heads
+    attn = 2 * (d * d * 2 + d * c.num_key_value_heads * hd * 2) + 2 * 2 * d * context
+    return L * (attn + 2 * 3 * d * ff) + 2 * d * c.vocab_size
+
+
+# -- trainer -------------------------------------------------------------------------------------------
+class PretrainTrainer(MoDETrainer):
+    """`MoDETrainer` for a whole causal LM: logs MoM routing, saves/loads model.safetensors."""
+
+    @property
+    def mode_model(self) -> Any:  # the name the shared trainer uses for the model it saves
+        return self.accelerator.unwrap_model(self.model)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs, num_items_in_batch=num_items_in_batch, use_cache=False)
+        loss = outputs.loss
+        if not torch.isfinite(loss.detach()).all():
+            last = latest_complete_checkpoint(self.args.output_dir)
+            raise TrainingDivergedError(
+                f"the loss became {loss.item()} at step {self.state.global_step}; training stopped before the bad "
+                f"update. Last good checkpoint: {last or 'none yet'}. Lower --learning-rate."
+            )
+        if model.training:
+            self._accumulate(outputs, inputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _accumulate(self, outputs: Any, inputs: dict[str, torch.Tensor]) -> None:
+        values: dict[str, float] = {}
+        if getattr(outputs, "router_entropy", None) is not None:
+            values["router_entropy"] = float(outputs.router_entropy)
+            for kind in ("attention", "ffn"):
+                for j, v in enumerate(getattr(outputs, f"{kind}_load").tolist()):
+                    values[f"router/{kind[:4]}{j}"] = v
+        for key, value in values.items():
+            if math.isfinite(value):
+                self._sums[key] = self._sums.get(key, 0.0) + value
+                self._sums[f"#{key}"] = self._sums.get(f"#{key}", 0.0) + 1
+        tokens = int(inputs["input_ids"].numel())
+        self._tokens += tokens
+        self.tokens_seen += tokens
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        self.mode_model.save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, Path(output_dir) / "training_args.bin")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        from safetensors.torch import load_file
+
+        folder = Path(resume_from_checkpoint)
+        weights = folder / "model.safetensors"
+        if not weights.is_file():
+            raise ModetuneError(f"{weights} is missing: the checkpoint {folder} is incomplete")
+        model = self.mode_model
+        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+        tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+        if set(missing) - tied or unexpected:
+            raise ModetuneError(f"{weights} does not match the model (missing {missing}, unexpected {unexpected})")
+        model.tie_weights()
+        marker = json.loads((folder / CHECKPOINT_MARKER).read_text())
+        self.tokens_seen = int(marker.get("tokens_seen", 0))
+
+
+# -- the recipe ----------------------------------------------------------------------------------------
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    global_step: int
+    train_loss: float
+    eval_loss: float | None
+    perplexity: float | None
+    seconds: float
+
+
+def _prepare_output(cfg: PretrainConfig) -> Path | None:
+    out = Path(cfg.output)
+    if cfg.resume:
+        if not (out / RUN_FILE).is_file():
+            raise ModetuneError(f"--resume: {out} is not a run directory (no {RUN_FILE}); start it without --resume")
+        before = read_run_info(out).get("pretrain_config", {})
+        changed = {
+            k: (before.get(k), v)
+            for k, v in cfg.to_dict().items()
+            if k not in ("resume", "overwrite", "max_steps", "save_steps", "eval_steps") and before.get(k) != v
+        }
+        if changed:
+            detail = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+            raise ModetuneError(f"--resume with different settings than the run in {out} ({detail})")
+        checkpoint = latest_complete_checkpoint(out)
+        if checkpoint is None:
+            raise ModetuneError(f"--resume: {out} has no complete checkpoint yet; start it again without --resume")
+        # metrics logged after that checkpoint will be logged again
+        metrics = out / "metrics.jsonl"
+        if metrics.is_file():
+            step = int(checkpoint.name.split("-")[-1])
+            kept = [ln for ln in metrics.read_text().splitlines() if _step_of(ln) is not None and _step_of(ln) <= step]
+            metrics.write_text("".join(f"{ln}\n" for ln in kept))
+        return checkpoint
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise ModetuneError(
+            f"{out} already exists and is not empty; pass --resume to continue it, --overwrite to write into it, "
+            "or choose another --output"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None  # a torn line from a killed run
+
+
+def load_tokenizer(spec: str) -> Any:
+    from transformers import AutoTokenizer
+
+    from modetune.loading import resolve_model
+
+    path = Path(spec)
+    source = path if (path / "tokenizer_config.json").is_file() else resolve_model(spec).path
+    tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> PretrainResult:
+    """Run one pre-training job end to end and leave a complete run directory in `cfg.output`."""
+    from transformers import TrainingArguments, default_data_collator
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import ProgressCallback as HFProgressCallback
+
+    from modetune import __version__
+    from modetune.data.corpus import build_corpus
+
+    cfg.validate()
+    started = time.time()
+    resume_from = _prepare_output(cfg)
+    out = Path(cfg.output)
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    corpus = build_corpus(cfg.corpus, tokenizer, cfg.block_size, cfg.heldout_fraction, cfg.max_train_tokens)
+    heldout = corpus.heldout[: cfg.eval_max_blocks] if cfg.eval_max_blocks else corpus.heldout
+    model = build_model(cfg, tokenizer)
+    info: dict[str, Any] = {
+        "modetune_version": __version__,
+        "kind": "pretrain",
+        "status": "running",
+        "started": datetime.now(timezone.utc).isoformat(),
+        "command": argv if argv is not None else sys.argv,
+        "pretrain_config": cfg.to_dict(),
+        "model_config": model.config.to_dict(),
+        "corpus": {**corpus.stats, "eval_blocks": len(heldout)},
+        "parameters": parameter_counts(model),
+        "forward_flops_per_token": flops_per_token(model, context=cfg.block_size // 2),
+    }
+    if resume_from is not None:
+        previous = read_run_info(out)
+        info["started"] = previous.get("started", info["started"])
+        info["resumed"] = [*previous.get("resumed", []), {"from": str(resume_from), "at": info["started"]}]
+    write_run_info(out, info)
+
+    args = TrainingArguments(
+        output_dir=str(out),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if cfg.eval_steps else "no",
+        eval_steps=cfg.eval_steps or None,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=None,  # the trainer prunes, after a checkpoint is marked complete
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        prediction_loss_only=True,
+        include_num_input_tokens_seen="no",
+    )
+    trainer = PretrainTrainer(
+        model=model,
+        args=args,
+        train_dataset=corpus.train,
+        eval_dataset=heldout,
+        data_collator=default_data_collator,
+        processing_class=tokenizer,
+        callbacks=[JsonlMetricsCallback(out / "metrics.jsonl"), ProgressCallback()],
+        keep_checkpoints=cfg.save_total_limit,
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(HFProgressCallback)
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    trainer.save_model(str(out))
+    eval_loss = float(trainer.evaluate()["eval_loss"])
+    perplexity = math.exp(eval_loss) if eval_loss < 50 else float("inf")
+    curves = None
+    try:
+        from modetune.analysis import plot_training_curves
+
+        curves = plot_training_curves(out / "metrics.jsonl", out / "training_curves.png")
+    except Exception as exc:  # a plot must never cost the user their trained model
+        logger.warning("could not draw the training curves: %s", exc)
+    info.update(
+        status="complete",
+        finished=datetime.now(timezone.utc).isoformat(),
+        global_step=trainer.state.global_step,
+        tokens_seen=trainer.tokens_seen,
+        train_loss=result.training_loss,
+        eval_loss=eval_loss,
+        heldout_perplexity=perplexity,
+        training_curves=str(curves) if curves else None,
+        seconds=round(time.time() - started, 1),
+    )
+    write_run_info(out, info)
+    return PretrainResult(out, trainer.state.global_step, result.training_loss, eval_loss, perplexity, info["seconds"])
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(PretrainConfig)]

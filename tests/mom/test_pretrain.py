@@ -1,0 +1,125 @@
+"""`modetune pretrain`: a tiny run lowers the loss, resumes after kill -9 to the same weights, phase 2 works."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modetune.cli import main
+from modetune.data.corpus import build_corpus, is_heldout
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory) -> Path:
+    """Repetitive little stories: learnable in a few dozen steps by a tiny model."""
+    rng = random.Random(0)
+    names, things = ["alice", "bob", "carol", "dave"], ["apples", "pears", "books", "coins"]
+    docs = []
+    for _ in range(400):
+        a, b = rng.sample(names, 2)
+        t = rng.choice(things)
+        n = rng.randint(1, 9)
+        docs.append(f"{a} has {n} {t}. {b} has {n} {t} too. so {a} and {b} have the same number of {t}.")
+    path = tmp_path_factory.mktemp("corpus") / "stories.txt"
+    path.write_text("\n\n".join(docs))
+    return path
+
+
+def _args(tok: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "pretrain", "--output", str(out), "--tokenizer", str(tok), "--corpus", str(corpus),
+        "--hidden-size", "32", "--num-layers", "2", "--num-heads", "2", "--block-size", "32",
+        "--batch-size", "4", "--learning-rate", "0.003", "--warmup-steps", "2", "--eval-max-blocks", "4",
+        *extra,
+    ]  # fmt: skip
+
+
+def _losses(run: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.mark.parametrize("arch", ["mom", "vanilla"])
+def test_tiny_pretraining_lowers_the_loss(tmp_path, tiny_model_dir, corpus_file, arch):
+    extra = ["--num-rounds", "3", "--k-per-round", "2"] if arch == "mom" else []
+    out = tmp_path / arch
+    code = main(
+        _args(tiny_model_dir, corpus_file, out, "--arch", arch, "--max-steps", "30", "--save-steps", "0", *extra)
+    )
+    assert code == 0
+    losses = _losses(out)
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < losses[0] - 1.0, losses
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "complete" and info["heldout_perplexity"] < float(torch.tensor(losses[0]).exp())
+    assert (out / "model.safetensors").is_file() and (out / "training_curves.png").is_file()
+    split = info["corpus"]["split"]
+    assert split["train"]["documents"] > 0 and split["heldout"]["documents"] > 0
+    if arch == "mom":
+        assert info["model_config"]["model_type"] == "modetune_mom"
+        record = next(r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r)
+        assert "router_entropy" in record and "router/atte0" in record
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_model_dir, corpus_file):
+    steps = ["--arch", "mom", "--max-steps", "8", "--save-steps", "2", "--k-per-round", "2"]
+    straight = tmp_path / "straight"
+    assert main(_args(tiny_model_dir, corpus_file, straight, *steps)) == 0
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "modetune", *_args(tiny_model_dir, corpus_file, killed, *steps)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    marker = killed / "checkpoint-4" / "modetune-checkpoint-complete.json"
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), "the run never reached its second checkpoint"
+    assert not (killed / "model.safetensors").exists(), "killed too late to test resuming"
+    assert main([*_args(tiny_model_dir, corpus_file, killed, *steps), "--resume"]) == 0
+    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+    steps_logged = [
+        r["step"] for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines()) if "loss" in r
+    ]
+    assert steps_logged == list(range(1, 9))
+    info = json.loads((killed / "run.json").read_text())
+    assert info["status"] == "complete" and len(info["resumed"]) == 1
+
+
+def test_phase_two_from_a_models_layers(tmp_path, tiny_model_dir, corpus_file):
+    out = tmp_path / "phase2"
+    code = main(_args(tiny_model_dir, corpus_file, out, "--init-from", str(tiny_model_dir), "--max-steps", "3",
+                      "--save-steps", "0", "--router-init-bias", "2.0"))  # fmt: skip
+    assert code == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["pool_init"] == "layers" and cfg["num_attention_modules"] == 4 and cfg["num_rounds"] == 4
+
+
+def test_bad_options_are_one_clear_line(tmp_path, tiny_model_dir, corpus_file, capsys):
+    assert main(_args(tiny_model_dir, corpus_file, tmp_path / "x", "--arch", "vanilla", "--init-from", "y")) == 2
+    assert "--init-from" in capsys.readouterr().err
+    assert main(_args(tiny_model_dir, corpus_file, tmp_path / "x", "--k-per-round", "9")) == 2
+    assert "k_per_round" in capsys.readouterr().err
+
+
+def test_heldout_split_is_fixed_by_document(tiny_model_dir, corpus_file):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    a = build_corpus([str(corpus_file)], tok, 16, 0.2)
+    b = build_corpus([str(corpus_file)], tok, 16, 0.2)
+    assert a.stats == b.stats and a.heldout == b.heldout
+    assert is_heldout("x", 0.999) and not is_heldout("x", 0.001)
