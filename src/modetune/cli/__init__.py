@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "eval": "modetune.cli.evaluate",
     "compare": "modetune.cli.compare",
     "pretrain": "modetune.cli.pretrain",
+    "inspect": "modetune.cli.inspect",
     "data": "modetune.cli.data",
 }
 
