@@ -152,8 +152,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return save_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))
 
 
+#: what a test that needs the benchmark files tells the user when they are nowhere to be found
+FETCH_HINT = "benchmark files not found: run `modetune data fetch all` (or set MODETUNE_SHARED_DATA to a data folder)"
+
+
 def shared_data_dir() -> Path | None:
-    """`../shared/data` beside the repository (or $MODETUNE_SHARED_DATA), if present."""
+    """`../shared/data` beside the repository (or $MODETUNE_SHARED_DATA), if present; else the cache of
+    `modetune data fetch all` when it holds every pinned file; else None (tests skip with FETCH_HINT)."""
     env = os.environ.get("MODETUNE_SHARED_DATA")
     path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return path if path.is_dir() else None
+    if path.is_dir():
+        return path
+    from modetune.data.fetch import DATA_FILES, data_cache_dir
+
+    cache = data_cache_dir()
+    return cache if all((cache / f.local).is_file() for f in DATA_FILES) else None

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CHAT_TEMPLATE, train_tokenizer_object
+from tests import conftest as _root
+from tests.conftest import CHAT_TEMPLATE, FETCH_HINT, train_tokenizer_object
 
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
-    """/work/shared/data next to the repository (or $MODETUNE_SHARED_DATA); skips if absent."""
-    env = os.environ.get("MODETUNE_SHARED_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
-    if not (path / "README.md").is_file():
-        pytest.skip(f"shared data directory not found at {path} (set MODETUNE_SHARED_DATA to its location)")
+    """../shared/data next to the repository (or $MODETUNE_SHARED_DATA), else the cache of
+    `modetune data fetch all`; skips with the fetch command if neither holds the files."""
+    path = _root.shared_data_dir()
+    if path is None:
+        pytest.skip(FETCH_HINT)
     return path
 
 

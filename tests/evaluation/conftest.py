@@ -8,15 +8,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import build_tiny_model, save_tiny_model_dir, shared_data_dir, train_tokenizer_object
+from tests.conftest import (
+    FETCH_HINT,
+    build_tiny_model,
+    save_tiny_model_dir,
+    shared_data_dir,
+    train_tokenizer_object,
+)
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """`<repo>/../shared/data` (or $MODETUNE_SHARED_DATA); skips when absent."""
+    """`<repo>/../shared/data` (or $MODETUNE_SHARED_DATA, or the fetched cache); skips when absent."""
     path = shared_data_dir()
     if path is None or not (path / "gsm8k" / "test.json").is_file():
-        pytest.skip("shared data directory not found (set MODETUNE_SHARED_DATA to the shared/data folder)")
+        pytest.skip(FETCH_HINT)
     return path
 
 

@@ -15,7 +15,9 @@ format                 record keys
 =====================  =========================================================================
 
 With ``format="auto"`` the record format is taken from the keys of the first record, so an
-LLM-Adapters-style file may be JSON *or* JSONL, and so on. Every problem in a file is a `DataError`
+LLM-Adapters-style file may be JSON *or* JSONL, and so on. Hugging Face datasets (a ``Dataset`` object,
+a ``save_to_disk`` directory, Parquet/Arrow/CSV files, a hub name already in the local cache) are read
+through `modetune.data.hf` into the same records; ``columns`` renames columns to the fields above. Every problem in a file is a `DataError`
 that names the file and the JSONL line number (1-based) or the JSON-array record index (0-based).
 """
 
@@ -418,13 +420,44 @@ def _detect_format(path: Path, first: _Raw) -> str:
 # public API
 
 
+def _hf_value(value: Any) -> Any:
+    """A ``datasets`` cell as a JSON-file value: numbers as text (integers without '.0'), None dropped."""
+    if isinstance(value, bool) or value is None or isinstance(value, (str, list, dict)):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+def _rename_columns(path: Path, rows: list[_Raw], columns: Mapping[str, str]) -> list[_Raw]:
+    """Apply a column mapping {field: column} to JSON records (checked on the first record)."""
+    first = rows[0].obj if rows else {}
+    if isinstance(first, dict):
+        missing = [col for col in columns.values() if col not in first]
+        if missing:
+            raise _fail(path, rows[0].where, f"--columns names field(s) {', '.join(missing)} that the records do not have",
+                        f"fields present: {', '.join(sorted(first))}")  # fmt: skip
+    out = []
+    for raw in rows:
+        if isinstance(raw.obj, dict):
+            obj = {k: v for k, v in raw.obj.items() if k not in columns.values()}
+            obj.update({field: raw.obj.get(col) for field, col in columns.items()})
+            raw = _Raw(obj, raw.index, raw.where)
+        out.append(raw)
+    return out
+
+
 def load_dataset_file(
-    path: str | Path,
+    path: str | Path | Any,
     format: str = "auto",
     *,
     require_response: bool = False,
     keep_calculator_annotations: bool = False,
     gsm8k_answer_line: str | None = "The answer is {answer}.",
+    columns: str | Mapping[str, str] | None = None,
+    split: str | None = None,
 ) -> list[Example]:
     """Load one dataset file into `Example` records, validating every record.
 
@@ -441,6 +474,12 @@ def load_dataset_file(
         gsm8k_answer_line: GSM8K only: the ``#### N`` line is replaced by this line (``{answer}`` is
             the number without thousands separators), so GSM8K targets end like the synthetic ones and
             a last-number extractor finds N. ``None`` keeps the ``#### N`` line.
+        columns: rename columns to modetune's fields, ``{"instruction": "question"}`` or
+            ``"instruction=question,output=answer"``.
+        split: for a ``DatasetDict``/hub dataset: the split (default ``train``, or the only one).
+
+    ``path`` may also be any Hugging Face source of `modetune.data.hf` (a ``Dataset`` object, a saved
+    dataset directory, a Parquet/Arrow/CSV file, a cached hub name).
 
     Note:
         LLM-Adapters arithmetic *test* files (gsm8k, svamp, aqua, multiarith, addsub, singleeq, mawps)
@@ -451,11 +490,23 @@ def load_dataset_file(
         DataError: missing/unreadable/empty file, malformed JSON, or a bad record; the message names
             the file and the JSONL line number or JSON-array record index.
     """
-    path = Path(path)
+    from modetune.data.hf import is_hf_source, load_hf_rows, parse_columns
+
     fmt = _FORMAT_ALIASES.get(str(format).lower())
     if fmt is None:
         raise DataError(f"unknown dataset format '{format}' for {path}; use one of auto, {', '.join(FORMATS)}")
-    rows = _read_container(path)
+    mapping = parse_columns(columns)
+    if is_hf_source(path):
+        hf_rows, label = load_hf_rows(path, split=split, columns=mapping)
+        path = Path(label)
+        rows = [
+            _Raw({k: _hf_value(v) for k, v in r.items() if v is not None}, i, f"row {i}") for i, r in enumerate(hf_rows)
+        ]
+    else:
+        path = Path(path)
+        rows = _read_container(path)
+        if mapping:
+            rows = _rename_columns(path, rows, mapping)
     if fmt == "auto":
         fmt = _detect_format(path, rows[0])
     source = str(path)
@@ -484,7 +535,7 @@ def load_datasets(
     require_response: bool = False,
     **load_kwargs: Any,
 ) -> list[Example]:
-    """Load several dataset files and mix them into one list.
+    """Load several dataset files (or Hugging Face sources, see `load_dataset_file`) and mix them into one list.
 
     Mixing rule:
 
@@ -500,9 +551,11 @@ def load_datasets(
 
     The same seed always gives the same list. Extra keyword arguments go to `load_dataset_file`.
     """
-    if isinstance(paths, (str, Path)):
+    from modetune.data.hf import _is_datasets_object
+
+    if isinstance(paths, (str, Path)) or _is_datasets_object(paths):
         paths = [paths]
-    paths = [Path(p) for p in paths]
+    paths = [p if _is_datasets_object(p) else Path(p) for p in paths]
     if not paths:
         raise DataError("no dataset files given; pass at least one .json/.jsonl path")
     if num_examples is not None and num_examples <= 0:

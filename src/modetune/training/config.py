@@ -36,6 +36,11 @@ class TrainConfig:
         default=None,
     )
     max_train_samples: int | None = _help("Keep at most this many training records (after mixing).", default=None)
+    columns: str | None = _help(
+        "Column mapping for --data/--eval-data whose field names differ, FIELD=COLUMN,... "
+        "(e.g. instruction=question,output=answer).",
+        default=None,
+    )
     template: str = _help(
         "Prompt template: 'alpaca' (as LLM-Adapters) or 'chat' (the model's chat template).", default="alpaca"
     )

@@ -51,20 +51,24 @@ def parse_synthetic_spec(spec: str) -> tuple[int, int | str] | None:
     return n, level
 
 
-def load_training_examples(specs: list[str], mix: list[float] | None, seed: int, limit: int | None) -> list[Any]:
-    """Examples from files and/or synthetic specs, mixed as `modetune.data.load_datasets` does."""
+def load_training_examples(
+    specs: list[str], mix: list[float] | None, seed: int, limit: int | None, columns: str | None = None
+) -> list[Any]:
+    """Examples from files, Hugging Face datasets (`modetune.data.hf`) and/or synthetic specs, mixed as
+    `modetune.data.load_datasets` does."""
     from modetune.data import generate_problems, load_datasets
+    from modetune.data.hf import is_hf_source
 
     files = [s for s in specs if parse_synthetic_spec(s) is None]
     synthetic = [s for s in specs if parse_synthetic_spec(s) is not None]
     if mix is not None and synthetic:
         raise ConfigError("--data-mix works with files only; set the size of synthetic data with 'synthetic:N'")
     for f in files:
-        if not Path(f).is_file():
+        if not Path(f).is_file() and not is_hf_source(f):
             raise DataError(f"training file {f} does not exist")
     examples: list[Any] = []
     if files:
-        examples += load_datasets(files, mix=mix, seed=seed, require_response=True)
+        examples += load_datasets(files, mix=mix, seed=seed, require_response=True, columns=columns)
     for i, spec in enumerate(synthetic):
         n, level = parse_synthetic_spec(spec)  # type: ignore[misc]
         examples += generate_problems(n, seed=seed + i, difficulty=level, split="train")
@@ -151,10 +155,10 @@ def train(cfg: TrainConfig, mode_cfg: MoDEConfig | Any, argv: list[str] | None =
     out = Path(cfg.output)
     set_seed(cfg.seed)
 
-    examples = load_training_examples(cfg.data, cfg.data_mix, cfg.seed, cfg.max_train_samples)
+    examples = load_training_examples(cfg.data, cfg.data_mix, cfg.seed, cfg.max_train_samples, cfg.columns)
     eval_examples: list[Any] = []
     if cfg.eval_data:
-        eval_examples = load_datasets(cfg.eval_data, seed=cfg.seed, require_response=True)
+        eval_examples = load_datasets(cfg.eval_data, seed=cfg.seed, require_response=True, columns=cfg.columns)
     elif cfg.eval_split:
         n_eval = int(cfg.eval_split) if cfg.eval_split >= 1 else max(1, round(cfg.eval_split * len(examples)))
         if n_eval >= len(examples):
