@@ -467,8 +467,8 @@ def from_pretrained_layers(model: PreTrainedModel, config: MoMConfig | None = No
     """Phase 2 of MoM: build the pool from a causal LM's layers (module i = layer i mod L), keep its
     embeddings, final norm and head. With `fix_routes_to_layers()` the result computes the model's own logits.
 
-    `config` gives pool sizes, rounds, K and router (its `base_config` is replaced by the model's config);
-    default: m^A = m^F = H = L, K = 1, one SKIP.
+    `config` gives pool sizes, rounds, K and router, used as given (its `base_config` is replaced by the
+    model's config); without one: m^A = m^F = H = L, K = 1, one SKIP.
     """
     from modetune.architectures import locate
 
