@@ -76,7 +76,7 @@ def test_skipped_token_passes_unchanged_and_has_no_kv_entry(family):
     assert not torch.equal(seen["out"][0, kept], seen["inp"][0, kept])
     assert cache.layer_length(2) == int(kept.sum())
     assert cache.layer_length(1) == cache.layer_length(3) == 16
-    assert torch.equal(cache.key_positions[2][0], torch.nonzero(kept).flatten())
+    assert torch.equal(cache.key_positions(2)[0], torch.nonzero(kept).flatten())
     assert cache.get_seq_length() == 16
 
 

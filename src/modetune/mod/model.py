@@ -102,8 +102,11 @@ class MoDCache(DynamicCache):
     def __init__(self) -> None:
         super().__init__()
         self.seen_tokens = 0
-        self.key_positions: dict[int, torch.Tensor] = {}  # routed layer -> [B, n] positions of its cached keys
-        self.key_valid: dict[int, torch.Tensor] = {}  # routed layer -> [B, n] False for batch-padding slots
+        # routed layer -> pieces of [B, n] positions of its cached keys / False for batch-padding slots
+        # (kept as lists and concatenated only when a multi-token step needs a mask: decoding appends cheaply)
+        self._positions: dict[int, list[torch.Tensor]] = {}
+        self._valid: dict[int, list[torch.Tensor]] = {}
+        self.all_valid: dict[int, bool] = {}  # routed layer -> no batch-padding slot stored
         self.topk_floor: dict[int, torch.Tensor] = {}  # topk: routed layer -> [B] lowest score kept in the prompt
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -124,16 +127,25 @@ class MoDCache(DynamicCache):
             t.numel() * t.element_size() for layer in self.layers for t in (layer.keys, layer.values) if t is not None
         )
 
-    def record(self, layer_idx: int, positions: torch.Tensor, valid: torch.Tensor) -> None:
-        if layer_idx in self.key_positions:
-            positions = torch.cat([self.key_positions[layer_idx], positions], dim=1)
-            valid = torch.cat([self.key_valid[layer_idx], valid], dim=1)
-        self.key_positions[layer_idx], self.key_valid[layer_idx] = positions, valid
+    def record(self, layer_idx: int, positions: torch.Tensor, valid: torch.Tensor, all_valid: bool) -> None:
+        """Note the positions (and padding slots) of the keys layer `layer_idx` just stored."""
+        self._positions.setdefault(layer_idx, []).append(positions)
+        self._valid.setdefault(layer_idx, []).append(valid)
+        self.all_valid[layer_idx] = self.all_valid.get(layer_idx, True) and all_valid
+
+    def key_positions(self, layer_idx: int) -> torch.Tensor | None:
+        """[B, n] positions of the keys layer `layer_idx` holds (None: nothing stored yet)."""
+        return _joined(self._positions, layer_idx)
+
+    def key_valid(self, layer_idx: int) -> torch.Tensor | None:
+        return _joined(self._valid, layer_idx)
 
     def _index_metadata(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        for store in (self.key_positions, self.key_valid, self.topk_floor):
+        for store in (self._positions, self._valid):
             for key in store:
-                store[key] = fn(store[key])
+                store[key] = [fn(_joined(store, key))]
+        for key in self.topk_floor:
+            self.topk_floor[key] = fn(self.topk_floor[key])
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
@@ -149,6 +161,15 @@ class MoDCache(DynamicCache):
 
     def crop(self, max_length: int) -> None:
         raise ModetuneError("a MoD cache cannot be cropped (assisted/speculative decoding is not supported)")
+
+
+def _joined(store: dict[int, list[torch.Tensor]], key: int) -> torch.Tensor | None:
+    pieces = store.get(key)
+    if not pieces:
+        return None
+    if len(pieces) > 1:
+        pieces[:] = [torch.cat(pieces, dim=1)]
+    return pieces[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,6 +293,16 @@ class MoDModel(nn.Module):
             wk = w[..., None].to(hidden.dtype)
             return torch.where(select[..., None], wk * out + (1 - wk) * hidden, hidden)
 
+        if B == 1 and T == 1 and cache is not None and cache.all_valid.get(layer_idx, True):
+            # one decoding step: no gather, and the single query may see every key this layer stored
+            if not bool(select[0, 0]):
+                return hidden
+            out = _first(block(hidden, **{**kwargs, "attention_mask": None}))
+            position = _positions(kwargs.get("position_ids"), B, T, cache, hidden.device)
+            cache.record(layer_idx, position, select, True)
+            wk = w[..., None].to(hidden.dtype)
+            return wk * out + (1 - wk) * hidden
+
         counts = select.sum(1)
         n = int(counts.max())
         if n == 0:  # nobody is processed: the layer is skipped outright
@@ -291,7 +322,7 @@ class MoDModel(nn.Module):
         kept = _gather(hidden, order)
         out = _first(block(kept, **call))
         if cache is not None:
-            cache.record(layer_idx, positions, slot_valid)
+            cache.record(layer_idx, positions, slot_valid, bool(slot_valid.all()))
         wk = _gather(w, order)[..., None].to(hidden.dtype)
         mixed = torch.where(slot_valid[..., None], wk * out + (1 - wk) * kept, kept)
         return hidden.scatter(1, order[..., None].expand(B, n, d), mixed)  # scatter back
@@ -305,11 +336,11 @@ class MoDModel(nn.Module):
         dtype: torch.dtype,
     ) -> torch.Tensor | None:
         """Attention mask of the gathered queries over this layer's keys: key position <= query position."""
-        past_pos = cache.key_positions.get(layer_idx) if cache is not None else None
+        past_pos = cache.key_positions(layer_idx) if cache is not None else None
         key_pos, key_valid = positions, slot_valid
         if past_pos is not None:
             key_pos = torch.cat([past_pos, positions], dim=1)
-            key_valid = torch.cat([cache.key_valid[layer_idx], slot_valid], dim=1)
+            key_valid = torch.cat([cache.key_valid(layer_idx), slot_valid], dim=1)
         n = positions.shape[1]
         sdpa = self.causal_lm.config._attn_implementation == "sdpa"
         if bool(key_valid.all()) and (n == 1 or (past_pos is None and sdpa)):

@@ -30,7 +30,7 @@ class MoDTrainer(MoDETrainer):
         if outputs.lm_loss is not None:
             values["lm_loss"] = float(outputs.lm_loss.detach())
         if outputs.load_loss is not None:
-            values["load_loss"] = float(outputs.load_loss)
+            values["load_loss"] = float(outputs.load_loss.detach())
         layers = self.mode_model.layer_indices
         if outputs.processed_fraction is not None:
             fractions = outputs.processed_fraction.tolist()

@@ -1,0 +1,39 @@
+"""The MoD benchmark (benchmarks/mod_bench.py) runs end to end on a tiny random llama and writes its sections."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def test_mod_bench_smoke(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("mod_bench", None)
+    import mod_bench
+
+    report, readme, output = tmp_path / "RESULTS.md", tmp_path / "README.md", tmp_path / "mod.json"
+    report.write_text("# Benchmarks\n\nAn existing section that must survive.\n")
+    readme.write_text(f"# x\n\n{mod_bench.TABLE_START}\nold\n{mod_bench.TABLE_END}\n\nafter\n")
+    args = ["--tiny", "--lengths", "48", "96", "--all-variants-up-to", "48", "--thresholds", "0.5", "0.7",
+            "--ppl-len", "32", "--ppl-chunks", "2", "--task-n", "3", "--decode-steps", "2",
+            "--output", str(output), "--report", str(report), "--readme", str(readme)]  # fmt: skip
+    assert mod_bench.main(args) == 0
+    results = json.loads(output.read_text())
+    names = set(results["quality"])
+    assert {"base", "threshold p=0.5", "threshold p=0.7"} <= names and any(n.startswith("top-k") for n in names)
+    rows = {(r["tokens"], r["variant"]) for r in results["latency"]}
+    assert (48, "threshold p=0.7") in rows and (96, "threshold p=0.7") not in rows  # long lengths: main variants
+    for r in results["latency"]:
+        assert r["prefill_s"] > 0 and r["decode_step_s"] > 0 and r["kv_bytes"] > 0
+        if r["variant"] != "base":
+            assert r["processed"] < 1 and r["kv_reduction"] > 1  # random routers skip, and skipped tokens cost no KV
+    assert len(results["targets"]) == 3
+    text = report.read_text()
+    assert "An existing section that must survive." in text and "## MoDification" in text and "Load average" in text
+    again = readme.read_text()
+    assert "\nold\n" not in again and "after" in again and "| threshold p=0.5 |" in again
+    mod_bench.main(args)  # a second run replaces its section instead of appending another
+    assert report.read_text().count("## MoDification") == 1
