@@ -128,7 +128,14 @@ def plot_lens(results: dict[str, dict[str, Any]], out_path: Path) -> Path:
             ax.axhline(res["ensemble"][metric], color=color, ls="--", lw=1, label=f"{label}: ensemble")
         ax.set(title=title, xlabel="decoder layer")
         if metric == "ce":
+            from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        else:
+            ax.set_ylim(-0.02, 1.02)
     axes[1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
