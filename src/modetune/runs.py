@@ -7,7 +7,13 @@ runs/NAME/
   mode_model.safetensors   MoDE weights (adapters + router)           } loads these
   adapter_config.json      PEFT adapter (when trained with LoRA/DoRA) }
   adapter_model.safetensors
+  README.md                model card (modetune.card): settings, data, results, how to load, citation
   tokenizer files, training_curves.png, checkpoint-N/ (resumable, each marked complete when whole)
+
+Runs travel: the base model is named by its Hugging Face hub id where one is known (adapter_config.json's
+``base_model_name_or_path``, run.json's ``base_model.hub_id``), with the local path it was loaded from
+recorded beside it. `load_run` on another machine finds the base at that path, else by the embedded
+model name or the hub id (local Hugging Face cache only, never the network), or takes ``base=``.
 """
 
 from __future__ import annotations
@@ -17,9 +23,42 @@ import os
 from pathlib import Path
 from typing import Any
 
-from modetune.errors import CheckpointError
+from modetune.errors import CheckpointError, ModetuneError
 
 RUN_FILE = "run.json"
+
+
+def base_hub_id(spec: str, resolved: Any) -> str | None:
+    """The hub id of a resolved base model: an embedded model's original repo, a cached hub id itself, a
+    directory inside a Hugging Face cache (``models--ORG--NAME/snapshots/...``); None otherwise."""
+    from modetune.loading import EMBEDDED_MODELS
+
+    if resolved.kind == "embedded":
+        return EMBEDDED_MODELS[spec].hub_id or None
+    if resolved.kind == "hub":
+        return str(spec)
+    parts = Path(resolved.path).parts
+    for i, part in enumerate(parts[:-2]):
+        if part.startswith("models--") and parts[i + 1] == "snapshots":
+            return part[len("models--") :].replace("--", "/", 1)
+    return None
+
+
+def base_model_record(spec: str, resolved: Any) -> dict[str, Any]:
+    """run.json's ``base_model``: the spec given, the local path loaded, its kind and the portable hub id."""
+    return {"spec": str(spec), "path": str(resolved.path), "kind": resolved.kind, "hub_id": base_hub_id(spec, resolved)}
+
+
+def set_base_model_name(model: Any, name: str | None) -> None:
+    """Name the base by ``name`` (its hub id) in every PEFT config of ``model``, so adapter_config.json
+    points at something that exists on another machine rather than at a local cache path."""
+    if not name:
+        return
+    for module in model.modules():
+        configs = getattr(module, "peft_config", None)
+        if isinstance(configs, dict):
+            for config in configs.values():
+                config.base_model_name_or_path = name
 
 
 def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
@@ -50,10 +89,52 @@ def find_run_root(path: str | os.PathLike[str]) -> Path:
     raise CheckpointError(f"{path} has no {RUN_FILE}; pass a run directory written by `modetune train`")
 
 
+def _base_candidates(base: dict[str, Any]) -> list[str]:
+    """Where a run's base may be, best first: the recorded path (same machine), then for an embedded base
+    its name (the very weights it was trained on) before the hub id, for others the hub id first."""
+    out: list[str] = []
+    path, spec, hub_id = base.get("path"), base.get("spec"), base.get("hub_id")
+    if path and Path(path).exists():
+        out.append(str(path))
+    order = [spec, hub_id] if base.get("kind") == "embedded" else [hub_id, spec]
+    out.extend(str(s) for s in order if s)
+    return list(dict.fromkeys(out))
+
+
+def resolve_run_base(info: dict[str, Any], root: Path, base: str | None = None) -> str:
+    """The model spec a run's base loads from (see `_base_candidates`); ``base`` overrides. A run whose
+    base is found nowhere raises a `CheckpointError` naming what was tried and the fix."""
+    from modetune.loading import resolve_model
+
+    if base is not None:
+        return str(base)
+    record = info.get("base_model") or {}
+    candidates = _base_candidates(record)
+    if not candidates:
+        raise CheckpointError(f"{root / RUN_FILE} does not name its base model; pass base=SPEC (or --base SPEC)")
+    tried = []
+    for spec in candidates:
+        try:
+            resolve_model(spec)
+            return spec
+        except ModetuneError as exc:
+            tried.append(f"{spec}: {str(exc).split(';')[0]}")
+    want = record.get("hub_id") or record.get("spec")
+    raise CheckpointError(
+        f"cannot find the base model of the run in {root} (tried {' | '.join(tried)}); pass the same model "
+        f"({want}) as base=SPEC (Python: load_run(run, base=...)) or --base SPEC (modetune eval): a local "
+        "directory, a GGUF file or a hub id in the local Hugging Face cache"
+    )
+
+
 def load_run(
-    run_dir: str | os.PathLike[str], *, dtype: str = "auto", device: str = "auto"
+    run_dir: str | os.PathLike[str], *, dtype: str = "auto", device: str = "auto", base: str | None = None
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """(MoDEModel in eval mode, tokenizer, run info) for a run directory or one of its checkpoints."""
+    """(MoDEModel in eval mode, tokenizer, run info) for a run directory or one of its checkpoints.
+
+    ``base`` overrides the base model (any `--model` spec); otherwise it is found as `resolve_run_base`
+    says, so a run copied to another machine loads by its hub id or embedded model name. A different
+    model is refused by MoDE's base fingerprint check."""
     from transformers import AutoTokenizer
 
     from modetune.loading import load_model_and_tokenizer
@@ -67,17 +148,12 @@ def load_run(
             f"{weights_dir} holds no trained model yet (mode_config.json is missing): the run did not finish; "
             f"resume it with `modetune train --output {root} --resume ...` or load one of its checkpoint-N folders"
         )
-    base_spec = info.get("base_model", {})
-    spec = (
-        base_spec.get("path") if base_spec.get("path") and Path(base_spec["path"]).exists() else base_spec.get("spec")
-    )
-    if not spec:
-        raise CheckpointError(f"{root / RUN_FILE} does not name its base model")
-    base, tokenizer = load_model_and_tokenizer(spec, dtype=dtype, device=device)
-    model = MoDEModel.from_pretrained(base, weights_dir)
+    spec = resolve_run_base(info, root, base)
+    base_model, tokenizer = load_model_and_tokenizer(spec, dtype=dtype, device=device)
+    model = MoDEModel.from_pretrained(base_model, weights_dir)
     if (weights_dir / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(str(weights_dir))
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-    info = {**info, "run_dir": str(root), "weights_dir": str(weights_dir)}
+    info = {**info, "run_dir": str(root), "weights_dir": str(weights_dir), "base_loaded_from": spec}
     return model, tokenizer, info

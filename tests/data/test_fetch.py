@@ -27,7 +27,9 @@ def toy(tmp_path):
     """A small LLM-Adapters-format file, its pin, and a mirror serving it."""
     src = tmp_path / "src" / "toy.json"
     src.parent.mkdir()
-    records = [{"instruction": f"What is {i} + 1?", "input": "", "output": "", "answer": str(i + 1)} for i in range(200)]
+    records = [
+        {"instruction": f"What is {i} + 1?", "input": "", "output": "", "answer": str(i + 1)} for i in range(200)
+    ]
     src.write_text(json.dumps(records, indent=1))
     spec = _spec(src)
     server = start({upstream_path(spec): src})
@@ -151,7 +153,7 @@ def test_pins_match_the_shared_copies(shared_data_dir):
         assert verify_file(spec, shared_data_dir), spec.local
         assert _git_blob(path) == spec.git_blob, spec.local
         checked += 1
-    assert checked == 18
+    assert checked >= 18
 
 
 def test_fetch_real_files_from_local_mirror(shared_data_dir, tmp_path, monkeypatch):

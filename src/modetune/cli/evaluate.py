@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from modetune.errors import ConfigError
+from modetune.errors import ConfigError, ModetuneError
 
 _EPILOG = """\
 tasks: gsm8k svamp aqua multiarith addsub singleeq mawps (arithmetic);
@@ -48,6 +48,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     # dest is not "run": the CLI dispatches on args.run
     which.add_argument("--run", dest="run_dir", metavar="RUN_DIR", help="a MoDE run directory from `modetune train`")
+    parser.add_argument(
+        "--base",
+        default=None,
+        metavar="SPEC",
+        help="with --run: load the run onto this base model (any --model spec) instead of the one run.json names "
+        "(found by its local path, embedded name or hub id in the local Hugging Face cache)",
+    )
     parser.add_argument(
         "--task",
         dest="tasks",
@@ -201,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         from modetune.runs import load_run
 
         console.print(f"loading run {args.run_dir} ...")
-        model, tokenizer, info = load_run(args.run_dir, dtype=args.dtype, device=args.device)
+        model, tokenizer, info = load_run(args.run_dir, dtype=args.dtype, device=args.device, base=args.base)
         train_files += [str(f) for f in info.get("train_files") or []]
         model_info = {
             "run_dir": str(info.get("run_dir", args.run_dir)),
@@ -249,4 +256,11 @@ def run(args: argparse.Namespace) -> int:
         )
     out = Path(args.output)
     console.print(f"wrote {out / 'results.json'} and {out / 'predictions.jsonl'}")
+    if args.run_dir:
+        from modetune.card import record_evaluation
+
+        try:  # the run's card lists its evaluations; the results themselves are already safe in OUT_DIR
+            record_evaluation(args.run_dir, report.results, str(out))
+        except (OSError, ModetuneError) as exc:
+            console.print(f"[yellow]warning:[/] could not add the results to the run's model card: {exc}")
     return 0

@@ -13,7 +13,7 @@ from typing import Any
 
 from modetune.config import MoDEConfig
 from modetune.errors import ConfigError, DataError, ModetuneError
-from modetune.runs import RUN_FILE, read_run_info, write_run_info
+from modetune.runs import RUN_FILE, base_model_record, read_run_info, set_base_model_name, write_run_info
 from modetune.training.config import TrainConfig
 from modetune.training.trainer import (
     JsonlMetricsCallback,
@@ -195,7 +195,7 @@ def train(cfg: TrainConfig, mode_cfg: MoDEConfig | Any, argv: list[str] | None =
         "status": "running",
         "started": datetime.now(timezone.utc).isoformat(),
         "command": argv if argv is not None else sys.argv,
-        "base_model": {"spec": cfg.model, "path": str(resolved.path), "kind": resolved.kind},
+        "base_model": base_model_record(cfg.model, resolved),  # + the hub id, so the run travels
         "train_files": [str(Path(s).resolve()) for s in cfg.data if parse_synthetic_spec(s) is None],
         "synthetic_data": [s for s in cfg.data if parse_synthetic_spec(s) is not None],
         "train_config": cfg.to_dict(),
@@ -207,6 +207,7 @@ def train(cfg: TrainConfig, mode_cfg: MoDEConfig | Any, argv: list[str] | None =
         "trainable_parameters": mode.trainable_parameter_counts(),
         "layer_indices": mode.layer_indices,
     }
+    set_base_model_name(mode, info["base_model"]["hub_id"])  # adapter_config.json names the hub id
     if resume_from is not None:
         previous = read_run_info(out)
         info["started"] = previous.get("started", info["started"])
@@ -280,6 +281,12 @@ def train(cfg: TrainConfig, mode_cfg: MoDEConfig | Any, argv: list[str] | None =
         seconds=round(time.time() - started, 1),
     )
     write_run_info(out, info)
+    try:
+        from modetune.card import write_model_card
+
+        write_model_card(out, info)  # replaces PEFT's empty template
+    except Exception as exc:  # a card must never cost the user their trained model
+        logger.warning("could not write the model card: %s", exc)
     return TrainResult(out, trainer.state.global_step, result.training_loss, eval_loss, time.time() - started)
 
 
