@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from modetune import MoDEConfig, get_mode_model
 from modetune.analysis.lens import example_batches, inspect_batches, prompt_batches, token_class
 from modetune.data import generate_problems
+from tests.conftest import build_tiny_model
 
 
 @pytest.fixture
@@ -140,3 +141,25 @@ def test_token_classes():
     assert token_class(" =") == "punctuation"
     assert token_class("\n") == "whitespace/other"
     assert token_class("") == "whitespace/other"
+
+
+class _Tokenizer:
+    def decode(self, ids):
+        return "".join(str(i % 10) if i % 3 == 0 else "a" for i in ids)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "opt", "gemma2", "phi", "falcon"])
+def test_final_layer_lens_is_the_model_output_across_architectures(model_type, batch):
+    """The final layer's lens is the base model's own output (norm, pre-head projection, head, soft-capping),
+    and inspecting changes no module's train/eval mode (dropout would make the numbers random)."""
+    base = build_tiny_model(model_type)
+    mode = get_mode_model(base, MoDEConfig(num_layers=3))
+    modes = {name: m.training for name, m in mode.named_modules()}
+    result = inspect_batches(mode, _Tokenizer(), [batch])
+    assert {name: m.training for name, m in mode.named_modules()} == modes
+    with torch.no_grad():
+        logits = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    labels = batch["labels"][:, 1:]
+    want = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+    assert result["layers"][-1]["lens_ce"] == pytest.approx(float(want), rel=1e-4)
+    assert result["final"]["ce"] == pytest.approx(float(want), rel=1e-4)

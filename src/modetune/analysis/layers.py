@@ -27,7 +27,7 @@ def layer_losses(
 
     dataset = build_sft_dataset(list(examples), tokenizer, template, cutoff_len, train_on_inputs=False)
     collate = make_collator(tokenizer)
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]  # restored exactly afterwards
     model.eval()
     device = model.device
     k = len(model.layer_indices)
@@ -41,7 +41,8 @@ def layer_losses(
         layer_sum += out.layer_ce.float().cpu() * n
         router_sum += out.router_mean.float().cpu() * n
         tokens += n
-    model.train(was_training)
+    for module, training in modes:
+        module.training = training
     layers = model.layer_indices
     return {
         "ensemble": ens_sum / max(tokens, 1),

@@ -109,7 +109,7 @@ def inspect_batches(
 
     acc = _Accumulator(num_layers, k)
     maps: list[dict[str, Any]] = []
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]  # restored exactly afterwards
     model.eval()
     states: dict[Any, torch.Tensor] = {}
 
@@ -187,7 +187,8 @@ def inspect_batches(
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     return _summarize(acc, late, num_layers, maps)
 
 
