@@ -26,6 +26,7 @@ from typing import Any
 from modetune.errors import CheckpointError, ModetuneError
 
 RUN_FILE = "run.json"
+CHECKPOINT_MARKER = "modetune-checkpoint-complete.json"  # written last into each checkpoint-N (training/trainer.py)
 
 
 def base_hub_id(spec: str, resolved: Any) -> str | None:
@@ -147,6 +148,18 @@ def load_run(
         raise CheckpointError(
             f"{weights_dir} holds no trained model yet (mode_config.json is missing): the run did not finish; "
             f"resume it with `modetune train --output {root} --resume ...` or load one of its checkpoint-N folders"
+        )
+    # a model whose writing was interrupted never loads as valid: checkpoints count once marked complete
+    # (the marker is written last), the final model once run.json says the run is complete
+    if weights_dir.resolve() != root.resolve() and not (weights_dir / CHECKPOINT_MARKER).is_file():
+        raise CheckpointError(
+            f"{weights_dir} is an incomplete checkpoint (no {CHECKPOINT_MARKER}: its writing was interrupted); "
+            f"load an earlier checkpoint or resume the run with `modetune train --output {root} --resume ...`"
+        )
+    if weights_dir.resolve() == root.resolve() and info.get("status", "complete") != "complete":
+        raise CheckpointError(
+            f"the run in {root} did not finish (run.json status {info.get('status')!r}); resume it with "
+            f"`modetune train --output {root} --resume ...` or load one of its checkpoint-N folders"
         )
     spec = resolve_run_base(info, root, base)
     base_model, tokenizer = load_model_and_tokenizer(spec, dtype=dtype, device=device)

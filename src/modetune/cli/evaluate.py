@@ -182,6 +182,35 @@ def _generation_settings(args: argparse.Namespace) -> Any:
     return GenerationSettings(**values)
 
 
+def _check_inputs(args: argparse.Namespace, specs: list[Any], data: Any) -> None:
+    """Every option, test file, model spec and run directory checked before a model is loaded."""
+    from modetune.evaluation.pipeline import _resolve_files
+    from modetune.evaluation.tasks import load_task_examples
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise ConfigError(f"--output {args.output} is a file; pass a directory for results.json")
+    if args.scoring == "loglikelihood":
+        numeric = [s.name for s in specs if not s.multiple_choice]
+        if numeric:
+            raise ConfigError(
+                f"log-likelihood scoring needs multiple-choice tasks; {', '.join(numeric)} "
+                "have free-form numeric answers (use --scoring generate for them)"
+            )
+    files = _resolve_files(specs, data)  # found and parsed (they are small) before any model time is spent
+    for spec in specs:
+        load_task_examples(spec, files[spec.name], with_choices=args.scoring == "loglikelihood")
+    if args.run_dir:
+        from modetune.runs import find_run_root, read_run_info
+
+        read_run_info(find_run_root(args.run_dir))
+    else:
+        from modetune.loading import resolve_model
+
+        resolve_model(args.model)
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -202,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
     settings = _generation_settings(args)
     if args.limit is not None and args.limit <= 0:
         raise ConfigError(f"--limit must be a positive number of examples, got {args.limit}")
+
+    _check_inputs(args, specs, data)
 
     train_files: list[str] = list(args.train_data or [])
     if args.run_dir:

@@ -64,13 +64,28 @@ def mode_config_from_args(args: argparse.Namespace) -> MoDEConfig:
     return MoDEConfig.paper(**values)
 
 
+def _quiet_other_ranks() -> None:
+    """Under torchrun / accelerate launch, rank 0 speaks for the job: the others show errors only."""
+    import logging
+    import os
+    import warnings
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        for name in ("", "modetune", "transformers", "peft", "accelerate"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore")
+
+
 def run(args: argparse.Namespace) -> int:
     from modetune.training.recipe import train
 
     setup_logging()
+    _quiet_other_ranks()
     cfg = dataclass_from_args(TrainConfig, args)
     mode_cfg = dataclass_from_args(MoDConfig, args) if cfg.method == "mod" else mode_config_from_args(args)
     result = train(cfg, mode_cfg, argv=["modetune", *sys.argv[1:]])
+    if not result.is_main_process:
+        return 0
     print(
         f"done: {result.global_step} steps in {result.seconds / 60:.1f} min, train loss {result.train_loss:.4f}"
         + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")

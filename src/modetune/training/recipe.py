@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ from modetune.config import MoDEConfig
 from modetune.errors import ConfigError, DataError, ModetuneError
 from modetune.runs import RUN_FILE, base_model_record, read_run_info, set_base_model_name, write_run_info
 from modetune.training.config import TrainConfig
+from modetune.training.lock import LOCK_NAME, OutputNotWritableError, RunLock, acquire_run_lock
 from modetune.training.trainer import (
     JsonlMetricsCallback,
     MoDETrainer,
@@ -33,6 +37,7 @@ class TrainResult:
     train_loss: float
     eval_loss: float | None
     seconds: float
+    is_main_process: bool = True
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -107,8 +112,50 @@ def wrap_peft(model: Any, cfg: TrainConfig) -> Any:
         raise ConfigError(f"--target-modules {cfg.target_modules!r}: {exc}") from None
 
 
-def _prepare_output(cfg: TrainConfig, mode_cfg: Any) -> Path | None:
-    """Create the run directory, or check a resumed one; returns the checkpoint to resume from."""
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch job (or a single process): the only one that writes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@dataclass
+class _Claim:
+    """The output directory, held by this training: its lock and the top-most directory this run created."""
+
+    lock: RunLock | None = None
+    created: Path | None = None
+
+    def abandon(self) -> None:
+        """A failed start: leave the file system as it was (no empty or half-made output directory)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
+            self.created = None
+
+
+def _claim_output(out: Path) -> _Claim:
+    """Create `out` if needed and lock it; refuses at once if another live training holds it."""
+    top, probe = None, out.absolute()
+    while not probe.exists() and probe != probe.parent:
+        top, probe = probe, probe.parent
+    if out.exists() and not out.is_dir():
+        raise ModetuneError(f"--output {out} is a file, not a directory; choose another --output")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputNotWritableError(f"cannot create {out} ({exc.strerror}); choose a writable --output") from None
+    claim = _Claim(created=top)
+    try:
+        claim.lock = acquire_run_lock(out)
+    except BaseException:
+        claim.abandon()
+        raise
+    return claim
+
+
+def _check_output(cfg: TrainConfig, mode_cfg: Any, is_main: bool) -> Path | None:
+    """Check the run directory (read only); returns the checkpoint to resume from (None: start at step 0)."""
     out = Path(cfg.output)
     if cfg.resume:
         if not (out / RUN_FILE).is_file():
@@ -125,20 +172,92 @@ def _prepare_output(cfg: TrainConfig, mode_cfg: Any) -> Path | None:
                 detail = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in changed.items())
                 raise ModetuneError(f"--resume with different settings than the run in {out} ({detail})")
         checkpoint = latest_complete_checkpoint(out)
-        if checkpoint is None:
-            raise ModetuneError(f"--resume: {out} has no complete checkpoint yet; start it again without --resume")
+        if checkpoint is None:  # killed before its first checkpoint: the same settings, from step 0
+            logger.info("%s has no complete checkpoint yet: training it again from the start", out)
         return checkpoint
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+    if is_main and out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not cfg.overwrite:
         raise ModetuneError(
             f"{out} already exists and is not empty; pass --resume to continue it, --overwrite to write into it, "
             "or choose another --output"
         )
-    out.mkdir(parents=True, exist_ok=True)
     return None
 
 
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """On resume, drop the lines logged after the checkpoint (they are logged again), atomically."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= last_step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def _check_free_space(out: Path, mode: Any, cfg: TrainConfig) -> None:
+    """Refuse to start when the disk cannot hold the final model and the kept checkpoints."""
+    trainable = sum(p.numel() * p.element_size() for p in mode.parameters() if p.requires_grad)
+    saves = 1 + ((cfg.save_total_limit or 1) + 1 if cfg.save_steps else 0)
+    # per save: the weights, AdamW's two moments (checkpoints), tokenizer and state files (~8 MiB)
+    need = saves * (3 * trainable + 8 * 2**20)
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise OutputNotWritableError(
+            f"not enough free space in {out}: {free / 2**20:.0f} MiB free, this run needs about "
+            f"{need / 2**20:.0f} MiB (final model and {saves - 1} checkpoint(s)); free some space, lower "
+            "--save-total-limit, or choose another --output"
+        )
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
+
+
 def train(cfg: TrainConfig, mode_cfg: MoDEConfig | Any, argv: list[str] | None = None) -> TrainResult:
-    """Run one training job end to end and leave a complete run directory in `cfg.output`."""
+    """Run one training job end to end and leave a complete run directory in `cfg.output`.
+
+    Under torchrun / accelerate launch every rank runs this; only rank 0 locks, checks and writes the
+    output directory. A start that fails (bad data, option, model) leaves the file system as it was.
+    """
+    cfg.validate()
+    started = time.time()
+    out = Path(cfg.output)
+    is_main = _is_main_process()
+    claim = _claim_output(out) if is_main else _Claim()
+    try:
+        resume_from = _check_output(cfg, mode_cfg, is_main)
+        trainer, info, has_eval = _setup(cfg, mode_cfg, out, resume_from, argv, is_main)
+        if is_main:
+            _check_free_space(out, trainer.model, cfg)
+            if cfg.resume:
+                step = int(resume_from.name.split("-")[-1]) if resume_from is not None else 0
+                _truncate_metrics(out / "metrics.jsonl", step)
+            write_run_info(out, info)
+    except BaseException:
+        claim.abandon()
+        raise
+    claim.created = None  # from here on, the directory holds the run: never removed
+    try:
+        return _run(trainer, info, out, resume_from, has_eval, started, is_main)
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        last = latest_complete_checkpoint(out)
+        raise OutputNotWritableError(
+            f"writing to {out} failed ({exc.strerror}: {exc.filename or out}); the last complete checkpoint "
+            f"({last or 'none yet'}) is intact. Free some space or fix the permissions, then continue with --resume"
+        ) from None
+    finally:
+        claim.abandon()
+
+
+def _setup(
+    cfg: TrainConfig,
+    mode_cfg: MoDEConfig | Any,  # a MoDConfig with --method mod
+    out: Path,
+    resume_from: Path | None,
+    argv: list[str] | None,
+    is_main: bool,
+) -> tuple[Any, dict[str, Any], bool]:
+    """Everything that can fail on user input, before the first byte of the run is written."""
     import torch
     from transformers import TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -146,18 +265,18 @@ def train(cfg: TrainConfig, mode_cfg: MoDEConfig | Any, argv: list[str] | None =
 
     from modetune import __version__
     from modetune.data import build_sft_dataset, load_datasets, make_collator
-    from modetune.loading import load_model_and_tokenizer, resolve_model
+    from modetune.data.hf import is_hf_source
+    from modetune.loading import load_model_and_tokenizer, resolve_model, resolve_torch_dtype
     from modetune.mode import get_mode_model
 
-    cfg.validate()
-    started = time.time()
-    resume_from = _prepare_output(cfg, mode_cfg)
-    out = Path(cfg.output)
+    resolve_torch_dtype(cfg.dtype)  # a bad --dtype is refused before the data and the model are read
     set_seed(cfg.seed)
-
     examples = load_training_examples(cfg.data, cfg.data_mix, cfg.seed, cfg.max_train_samples, cfg.columns)
     eval_examples: list[Any] = []
     if cfg.eval_data:
+        for f in cfg.eval_data:
+            if not Path(f).is_file() and not is_hf_source(f):
+                raise DataError(f"evaluation file {f} does not exist")
         eval_examples = load_datasets(cfg.eval_data, seed=cfg.seed, require_response=True, columns=cfg.columns)
     elif cfg.eval_split:
         n_eval = int(cfg.eval_split) if cfg.eval_split >= 1 else max(1, round(cfg.eval_split * len(examples)))
@@ -206,47 +325,57 @@ def train(cfg: TrainConfig, mode_cfg: MoDEConfig | Any, argv: list[str] | None =
         "data_stats": train_ds.stats.summary(),
         "trainable_parameters": mode.trainable_parameter_counts(),
         "layer_indices": mode.layer_indices,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
     }
     set_base_model_name(mode, info["base_model"]["hub_id"])  # adapter_config.json names the hub id
-    if resume_from is not None:
+    if cfg.resume and (out / RUN_FILE).is_file():
         previous = read_run_info(out)
         info["started"] = previous.get("started", info["started"])
         info["resumed"] = [
             *previous.get("resumed", []),
-            {"from": str(resume_from), "at": datetime.now(timezone.utc).isoformat()},
+            {"from": str(resume_from or "start"), "at": datetime.now(timezone.utc).isoformat()},
         ]
-    write_run_info(out, info)
 
-    args = TrainingArguments(
-        output_dir=str(out),
-        num_train_epochs=cfg.num_epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        logging_steps=cfg.logging_steps,
-        eval_strategy="steps" if (eval_ds is not None and cfg.eval_steps) else "no",
-        eval_steps=cfg.eval_steps or None,
-        save_strategy="steps" if cfg.save_steps else "no",
-        save_steps=cfg.save_steps or 500,
-        save_total_limit=None,  # MoDETrainer prunes, after a checkpoint is marked complete
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-        use_cpu=use_cpu,
-        bf16=_resolved_dtype(model) == "bfloat16",
-        fp16=_resolved_dtype(model) == "float16",
-        dataloader_num_workers=cfg.dataloader_workers,
-        remove_unused_columns=False,
-        disable_tqdm=True,
-        prediction_loss_only=True,
-        include_num_input_tokens_seen="no",
-    )
+    try:
+        args = TrainingArguments(
+            output_dir=str(out),
+            num_train_epochs=cfg.num_epochs,
+            max_steps=cfg.max_steps,
+            per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type=cfg.lr_scheduler,
+            warmup_steps=cfg.warmup_steps,
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm,
+            logging_steps=cfg.logging_steps,
+            eval_strategy="steps" if (eval_ds is not None and cfg.eval_steps) else "no",
+            eval_steps=cfg.eval_steps or None,
+            save_strategy="steps" if cfg.save_steps else "no",
+            save_steps=cfg.save_steps or 500,
+            save_total_limit=None,  # MoDETrainer prunes, after a checkpoint is marked complete
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+            use_cpu=use_cpu,
+            bf16=_resolved_dtype(model) == "bfloat16",
+            fp16=_resolved_dtype(model) == "float16",
+            dataloader_num_workers=cfg.dataloader_workers,
+            remove_unused_columns=False,
+            disable_tqdm=True,
+            prediction_loss_only=True,
+            include_num_input_tokens_seen="no",
+            # Every trainable parameter gets a gradient on every step, whatever the MoDE options: the adapters
+            # of layers that are not distilled on a step (distill_every, distill_schedule='rotate') still feed
+            # the mixture, and top-k routing zeroes weights without cutting the graph
+            # (tests/training/test_ddp.py checks this). So DDP needs no unused-parameter search.
+            ddp_find_unused_parameters=False,
+            log_level="warning" if is_main else "error",
+            log_level_replica="error",
+        )
+    except ValueError as exc:  # e.g. an unknown --lr-scheduler or --report-to
+        raise ConfigError(f"invalid training option: {exc}") from None
     trainer = trainer_cls(
         model=mode,
         args=args,
@@ -259,35 +388,73 @@ def train(cfg: TrainConfig, mode_cfg: MoDEConfig | Any, argv: list[str] | None =
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(HFProgressCallback)
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return trainer, info, eval_ds is not None
+
+
+def _run(
+    trainer: Any,
+    info: dict[str, Any],
+    out: Path,
+    resume_from: Path | None,
+    has_eval: bool,
+    started: float,
+    is_main: bool,
+) -> TrainResult:
+    if resume_from is not None and _finished_checkpoint(resume_from):
+        # killed while writing the final model: the Trainer would take one step past max_steps, so the
+        # last checkpoint's weights are restored and saved as the final model instead
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(str(resume_from))
+        trainer.state = TrainerState.load_from_json(str(resume_from / "trainer_state.json"))
+        training_loss = _last_train_loss(out / "metrics.jsonl")
+    else:
+        training_loss = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).training_loss
     trainer.save_model(str(out))
     eval_loss = None
-    if eval_ds is not None:
+    if has_eval:
         eval_loss = float(trainer.evaluate()["eval_loss"])
-    curves = None
-    try:
-        from modetune.analysis import plot_training_curves
+    if is_main:
+        curves = None
+        try:
+            from modetune.analysis import plot_training_curves
 
-        curves = plot_training_curves(out / "metrics.jsonl", out / "training_curves.png")
-    except Exception as exc:  # a plot must never cost the user their trained model
-        logger.warning("could not draw the training curves: %s", exc)
-    info.update(
-        status="complete",
-        finished=datetime.now(timezone.utc).isoformat(),
-        global_step=trainer.state.global_step,
-        train_loss=result.training_loss,
-        eval_loss=eval_loss,
-        training_curves=str(curves) if curves else None,
-        seconds=round(time.time() - started, 1),
-    )
-    write_run_info(out, info)
-    try:
-        from modetune.card import write_model_card
+            curves = plot_training_curves(out / "metrics.jsonl", out / "training_curves.png")
+        except Exception as exc:  # a plot must never cost the user their trained model
+            logger.warning("could not draw the training curves: %s", exc)
+        info.update(
+            status="complete",
+            finished=datetime.now(timezone.utc).isoformat(),
+            global_step=trainer.state.global_step,
+            train_loss=training_loss,
+            eval_loss=eval_loss,
+            training_curves=str(curves) if curves else None,
+            seconds=round(time.time() - started, 1),
+        )
+        write_run_info(out, info)
+        try:
+            from modetune.card import write_model_card
 
-        write_model_card(out, info)  # replaces PEFT's empty template
-    except Exception as exc:  # a card must never cost the user their trained model
-        logger.warning("could not write the model card: %s", exc)
-    return TrainResult(out, trainer.state.global_step, result.training_loss, eval_loss, time.time() - started)
+            write_model_card(out, info)  # replaces PEFT's empty template
+        except Exception as exc:  # a card must never cost the user their trained model
+            logger.warning("could not write the model card: %s", exc)
+    return TrainResult(out, trainer.state.global_step, training_loss, eval_loss, time.time() - started, is_main)
+
+
+def _finished_checkpoint(checkpoint: Path) -> bool:
+    """Whether a checkpoint was written after the last training step (nothing left to train)."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return int(state.get("max_steps") or 0) > 0 and int(state.get("global_step", 0)) >= int(state["max_steps"])
+
+
+def _last_train_loss(metrics: Path) -> float:
+    """The run's mean training loss as logged before the kill (NaN if it never got that far)."""
+    loss = float("nan")
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            record = json.loads(line) if line.strip() else {}
+            loss = float(record.get("train_loss", loss))
+    return loss
 
 
 def _cuda_available() -> bool:

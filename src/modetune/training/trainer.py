@@ -21,8 +21,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from modetune.errors import ModetuneError
 from modetune.mode import MoDEModel
-
-CHECKPOINT_MARKER = "modetune-checkpoint-complete.json"
+from modetune.runs import CHECKPOINT_MARKER
 
 
 class TrainingDivergedError(ModetuneError):
@@ -185,9 +184,21 @@ class JsonlMetricsCallback(TrainerCallback):
 
     def __init__(self, path: Path):
         self.path = path
+        self._last_logged_step = -1
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # resumed at the very end (killed while writing the final model): the Trainer logs the last
+        # step's loss again; the line from before the kill stays, the repeat is dropped
+        if state.is_world_process_zero and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                record = json.loads(line) if line.strip() else {}
+                if "loss" in record:
+                    self._last_logged_step = max(self._last_logged_step, int(record.get("step", -1)))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
+            return
+        if "loss" in logs and state.global_step <= self._last_logged_step:
             return
         record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
         with open(self.path, "a") as fh:
