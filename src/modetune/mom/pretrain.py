@@ -49,7 +49,8 @@ class PretrainConfig:
     output: str = _help("Run directory to create (checkpoints, metrics, final model).", default="")
     arch: str = _help("'mom' (Mixture-of-Modules) or 'vanilla' (a llama-style transformer).", default="mom")
     corpus: list[str] = _help(  # noqa: RUF009
-        "Text: 'shared' (the training files of ../shared/data as plain text, about 1.6 M tokens) and/or .txt "
+        "Text (default: shared): 'shared' (the training files of ../shared/data as plain text, 1.6 M SmolLM2 tokens) "
+        "and/or .txt "
         "(blank-line separated documents) or .jsonl ('text' field) files.",
         default_factory=lambda: ["shared"],
     )
@@ -69,7 +70,8 @@ class PretrainConfig:
     intermediate_size: int = _help("FFN inner size (0: 8/3 d rounded up to a multiple of 64).", default=0)
     init_from: str = _help(
         "MoM phase 2: build the pool from this model's layers (a `modetune pretrain --arch vanilla` run directory, "
-        "a local transformers directory or 'smollm2-135m'); size options are then taken from that model.",
+        "a local transformers directory or 'smollm2-135m'); its sizes replace the size options, pool sizes and rounds "
+        "default to its layer count.",
         default="",
     )
     num_attention_modules: int = _help(FIELD_HELP["num_attention_modules"] + " 0: --num-layers.", default=0)
