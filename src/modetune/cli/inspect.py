@@ -19,7 +19,8 @@ from modetune.errors import ConfigError
 _EPILOG = """\
 data:  --data FILE (any format `modetune train` reads), --data synthetic[:N[:LEVEL]] (held-out generated
        problems: the test split, disjoint from training), --task NAME (its test file, found as in
-       `modetune eval`; records without a reference response are scored on their gold answer), or
+       `modetune eval`; the scored text is the file's output field, a model-written rationale in
+       LLM-Adapters' arithmetic test files; records without one are scored on their gold answer), or
        --prompt TEXT (raw text, no template: every token after the first is scored; repeatable).
 files: lens.json (everything), lens.csv / lens.md (per-layer table), lens.png, routing.png,
        routing_by_class.png, routing.html, training_curves.png (--run with metrics).
