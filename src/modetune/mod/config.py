@@ -80,6 +80,11 @@ class MoDConfig:
         "routers are pushed toward skipping until their mean score reaches the target.",
         default=0.5,
     )
+    router_lr_scale: float = help_field(
+        "In `modetune train --method mod`: the routers' learning rate is this many times --learning-rate (> 0), "
+        "so the scores can move within a short conversion while LoRA keeps its usual rate.",
+        default=10.0,
+    )
     skipped_kv: str = help_field(
         "'drop': a skipped token costs nothing in the block and stores no key/value at that layer (the MoD saving); "
         "'keep': the block runs on every token (so skipped tokens keep their KV entry) and only the processed "
@@ -102,6 +107,9 @@ class MoDConfig:
             raise ConfigError(f"threshold={self.threshold!r} is out of range; allowed: 0 <= p < 1")
         if not 0.0 < self.capacity <= 1.0:
             raise ConfigError(f"capacity={self.capacity!r} is out of range; allowed: 0 < capacity <= 1")
+        _check_number(self, "router_lr_scale")
+        if self.router_lr_scale <= 0:
+            raise ConfigError(f"router_lr_scale={self.router_lr_scale!r} must be positive; allowed: a number > 0")
         if self.load_weight < 0:
             raise ConfigError(f"load_weight={self.load_weight!r} is negative; allowed: a number >= 0")
         if not 0.0 <= self.load_target <= 1.0:
