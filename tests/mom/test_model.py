@@ -155,3 +155,20 @@ def test_fresh_pool_and_validation():
         MoMConfig(base_config={"model_type": "gpt2"})
     with pytest.raises(UnsupportedArchitectureError, match="gpt2"):
         from_pretrained_layers(build_tiny_model("gpt2"))
+
+
+def test_plain_transformers_trainer_trains_mom(tmp_path):
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    mom = routed().train()
+    before = {n: p.detach().clone() for n, p in mom.named_parameters()}
+    torch.manual_seed(0)
+    data = [{"input_ids": (ids := torch.randint(3, VOCAB, (12,)).tolist()), "labels": ids} for _ in range(8)]
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to=[], use_cpu=True,
+        save_strategy="no", disable_tqdm=True, learning_rate=1e-2,
+    )  # fmt: skip
+    result = Trainer(model=mom, args=args, train_dataset=data, data_collator=default_data_collator).train()
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    changed = {n for n, p in mom.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert any(n.startswith("attention_router") for n in changed) and any("ffn_modules" in n for n in changed)
