@@ -570,7 +570,26 @@ def load_config(
     try:
         return config_cls.from_dict(data), extra
     except ConfigError as exc:
+        saved = str(extra.get("modetune_version", "")) if isinstance(extra, dict) else ""
+        if saved and _is_newer_version(saved):
+            from modetune import __version__
+
+            raise CheckpointError(
+                f"{path} was written by modetune {saved}, newer than this modetune {__version__}, with settings "
+                f"this version cannot read ({exc}); upgrade: pip install -U modetune"
+            ) from None
         raise CheckpointError(f"{path}: {exc}") from None
+
+
+def _is_newer_version(saved: str) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    from modetune import __version__
+
+    try:
+        return Version(saved) > Version(__version__)
+    except InvalidVersion:
+        return False
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -19,9 +19,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def check_demo_config(cfg: DemoConfig) -> None:
+    """Every demo option (and the directory it will replace) checked before anything is loaded or deleted."""
+    from pathlib import Path
+
+    from modetune.errors import ConfigError
+    from modetune.loading import resolve_model
+    from modetune.runs import RUN_FILE
+    from modetune.training.config import PEFT_METHODS
+
+    for name in ("train_problems", "test_problems", "max_steps", "batch_size", "num_layers"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if not cfg.learning_rate > 0:
+        raise ConfigError(f"--learning-rate must be positive, got {cfg.learning_rate}")
+    if cfg.difficulty not in ("1", "2", "3", "mixed"):
+        raise ConfigError(f"--difficulty {cfg.difficulty!r} is not a level; allowed: 1, 2, 3, mixed")
+    if cfg.peft not in PEFT_METHODS:
+        raise ConfigError(f"--peft {cfg.peft!r} is not supported; allowed: {', '.join(PEFT_METHODS)}")
+    out = Path(cfg.output)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / RUN_FILE).is_file())):
+        raise ConfigError(
+            f"--output {out} exists and is not a modetune run; the demo only replaces its own run "
+            "directories: choose another --output"
+        )
+    resolve_model(cfg.model)
+
+
 def run(args: argparse.Namespace) -> int:
     from modetune.demo import run_demo
 
     setup_logging("modetune.data", "modetune.training")
-    run_demo(dataclass_from_args(DemoConfig, args))
+    cfg = dataclass_from_args(DemoConfig, args)
+    check_demo_config(cfg)
+    run_demo(cfg)
     return 0

@@ -116,6 +116,11 @@ class TrainConfig:
         for name in ("eval_split", "eval_steps", "save_steps", "warmup_steps", "lora_dropout", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must not be negative")
+        from transformers import SchedulerType
+
+        schedules = [s.value for s in SchedulerType]
+        if self.lr_scheduler not in schedules:
+            raise ConfigError(f"lr_scheduler={self.lr_scheduler!r} is not supported; allowed: {', '.join(schedules)}")
         if self.data_mix is not None and len(self.data_mix) != len(self.data):
             raise ConfigError(f"--data-mix has {len(self.data_mix)} weights for {len(self.data)} --data files")
 
