@@ -207,8 +207,9 @@ def _batch(items: list[tuple[str, bool]], tokenizer: Any, yes: int, no: int, wit
 
 
 def kv_bytes_per_token(model: Any) -> int:
-    """Key/value cache bytes per cached token (float32): vanilla L layers; MoM one slot per (round, module)
-    in this implementation (an implementation that stores only the picked modules' keys needs K per round)."""
+    """Key/value cache bytes per cached token (float32): vanilla L layers; MoM an upper bound, every (round,
+    module) slot in use (slots are allocated only for pairs some token picks; a store of only the picked
+    modules' keys would need K per round)."""
     from modetune.mom import MoMForCausalLM
 
     if isinstance(model, MoMForCausalLM):

@@ -90,6 +90,18 @@ def test_cached_and_uncached_agree(router, weighting, batch):
     torch.testing.assert_close(torch.cat(steps, 1)[real], full.logits[real], rtol=1e-4, atol=1e-5)
     kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert torch.equal(mom.generate(ids, **kw), mom.generate(ids, use_cache=False, **kw))
+    beams = dict(kw, num_beams=3, num_return_sequences=2)
+    assert torch.equal(mom.generate(ids, **beams), mom.generate(ids, use_cache=False, **beams))
+
+
+def test_fixed_route_cache_holds_only_the_used_slots():
+    mom = from_pretrained_layers(build_tiny_model("llama"), MoMConfig(num_rounds=3, num_attention_modules=4,
+                                 num_ffn_modules=4)).fix_routes_to_layers()  # fmt: skip
+    with torch.no_grad():
+        cache = mom(torch.randint(3, VOCAB, (1, 5)), use_cache=True).cache
+    used = {i for i, layer in enumerate(cache.layers) if layer.get_seq_length() > 0}
+    assert used == {cache.kv_slot(h, h) for h in range(3)} | {12 + cache.kv_slot(h, h) for h in range(3)}
+    assert cache.get_seq_length() == 5
 
 
 def test_save_and_load_identical(tmp_path, batch):

@@ -39,9 +39,9 @@ sources state them; everything else is our choice and is an option where it matt
   round would make a query of module A attend to keys made by module B; per (round, module) keeps every
   attention a proper single-module attention and reduces exactly to the vanilla cache under fixed routes.
   Why "only the tokens that picked it": it needs no keys/values from modules a token never ran (the cost of a
-  token is the modules it picked), which is what MoD does for skipped tokens. Slots a chunk of tokens does not
-  use are padded with masked zeros so every slot has the same length (simple bookkeeping; memory grows with
-  H x m^A slots, which is the price of this dense reference implementation).
+  token is the modules it picked), which is what MoD does for skipped tokens. A slot is allocated when its
+  module is first picked in its round and padded with masked zeros for the positions that did not pick it,
+  so memory grows with the (round, module) pairs actually used (H slots under fixed routes, as vanilla).
 * Two-phase initialisation (paper): phase 1 pre-trains a vanilla transformer, phase 2 splits its layers into
   modules (`from_pretrained_layers`), adds the routers and trains everything. Module i is a copy of layer
   i mod L; the routers start random (paper) unless `router_init_bias` > 0 (ours).
@@ -82,24 +82,44 @@ def family_classes(model_type: str) -> tuple[type, type, type]:
 class MoMCache(DynamicCache):
     """One KV slot per (round, attention module) pair, and each slot's selection mask.
 
-    Slot (h, j) holds, for every cached position, the keys/values module j produced in round h and whether
-    that token picked module j in round h (positions that did not are masked out of the attention). The masks
-    live in the same DynamicCache as extra "layers" (shape [B, 1, S, 1]), so beam-search reordering, cropping
-    and batch selection treat them exactly like the keys.
+    Slot (h, j) holds, for the cached positions, the keys/values module j produced in round h and whether
+    that token picked module j in round h (positions that did not are masked out of the attention). A slot
+    is filled only when some token picks its module: the positions before are then padded with masked
+    zeros, so a module nobody uses in a round costs no memory (with fixed routes the cache is exactly the
+    vanilla one, H slots). The masks live in the same DynamicCache as extra "layers" (shape [B, 1, S, 1]),
+    so beam-search reordering and batch selection treat them exactly like the keys.
     """
 
     def __init__(self, num_rounds: int, num_modules: int):
         super().__init__()
         self.num_rounds, self.num_modules = num_rounds, num_modules
+        self.length = 0  # tokens seen (slots may hold fewer: they are padded when next used)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
 
     def kv_slot(self, round_idx: int, module_idx: int) -> int:
         return round_idx * self.num_modules + module_idx
 
+    def _mask_slot(self, round_idx: int, module_idx: int) -> int:
+        return self.num_rounds * self.num_modules + self.kv_slot(round_idx, module_idx)
+
+    def filled(self, round_idx: int, module_idx: int) -> int:
+        slot = self.kv_slot(round_idx, module_idx)
+        return self.layers[slot].get_seq_length() if slot < len(self.layers) else 0
+
+    def pad_slot(self, round_idx: int, module_idx: int, like: torch.Tensor, heads: int, head_dim: int) -> None:
+        """Masked zeros for the positions seen since slot (h, j) was last used."""
+        gap = self.length - self.filled(round_idx, module_idx)
+        if gap > 0:
+            zeros = like.new_zeros(like.shape[0], heads, gap, head_dim)
+            self.update(zeros, zeros, self.kv_slot(round_idx, module_idx))
+            self.update_selection(round_idx, module_idx, torch.zeros(like.shape[0], gap, dtype=torch.bool))
+
     def update_selection(self, round_idx: int, module_idx: int, selected: torch.Tensor) -> torch.Tensor:
         """Append this chunk's selection [B, T] to slot (h, j); return the selection of all cached positions."""
         flag = selected[:, None, :, None].to(torch.float32)
-        slot = self.num_rounds * self.num_modules + self.kv_slot(round_idx, module_idx)
-        stored, _ = self.update(flag, flag, slot)
+        stored, _ = self.update(flag, flag, self._mask_slot(round_idx, module_idx))
         return stored[:, 0, :, 0] > 0.5
 
 
@@ -376,13 +396,11 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
             out = None
             for j, module in enumerate(self.attention_modules):
                 sel = picked[..., j]
-                slot = cache.kv_slot(h, j) if cache is not None else None
                 if not bool(sel.any()):
-                    if cache is not None:  # keep every slot the same length: masked zeros
-                        zeros = x.new_zeros(B, self._kv_heads, T, self._head_dim)
-                        cache.update(zeros, zeros, slot)
-                        cache.update_selection(h, j, sel)
                     continue
+                slot = cache.kv_slot(h, j) if cache is not None else None
+                if cache is not None:
+                    cache.pad_slot(h, j, x, self._kv_heads, self._head_dim)
                 sel_all = cache.update_selection(h, j, sel) if cache is not None else sel
                 mask = self._attention_mask(sel_all, key_valid, past, T, x.dtype)
                 y = module(x, position_embeddings, mask, _SlotView(cache, slot) if cache is not None else None)
@@ -415,6 +433,8 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
                 if output_routes:
                     routes.append((picks_a, picks_f))
 
+        if cache is not None:
+            cache.length += T
         x = self.norm(x)
         if isinstance(logits_to_keep, int):
             kept = x[:, -logits_to_keep:] if logits_to_keep > 0 else x
