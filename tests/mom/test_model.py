@@ -184,3 +184,13 @@ def test_plain_transformers_trainer_trains_mom(tmp_path):
     assert torch.isfinite(torch.tensor(result.training_loss))
     changed = {n for n, p in mom.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert any(n.startswith("attention_router") for n in changed) and any("ffn_modules" in n for n in changed)
+
+
+def test_fixed_route_flops_equal_the_vanilla_count():
+    from modetune.mom.pretrain import flops_per_token
+
+    base = build_tiny_model("llama")
+    mom = from_pretrained_layers(base).fix_routes_to_layers()
+    assert flops_per_token(mom, 16) == flops_per_token(base, 16)
+    routed_k2 = from_pretrained_layers(base, MoMConfig(num_rounds=4, k_per_round=2))
+    assert flops_per_token(routed_k2, 16) > 2 * flops_per_token(base, 16) - 2 * 2 * 32 * VOCAB

@@ -114,7 +114,9 @@ class MoMCache(DynamicCache):
         if gap > 0:
             zeros = like.new_zeros(like.shape[0], heads, gap, head_dim)
             self.update(zeros, zeros, self.kv_slot(round_idx, module_idx))
-            self.update_selection(round_idx, module_idx, torch.zeros(like.shape[0], gap, dtype=torch.bool))
+            self.update_selection(
+                round_idx, module_idx, torch.zeros(like.shape[0], gap, dtype=torch.bool, device=like.device)
+            )
 
     def update_selection(self, round_idx: int, module_idx: int, selected: torch.Tensor) -> torch.Tensor:
         """Append this chunk's selection [B, T] to slot (h, j); return the selection of all cached positions."""
@@ -478,7 +480,10 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
         attn = 2 * (d * heads * hd * 2 + d * self._kv_heads * hd * 2) + 2 * 2 * heads * hd * context
         mlp = 2 * 3 * d * ff
         k = 1 if cfg.fixed_routes else cfg.k_per_round
-        router = 0 if cfg.fixed_routes else 2 * 2 * (d * (cfg.router_hidden_size or d) * 3 + d)
+        state = cfg.router_hidden_size or d
+        options = (cfg.num_attention_modules + cfg.num_ffn_modules) / 2 + cfg.num_skip_modules
+        per_router = 3 * (d * state + state * state) + state * options if cfg.router == "gru" else d * options
+        router = 0 if cfg.fixed_routes else 2 * 2 * per_router
         per_round = (attention_picks if attention_picks is not None else k) * attn + k * mlp + router
         return cfg.num_rounds * per_round + 2 * d * fam.vocab_size
 
