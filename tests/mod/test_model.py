@@ -72,6 +72,7 @@ def test_skipped_token_passes_unchanged_and_has_no_kv_entry(family):
     assert 0 < processed < 1, "the random router should split the tokens"
     g = torch.sigmoid(mod.routers[0](seen["inp"]))[0]
     kept = g > 0.5
+    kept[0] = True  # the sink token (position 0) is always processed
     assert torch.equal(seen["out"][0, ~kept], seen["inp"][0, ~kept])  # skipped: bit-identical pass-through
     assert not torch.equal(seen["out"][0, kept], seen["inp"][0, kept])
     assert cache.layer_length(2) == int(kept.sum())
@@ -118,7 +119,7 @@ def test_padded_batch_decodes_like_single_sequences():
 
 def test_topk_processes_capacity_per_sequence_and_decodes():
     base = build_tiny_model("llama", num_hidden_layers=5)
-    mod = get_mod_model(base, MoDConfig(operator="topk", capacity=0.25, skip_first=1, skip_last=1))
+    mod = get_mod_model(base, MoDConfig(operator="topk", capacity=0.25, skip_first=1, skip_last=1, sink_tokens=0))
     _randomize_routers(mod, seed=7)
     ids = _ids(1, 16)
     cache = MoDCache()
@@ -211,3 +212,13 @@ def test_config_validation_and_json_round_trip():
         get_mod_model(build_tiny_model("llama"), MoDConfig(skip_first=2, skip_last=2))
     with pytest.raises(ConfigError, match="unknown MoD config field"):
         MoDConfig.from_dict({"thresh": 0.2})
+
+
+def test_sink_tokens_are_always_processed():
+    base = build_tiny_model("llama", num_hidden_layers=5)
+    mod = get_mod_model(base, MoDConfig(threshold=0.99, skip_first=1, skip_last=1, sink_tokens=2))
+    cache = MoDCache()
+    with torch.no_grad():
+        mod(_ids(1, 12), cache=cache, use_cache=True)  # sigmoid(3) < 0.99: only the sinks pass
+    for idx in mod.layer_indices:
+        assert torch.equal(cache.key_positions(idx)[0], torch.tensor([0, 1]))

@@ -44,6 +44,11 @@ class MoDConfig:
         "For operator='topk', in (0, 1]: the fraction of each sequence's tokens a routed layer processes.",
         default=0.5,
     )
+    sink_tokens: int = help_field(
+        "Always process the first N positions of every sequence (>= 0): later tokens attend to them heavily "
+        "(attention sinks), and a layer without their keys changes every token's attention.",
+        default=1,
+    )
     routed_layers: list[int] | None = help_field(
         "Explicit decoder-layer indices (0-based) that get a router; default: derived from --skip-first, "
         "--skip-last and --layer-stride.",
@@ -114,6 +119,7 @@ class MoDConfig:
             raise ConfigError(f"load_weight={self.load_weight!r} is negative; allowed: a number >= 0")
         if not 0.0 <= self.load_target <= 1.0:
             raise ConfigError(f"load_target={self.load_target!r} is out of range; allowed: 0 <= target <= 1")
+        _check_int(self, "sink_tokens", low=0)
         _check_int(self, "skip_first", low=0)
         _check_int(self, "skip_last", low=0)
         _check_int(self, "layer_stride", low=1)

@@ -240,19 +240,20 @@ class MoDModel(nn.Module):
         return fingerprint_of(self.causal_lm)
 
     # -- routing one layer ---------------------------------------------------------------------------
-    def _select(self, slot: int, layer_idx: int, g: torch.Tensor, cache: MoDCache | None) -> torch.Tensor:
-        """[B, T] bool: the tokens layer `layer_idx` processes (never batch padding)."""
+    def _select(self, layer_idx: int, g: torch.Tensor, positions: torch.Tensor, cache: MoDCache | None) -> torch.Tensor:
+        """[B, T] bool: the tokens layer `layer_idx` processes (never batch padding; always the sink tokens)."""
         cfg, valid = self.mod_config, self._tokens
+        sink = positions < cfg.sink_tokens
         if cfg.operator == "threshold":
-            return (g > cfg.threshold) & valid
+            return ((g > cfg.threshold) | sink) & valid
         if cache is not None and layer_idx in cache.topk_floor:  # decoding: causal stand-in for top-k
-            return (g >= cache.topk_floor[layer_idx][:, None]) & valid
+            return ((g >= cache.topk_floor[layer_idx][:, None]) | sink) & valid
         k = torch.ceil(cfg.capacity * valid.sum(1).float()).long()  # [B]
         rank = g.masked_fill(~valid, -1.0).argsort(1, descending=True).argsort(1)
-        select = (rank < k[:, None]) & valid
+        top = (rank < k[:, None]) & valid
         if cache is not None:
-            cache.topk_floor[layer_idx] = g.masked_fill(~select, math.inf).amin(1)
-        return select
+            cache.topk_floor[layer_idx] = g.masked_fill(~top, math.inf).amin(1)
+        return (top | sink) & valid
 
     def _mix_weight(self, router: Router, logits: torch.Tensor) -> torch.Tensor:
         """w: how much of the block's output a processed token takes (the rest is the no-op expert)."""
@@ -283,7 +284,8 @@ class MoDModel(nn.Module):
         router = self.routers[slot]
         logits = router(hidden)
         g = torch.sigmoid(logits)
-        select = self._select(slot, layer_idx, g.detach(), cache)
+        all_positions = _positions(kwargs.get("position_ids"), B, T, cache, hidden.device)
+        select = self._select(layer_idx, g.detach(), all_positions, cache)
         if self._stats is not None:
             self._stats[layer_idx] = (g, select, self._tokens)
         w = self._mix_weight(router, logits)
@@ -298,8 +300,7 @@ class MoDModel(nn.Module):
             if not bool(select[0, 0]):
                 return hidden
             out = _first(block(hidden, **{**kwargs, "attention_mask": None}))
-            position = _positions(kwargs.get("position_ids"), B, T, cache, hidden.device)
-            cache.record(layer_idx, position, select, True)
+            cache.record(layer_idx, all_positions, select, True)
             wk = w[..., None].to(hidden.dtype)
             return wk * out + (1 - wk) * hidden
 
@@ -310,7 +311,7 @@ class MoDModel(nn.Module):
         # gather: processed tokens first, in position order; rows padded to n with (masked) skipped tokens
         order = torch.argsort((~select).to(torch.int8), dim=1, stable=True)[:, :n]
         slot_valid = torch.arange(n, device=hidden.device)[None, :] < counts[:, None]  # [B, n]
-        positions = _positions(kwargs.get("position_ids"), B, T, cache, hidden.device).gather(1, order)
+        positions = all_positions.gather(1, order)
         call = dict(kwargs)
         call["position_ids"] = positions
         if kwargs.get("position_embeddings") is not None:
