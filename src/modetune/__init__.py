@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 from modetune.config import MoDEConfig
 from modetune.errors import CheckpointError, ConfigError, ModetuneError, UnsupportedArchitectureError
 from modetune.mode import MoDEModel, MoDEOutput, get_mode_model
+from modetune.mom import MoMConfig, MoMForCausalLM  # also registers "modetune_mom" with the Auto classes
 
 __all__ = [
     "CheckpointError",
@@ -18,6 +19,8 @@ __all__ = [
     "MoDEConfig",
     "MoDEModel",
     "MoDEOutput",
+    "MoMConfig",
+    "MoMForCausalLM",
     "ModetuneError",
     "UnsupportedArchitectureError",
     "__version__",
