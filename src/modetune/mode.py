@@ -412,9 +412,11 @@ class MoDEModel(nn.Module):
             self._locate()
         return self
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **options: Any) -> None:
+        # `options`: what transformers' Trainer also passes (every_n_layers, offload), handed on when set
         kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
-        self.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        extra = {k: v for k, v in options.items() if v is not None}
+        self.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, **extra)
         if _is_peft(self.model) or any(p.requires_grad for p in self.model.parameters()):
             self.causal_lm.enable_input_require_grads()
 
