@@ -240,7 +240,10 @@ def get_task(name: str) -> TaskSpec:
     if canonical is None:
         known = ", ".join(TASKS)
         groups = ", ".join(GROUPS)
-        raise ModetuneError(f"unknown task '{name}'; known tasks: {known} (groups: {groups})")
+        raise ModetuneError(
+            f"unknown task '{name}'; known tasks: {known} (groups: {groups}); to score another LLM-Adapters-format "
+            "file, name it with --answer-type number|letter|label and --data FILE"
+        )
     return TASKS[canonical]
 
 
