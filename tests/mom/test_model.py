@@ -11,6 +11,7 @@ from modetune.mom import MoMCache, MoMConfig, MoMForCausalLM, from_pretrained_la
 from tests.conftest import VOCAB, build_tiny_model
 
 FAMILIES = ["llama", "qwen2", "mistral", "qwen3"]
+FULL = dict(num_attention_modules=4, num_ffn_modules=4, num_rounds=4)  # the tiny models have 4 layers
 
 
 def routed(model_type: str = "llama", **overrides) -> MoMForCausalLM:
@@ -24,12 +25,13 @@ def routed(model_type: str = "llama", **overrides) -> MoMForCausalLM:
     return mom.eval()
 
 
+@pytest.mark.parametrize("assembly", ["outputs", "qkv"])
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 @pytest.mark.parametrize("model_type", FAMILIES)
-def test_fixed_routes_reproduce_the_source_model_exactly(model_type, impl, batch):
+def test_fixed_routes_reproduce_the_source_model_exactly(model_type, impl, assembly, batch):
     base = build_tiny_model(model_type)
     base.set_attn_implementation(impl)
-    mom = from_pretrained_layers(base).fix_routes_to_layers()
+    mom = from_pretrained_layers(base, MoMConfig(**FULL, attention_assembly=assembly)).fix_routes_to_layers()
     ids = batch["input_ids"][:1]
     with torch.no_grad():
         assert torch.equal(base(ids).logits, mom(ids).logits)
@@ -48,8 +50,9 @@ def test_fixed_routes_generation_matches_the_source_model():
     assert torch.equal(base.generate(ids, **kw), mom.generate(ids, **kw))
 
 
-def test_routers_get_gradients_and_the_loss_is_a_causal_lm_loss(batch):
-    mom = routed().train()
+@pytest.mark.parametrize("assembly", ["outputs", "qkv"])
+def test_routers_get_gradients_and_the_loss_is_a_causal_lm_loss(assembly, batch):
+    mom = routed(attention_assembly=assembly).train()
     out = mom(**batch)
     out.loss.backward()
     for router in (mom.attention_router, mom.ffn_router):
@@ -68,10 +71,13 @@ def test_routers_get_gradients_and_the_loss_is_a_causal_lm_loss(batch):
     assert out.router_entropy > 0
 
 
-@pytest.mark.parametrize("router", ["gru", "linear"])
-@pytest.mark.parametrize("weighting", ["softmax", "topk_softmax"])
-def test_cached_and_uncached_agree(router, weighting, batch):
-    mom = routed("qwen2", router=router, weighting=weighting)
+@pytest.mark.parametrize(
+    "router,weighting,assembly",
+    [("gru", "softmax", "outputs"), ("linear", "topk_softmax", "outputs"), ("gru", "topk_softmax", "qkv"),
+     ("linear", "softmax", "qkv")],
+)  # fmt: skip
+def test_cached_and_uncached_agree(router, weighting, assembly, batch):
+    mom = routed("qwen2", router=router, weighting=weighting, attention_assembly=assembly)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     with torch.no_grad():
         full = mom(ids, attention_mask=mask, use_cache=False, output_routes=True)
@@ -194,3 +200,13 @@ def test_fixed_route_flops_equal_the_vanilla_count():
     assert flops_per_token(mom, 16) == flops_per_token(base, 16)
     routed_k2 = from_pretrained_layers(base, MoMConfig(num_rounds=4, k_per_round=2))
     assert flops_per_token(routed_k2, 16) > 2 * flops_per_token(base, 16) - 2 * 2 * 32 * VOCAB
+
+
+def test_load_balance_loss_is_added_in_training_and_trains_the_routers(batch):
+    plain = routed().train()
+    balanced = routed(load_balance_weight=0.5).train()
+    a, b = plain(**batch), balanced(**batch)
+    assert float(b.loss) > float(a.loss)  # the same model plus a positive balance term
+    plain.zero_grad()
+    (b.loss - a.loss.detach()).backward()
+    assert balanced.attention_router.proj.weight.grad.abs().sum() > 0

@@ -50,7 +50,8 @@ def _losses(run: Path) -> list[float]:
 
 @pytest.mark.parametrize("arch", ["mom", "vanilla"])
 def test_tiny_pretraining_lowers_the_loss(tmp_path, tiny_model_dir, corpus_file, arch):
-    extra = ["--num-rounds", "3", "--k-per-round", "2"] if arch == "mom" else []
+    extra = ["--num-rounds", "3", "--k-per-round", "2", "--attention-assembly", "qkv", "--load-balance-weight", "0.01"]
+    extra = extra if arch == "mom" else []
     out = tmp_path / arch
     code = main(
         _args(tiny_model_dir, corpus_file, out, "--arch", arch, "--max-steps", "30", "--save-steps", "0", *extra)

@@ -22,6 +22,7 @@ MOM_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 ROUTERS = ("gru", "linear")
 WEIGHTINGS = ("softmax", "topk_softmax")
 POOL_INITS = ("layers", "fresh")
+ASSEMBLIES = ("outputs", "qkv")
 # bookkeeping keys of a saved config that say nothing about the modules
 _NOT_ARCHITECTURE = {
     "_name_or_path",
@@ -41,12 +42,18 @@ FIELD_HELP: dict[str, str] = {
     "stream, so a token can skip a round; several make skipping more likely at initialisation.",
     "num_rounds": "H: assembly rounds; each round adds one assembled attention module and one assembled FFN module.",
     "k_per_round": "K: modules each router picks per token and round (from its modules plus the SKIP modules).",
-    "router": "'gru' (the paper's choice as we read it: a GRU cell carries each token's routing state across rounds, "
-    "then a linear layer scores the modules) or 'linear' (a linear layer on the current hidden state).",
+    "router": "'gru' (as in the authors' code: a GRU cell carries each token's routing state across rounds, then a "
+    "linear layer scores the options) or 'linear' (a linear layer on the current hidden state).",
     "router_hidden_size": "Hidden size of the GRU router state (0: the model's hidden size).",
     "weighting": "How the picked modules' outputs are weighted: 'softmax' = their probabilities under the softmax "
-    "over all options (the router gets a gradient even with K=1); 'topk_softmax' = softmax over the K picked logits "
-    "only (weights sum to 1).",
+    "over all options (the router gets a gradient even with K=1); 'topk_softmax' = those probabilities renormalised "
+    "over the K picks (the authors' '*softmax' router types; with K=1 the weight is 1 and the router gets no gradient).",
+    "attention_assembly": "How the K picked attention modules are combined: 'outputs' = each runs its own "
+    "attention and their outputs are weighted and summed (KV cache: one slot per round and module); 'qkv' = the "
+    "authors' code: the picked modules' Q/K/V projections are summed, one attention runs, each picked module's "
+    "output projection is applied to its result and weighted (KV cache: one slot per round).",
+    "load_balance_weight": "Weight of a Switch-Transformer load-balancing loss over each router's choices, added "
+    "to the loss in training (the authors' code uses 0.01; 0 = off).",
     "pool_init": "'layers': the pool was built from a pre-trained model's layers (phase 2 of the paper); 'fresh': "
     "random initialisation (recorded, and used by `modetune pretrain --arch mom`).",
     "router_init_bias": "Initial per-round logit bonus for module h in round h (0: uniform routing). With a pool built "
@@ -74,6 +81,8 @@ class MoMConfig(PretrainedConfig):
         router: str = "gru",
         router_hidden_size: int = 0,
         weighting: str = "softmax",
+        attention_assembly: str = "outputs",
+        load_balance_weight: float = 0.0,
         pool_init: str = "fresh",
         router_init_bias: float = 0.0,
         fixed_routes: bool = False,
@@ -94,6 +103,8 @@ class MoMConfig(PretrainedConfig):
         self.router = router
         self.router_hidden_size = router_hidden_size
         self.weighting = weighting
+        self.attention_assembly = attention_assembly
+        self.load_balance_weight = float(load_balance_weight)
         self.pool_init = pool_init
         self.router_init_bias = float(router_init_bias)
         self.fixed_routes = bool(fixed_routes)
@@ -140,7 +151,10 @@ class MoMConfig(PretrainedConfig):
             raise ConfigError(f"MoMConfig.num_skip_modules must be a whole number >= 0, got {self.num_skip_modules!r}")
         if not isinstance(self.router_hidden_size, int) or self.router_hidden_size < 0:
             raise ConfigError(f"MoMConfig.router_hidden_size must be >= 0, got {self.router_hidden_size!r}")
-        for name, allowed in (("router", ROUTERS), ("weighting", WEIGHTINGS), ("pool_init", POOL_INITS)):
+        if not self.load_balance_weight >= 0:
+            raise ConfigError(f"MoMConfig.load_balance_weight must be >= 0, got {self.load_balance_weight!r}")
+        choices = (("router", ROUTERS), ("weighting", WEIGHTINGS), ("pool_init", POOL_INITS))
+        for name, allowed in (*choices, ("attention_assembly", ASSEMBLIES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"MoMConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for kind, pool, pruned in (

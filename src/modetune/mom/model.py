@@ -13,41 +13,47 @@ then the final norm and the LM head. A vanilla transformer is the special case m
 always picking module h with weight 1 (`fix_routes_to_layers()`); layer skipping, MoD and MoE are other
 special cases (SKIP modules; K > 1 over FFN modules).
 
-Where this follows the paper (as far as we could read it here) and where it departs, and why
--------------------------------------------------------------------------------------------
-Only the abstract and third-party summaries of the paper were reachable from this machine (the arXiv HTML and
-the authors' code, GitHub gzhch/MoM, were not), so the details below are marked "paper" only where those
-sources state them; everything else is our choice and is an option where it matters.
+Where this follows the paper and where it departs, and why
+----------------------------------------------------------
+The arXiv HTML was not reachable from this machine; the abstract, third-party summaries and the authors'
+code (GitHub gzhch/Mixture-of-Modules, commit 2ed1d28, GPT-2 based; read through a code index, not copied)
+were. "Authors" below means that code.
 
-* Pool, rounds, K, SKIP (paper): m^A attention modules, m^F FFN modules and m^S SKIP modules; two routers (one
-  for attention, one for FFN) pick the best K modules of each kind per token in each of H rounds; the picked
-  modules' outputs, weighted by the router, are added to the residual stream; a SKIP contributes nothing.
-* Router form: 'gru' (default) keeps a per-token GRU state across rounds, so a round's choice depends on the
-  token's earlier choices; this is our reading of the paper's router, which decides sequentially over rounds.
-  'linear' is the MoE-style alternative. Both routers read a parameter-free RMS-normalised hidden state and
-  add a learned per-round bias (ours: it lets a router that is shared across rounds still tell rounds apart,
-  and `router_init_bias` uses it to start near the source model's layer order in phase 2).
-* Module weighting: 'softmax' weights each picked module by its probability under the softmax over all options
-  (Switch-Transformer style; the router then gets a gradient even with K = 1); 'topk_softmax' renormalises
-  over the K picked logits (Mixtral style). The paper says the outputs are weighted by the router; which of the
-  two it uses we could not verify. No load-balancing loss is added (we found none described); the per-module
-  load and the router entropy are returned so they can be watched.
-* KV cache (our design; the paper discusses it but we could not read how it resolves it): an attention module
-  used in round h attends over the tokens that picked *that module in that round* (and the token itself), so
-  the cache has one KV slot per (round, attention module) pair, plus each slot's selection mask. Why per
-  (round, module) and not per round: keys of different modules live in different spaces, so one slot per
-  round would make a query of module A attend to keys made by module B; per (round, module) keeps every
-  attention a proper single-module attention and reduces exactly to the vanilla cache under fixed routes.
-  Why "only the tokens that picked it": it needs no keys/values from modules a token never ran (the cost of a
-  token is the modules it picked), which is what MoD does for skipped tokens. A slot is allocated when its
-  module is first picked in its round and padded with masked zeros for the positions that did not pick it,
-  so memory grows with the (round, module) pairs actually used (H slots under fixed routes, as vanilla).
-* Two-phase initialisation (paper): phase 1 pre-trains a vanilla transformer, phase 2 splits its layers into
-  modules (`from_pretrained_layers`), adds the routers and trains everything. Module i is a copy of layer
-  i mod L; the routers start random (paper) unless `router_init_bias` > 0 (ours).
-* Compute: this implementation runs an attention module on the whole chunk when any token picked it and
-  masks the rest, and an FFN module only on the tokens that picked it. The reported FLOPs per token count the
-  modules a token picked, not this implementation's dense work.
+* Pool, rounds, K, SKIP (paper and authors): attention modules, FFN modules and SKIP options; two routers pick
+  the best K of each kind per token in each of H rounds; the weighted picks are added to the residual stream;
+  a SKIP (the authors' "pause" option, one per router) costs nothing and adds nothing. Departure: the authors
+  split the depth into bottom vanilla layers, C chunks (each with its own pool and routers, routed for several
+  rounds) with a fixed "anchor" layer after each, and top vanilla layers; here there is one pool and one pair
+  of routers for all H rounds (the paper's framework without chunking; a chunked model is a composition of
+  these). `num_skip_modules` > 1 is ours (more SKIP options = more prior mass on skipping).
+* Router (authors): 'gru' carries a per-token GRU state across rounds (separate states for attention and
+  FFN) and scores the options with a linear layer; 'linear' is the MoE-style alternative (the authors'
+  'naive' router is a two-layer MLP). Ours: the router input is RMS-normalised (no parameters) and a learned
+  per-round bias is added, so a router shared across rounds can still tell rounds apart, and
+  `router_init_bias` starts a phase-2 model near the source layer order.
+* Weighting (authors): scores are a softmax over the options; 'topk_softmax' renormalises over the K picks
+  (the authors' '*softmax' router types), 'softmax' keeps the raw probabilities (default here: with K = 1 the
+  renormalised weight is the constant 1 and the router would get no gradient without the authors' STE
+  option). `load_balance_weight` adds the Switch-Transformer balance loss the authors use (coefficient 0.01
+  there; 0 by default here).
+* Attention assembly and its KV cache. Authors ('qkv'): the picked modules' Q/K/V projections are summed (the
+  router weights the output side only), one attention runs on the sum, each picked module's output
+  projection is applied to the result and weighted; the cache has one K/V slot per round, holding each
+  earlier token's own assembled keys. Default here ('outputs'): each picked module runs its own attention
+  over the tokens that picked *that module in that round*, outputs weighted and summed; the cache has one
+  slot per (round, module) pair plus its selection mask. Why offer it and default to it: a query of module A
+  then never meets keys made by module B (a different projection space), every attention is a proper
+  single-module attention, and a token's cost is only the modules it picked (as MoD skips tokens). A slot is
+  allocated when its module is first picked in its round and padded with masked zeros for earlier positions,
+  so memory grows with the (round, module) pairs actually used. Both reduce exactly to the vanilla model and
+  cache under fixed routes (tested bitwise), and both give the same logits cached and uncached.
+* Two-phase initialisation (paper and authors): phase 1 pre-trains a vanilla transformer, phase 2 splits its
+  layers into modules (`from_pretrained_layers`; module i is a copy of layer i mod L, the authors map
+  consecutive layers into each chunk), adds the routers and trains everything. Routers start random unless
+  `router_init_bias` > 0 (ours).
+* Compute: this implementation runs an 'outputs' attention module on the whole chunk when any token picked it
+  (masking the rest) and an FFN module only on the tokens that picked it. The reported FLOPs per token count
+  the modules a token picked, not this implementation's dense work.
 """
 
 from __future__ import annotations
@@ -61,10 +67,15 @@ import torch
 from torch import nn
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from modetune.errors import ConfigError, UnsupportedArchitectureError
 from modetune.mom.config import MOM_FAMILIES, MoMConfig
+
+
+def family_module(model_type: str) -> Any:
+    return importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
 
 
 def family_classes(model_type: str) -> tuple[type, type, type]:
@@ -374,7 +385,8 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
                 raise ValueError("MoMForCausalLM needs its own MoMCache; got a filled " + type(cache).__name__)
             cache = None
         if use_cache and cache is None:
-            cache = MoMCache(cfg.num_rounds, cfg.num_attention_modules)
+            per_round = 1 if cfg.attention_assembly == "qkv" else cfg.num_attention_modules
+            cache = MoMCache(cfg.num_rounds, per_round)
         past = cache.get_seq_length() if cache is not None else 0
 
         key_valid = torch.ones(B, past + T, dtype=torch.bool, device=x.device)
@@ -388,7 +400,7 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
         position_embeddings = self.rotary_emb(x, position_ids=position_ids)
 
         state_a = state_f = None
-        loads_a, loads_f, entropies, routes = [], [], [], []
+        loads_a, loads_f, entropies, routes, balance = [], [], [], [], []
         real = key_valid[:, -T:]
         for h in range(cfg.num_rounds):
             # attention: every module some token picked runs on the chunk, masked to the tokens that picked it
@@ -396,9 +408,11 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
                 self.attention_router, x, state_a, h, cfg.num_attention_modules, cfg.pruned_attention_modules
             )
             out = None
+            if cfg.attention_assembly == "qkv":
+                x = x + self._qkv_assembled_attention(x, w, picked, h, cache, key_valid, past, position_embeddings)
             for j, module in enumerate(self.attention_modules):
                 sel = picked[..., j]
-                if not bool(sel.any()):
+                if cfg.attention_assembly == "qkv" or not bool(sel.any()):
                     continue
                 slot = cache.kv_slot(h, j) if cache is not None else None
                 if cache is not None:
@@ -428,6 +442,8 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
             if out is not None:
                 x = x + out
             if picks_a is not None:
+                if cfg.load_balance_weight and labels is not None:
+                    balance.append(self._balance(picks_a, probs_a, real) + self._balance(picks_f, probs_f, real))
                 loads_a.append(self._load(picks_a, probs_a.shape[-1], real))
                 loads_f.append(self._load(picks_f, probs_f.shape[-1], real))
                 entropies.append(self._entropy(probs_a, real))
@@ -446,6 +462,8 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=cfg.vocab_size, **kwargs)
+            if balance:
+                loss = loss + cfg.load_balance_weight * torch.stack(balance).mean()
         return MoMCausalLMOutput(
             loss=loss,
             logits=logits,
@@ -455,6 +473,69 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
             router_entropy=torch.stack(entropies).mean() if entropies else None,
             routes=tuple(routes) if output_routes else None,
         )
+
+    def _qkv_assembled_attention(
+        self,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        picked: torch.Tensor,
+        h: int,
+        cache: MoMCache | None,
+        key_valid: torch.Tensor,
+        past: int,
+        position_embeddings: Any,
+    ) -> torch.Tensor:
+        """The authors' assembly: the picked modules' Q/K/V projections (of their own input norms) are summed, one
+        attention runs over them (keys of earlier tokens are their own assemblies, cached per round), and each
+        picked module's output projection of the result is weighted by the router and summed. A token that
+        picked only SKIPs contributes zero keys and values, as in the authors' code."""
+        B, T, _ = x.shape
+        fam, hd = self._family, self._head_dim
+        q = x.new_zeros(B, T, fam.num_attention_heads, hd)
+        k = x.new_zeros(B, T, self._kv_heads, hd)
+        v = x.new_zeros(B, T, self._kv_heads, hd)
+        for j, module in enumerate(self.attention_modules):
+            sel = picked[..., j]
+            if not bool(sel.any()):
+                continue
+            attn, xs = module.self_attn, module.input_layernorm(x[sel])
+            qj = attn.q_proj(xs).view(xs.shape[0], -1, hd)
+            kj = attn.k_proj(xs).view(xs.shape[0], -1, hd)
+            if hasattr(attn, "q_norm"):  # qwen3: per-head norms before the rotation
+                qj, kj = attn.q_norm(qj), attn.k_norm(kj)
+            q[sel] += qj
+            k[sel] += kj
+            v[sel] += attn.v_proj(xs).view(xs.shape[0], -1, hd)
+        fm = family_module(fam.model_type)
+        cos, sin = position_embeddings
+        q, k = fm.apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        v = v.transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(k, v, cache.kv_slot(h, 0))
+        everyone = torch.ones_like(key_valid)
+        mask = self._attention_mask(everyone, key_valid, past, T, x.dtype)
+        attn0 = self.attention_modules[0].self_attn
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, fm.eager_attention_forward)
+        y, _ = interface(attn0, q, k, v, mask, dropout=0.0, scaling=attn0.scaling)
+        y = y.reshape(B, T, -1)
+        out = torch.zeros_like(x)
+        for j, module in enumerate(self.attention_modules):
+            sel = picked[..., j]
+            if bool(sel.all()):
+                out = out + module.self_attn.o_proj(y) * w[..., j : j + 1]
+            elif bool(sel.any()):
+                out[sel] += module.self_attn.o_proj(y[sel]) * w[..., j][sel][:, None]
+        return out
+
+    @staticmethod
+    def _balance(picks: torch.Tensor, probs: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Switch-Transformer load balancing: options x sum_i (share of picks_i x mean probability_i)."""
+        options = probs.shape[-1]
+        share = torch.zeros(options, device=probs.device).index_add_(
+            0, picks[real].reshape(-1), torch.ones(picks[real].numel(), device=probs.device)
+        )
+        share = share / share.sum().clamp(min=1)
+        return options * (share * probs[real].mean(0)).sum()
 
     @staticmethod
     def _load(picks: torch.Tensor, options: int, real: torch.Tensor) -> torch.Tensor:

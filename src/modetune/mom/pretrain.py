@@ -82,6 +82,8 @@ class PretrainConfig:
     router: str = _help(FIELD_HELP["router"], default="gru")
     router_hidden_size: int = _help(FIELD_HELP["router_hidden_size"], default=0)
     weighting: str = _help(FIELD_HELP["weighting"], default="softmax")
+    attention_assembly: str = _help(FIELD_HELP["attention_assembly"], default="outputs")
+    load_balance_weight: float = _help(FIELD_HELP["load_balance_weight"], default=0.0)
     router_init_bias: float = _help(FIELD_HELP["router_init_bias"], default=0.0)
     max_steps: int = _help("Optimizer steps.", default=200)
     learning_rate: float = _help("Peak learning rate.", default=1e-3)
@@ -108,6 +110,8 @@ class PretrainConfig:
         "router",
         "router_hidden_size",
         "weighting",
+        "attention_assembly",
+        "load_balance_weight",
         "router_init_bias",
     )
 
@@ -166,6 +170,8 @@ def mom_config(cfg: PretrainConfig, base: Any, num_layers: int, pool_init: str) 
         router=cfg.router,
         router_hidden_size=cfg.router_hidden_size,
         weighting=cfg.weighting,
+        attention_assembly=cfg.attention_assembly,
+        load_balance_weight=cfg.load_balance_weight,
         router_init_bias=cfg.router_init_bias,
         pool_init=pool_init,
     )
