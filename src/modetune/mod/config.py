@@ -66,11 +66,12 @@ class MoDConfig:
     )
     router_weight: str = help_field(
         "How the router weight w multiplies the block's update (out = w * block(x) + (1 - w) * x, a two-expert "
-        "mixture of the block and a no-op): 'normalized' w = sigmoid(s) / sigmoid(b0), exactly 1 at "
-        "initialisation, so the converted model starts equal to the base; 'sigmoid' w = sigmoid(s) (MoD's plain "
-        "weighting, close to but not equal to the base at step 0); 'straight_through' w = 1 in the forward pass "
-        "with the gradient of 'normalized'.",
-        default="normalized",
+        "mixture of the block and a no-op): 'straight_through' w = 1 in the forward pass with the gradient of "
+        "w = sigmoid(s) / sigmoid(b0), so a processed token gets exactly the block's output and only skipping "
+        "changes the model; 'normalized' w = sigmoid(s) / sigmoid(b0) (exactly 1 at initialisation; the load "
+        "loss then also shrinks every processed token's update); 'sigmoid' w = sigmoid(s) (MoD's plain weighting, "
+        "not equal to the base model at step 0).",
+        default="straight_through",
     )
     router_init_bias: float = help_field(
         "b0: the router bias at initialisation (its weight starts at 0), so every token starts with score "
