@@ -21,6 +21,8 @@ vocabulary projection, like the base model (soft-capped heads project every laye
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import json
 import os
 from collections.abc import Iterator
@@ -35,7 +37,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from modetune.architectures import LocatedModel, locate
+from modetune.architectures import LocatedModel, first_tensor, locate, verify_located
 from modetune.config import CONFIG_NAME, MoDEConfig
 from modetune.errors import CheckpointError, ConfigError, ModetuneError
 from modetune.losses import (
@@ -53,6 +55,8 @@ from modetune.losses import (
 )
 
 WEIGHTS_NAME = "mode_model.safetensors"
+# the output field of the KV cache: `cache` from transformers 5.24 on, `past_key_values` before
+_CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 PEFT_CONFIG_NAME = "adapter_config.json"
 
 try:  # PEFT is a dependency, but keep the core importable without it
@@ -141,6 +145,53 @@ def make_adapter(kind: str, final_norm: nn.Module | None, hidden_size: int) -> n
     return SharedNormAdapter()
 
 
+@dataclass(frozen=True)
+class RouterAuxLoss:
+    """A mixture-of-experts base model's auxiliary load-balancing loss, computed exactly as its own forward does.
+
+    Every MoE `*ForCausalLM` in transformers adds `router_aux_loss_coef * load_balancing_loss_func(
+    router_logits, num_experts, num_experts_per_tok, attention_mask)` to its loss when `output_router_logits`
+    is on (config or call); MoDE adds the same term to its own loss, with the model's own function.
+    """
+
+    function: Any
+    num_experts: int
+    top_k: int
+    coef: float
+
+    @classmethod
+    def of(cls, causal_lm: nn.Module) -> RouterAuxLoss | None:
+        import sys
+
+        function = getattr(sys.modules.get(type(causal_lm).__module__), "load_balancing_loss_func", None)
+        text = causal_lm.config.get_text_config()
+
+        def first(*values: Any) -> Any:
+            return next((v for v in values if v is not None), None)
+
+        num_experts = first(getattr(causal_lm, "num_experts", None), getattr(text, "num_local_experts", None),
+                            getattr(text, "num_experts", None))  # fmt: skip
+        top_k = first(getattr(causal_lm, "num_experts_per_tok", None), getattr(text, "num_experts_per_tok", None))
+        coef = first(
+            *(
+                getattr(obj, name, None)
+                for name in ("router_aux_loss_coef", "aux_loss_coef")
+                for obj in (causal_lm, text)
+            )
+        )
+        if function is None or None in (num_experts, top_k, coef):
+            return None
+        return cls(function, int(num_experts), int(top_k), float(coef))
+
+    @staticmethod
+    def enabled(causal_lm: nn.Module) -> bool:
+        """The model's own default (config.output_router_logits), read at call time like its forward does."""
+        return bool(getattr(causal_lm.config.get_text_config(), "output_router_logits", False))
+
+    def loss(self, router_logits: Any, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.function(router_logits, self.num_experts, self.top_k, attention_mask)
+
+
 # --------------------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------------------
@@ -157,6 +208,7 @@ class MoDEOutput(CausalLMOutputWithPast):
     router_weights: torch.Tensor | None = None  # [batch, seq, k] (decoding: only the kept positions)
     router_mean: torch.Tensor | None = None  # [k] mean weight over (labelled, else attended) tokens
     router_entropy: torch.Tensor | None = None  # mean per-token routing entropy (nats)
+    aux_loss: torch.Tensor | None = None  # a mixture-of-experts base model's load-balancing loss (unweighted)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,7 +219,7 @@ class MoDEModel(nn.Module):
 
     accepts_loss_kwargs = True  # transformers.Trainer passes num_items_in_batch (correct grad accumulation)
 
-    def __init__(self, model: nn.Module, config: MoDEConfig | None = None):
+    def __init__(self, model: nn.Module, config: MoDEConfig | None = None, verify: bool = True):
         super().__init__()
         config = config or MoDEConfig()
         if not isinstance(config, MoDEConfig):
@@ -176,6 +228,8 @@ class MoDEModel(nn.Module):
         self.model = model
         self.mode_config = config
         self._locate()
+        # prove the located head path before anything depends on it (one short forward; verify=False skips it)
+        self.head_path_difference = verify_located(self.causal_lm, self._located) if verify else None
         num_model_layers = len(self._located.layers)
         config.validate(num_model_layers)
         k = config.num_layers
@@ -203,6 +257,9 @@ class MoDEModel(nn.Module):
 
     def _locate(self) -> None:
         self._located: LocatedModel = locate(self.causal_lm)
+        self._router_aux = RouterAuxLoss.of(self.causal_lm)
+        backbone_parameters = inspect.signature(self._located.backbone.forward).parameters
+        self._cache_argument = "cache" if "cache" in backbone_parameters else "past_key_values"
         self._resolved_loss: dict[tuple[str, str], str] = {}  # 'auto' / 'liger', resolved per device
 
     @property
@@ -237,7 +294,7 @@ class MoDEModel(nn.Module):
 
         def store(slot: int):
             def hook(_module, _args, output):
-                states[slot] = output[0] if isinstance(output, tuple) else output
+                states[slot] = first_tensor(output)  # decoder layers return a tensor, a tuple or a list
 
             return hook
 
@@ -284,19 +341,24 @@ class MoDEModel(nn.Module):
         logits; the loss never needs them.
         """
         kwargs.pop("return_dict", None)
+        # transformers >= 5.24 calls the KV cache `cache` (`past_key_values` is its deprecated alias)
+        cache = kwargs.pop("cache", None) if past_key_values is None else past_key_values
         backbone_kwargs = {
             name: value
             for name, value in dict(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                **{self._cache_argument: cache},
                 inputs_embeds=inputs_embeds,
                 use_cache=use_cache,
                 **kwargs,
             ).items()
             if value is not None
         }
+        aux = self._router_aux if labels is not None else None
+        if aux is not None and not backbone_kwargs.setdefault("output_router_logits", aux.enabled(self.causal_lm)):
+            aux = None
         with self._capture_late_states() as states:
             backbone_out = self._located.backbone(**backbone_kwargs)
         if labels is None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
@@ -307,9 +369,13 @@ class MoDEModel(nn.Module):
         gates = self.router(ys[-1])  # [B, T, k]
 
         loss, parts = None, None
+        aux_loss = None
         if labels is not None:
             parts = self._loss(ys, gates, labels, num_items_in_batch)
             loss = parts.total
+            if aux is not None:  # exactly what the MoE base model adds to its own loss
+                aux_loss = aux.loss(backbone_out.router_logits, attention_mask)
+                loss = loss + aux.coef * aux_loss.to(loss.device)
         if skip_logits is None:
             skip_logits = self.training and labels is not None
         logits = None if skip_logits else self.ensemble_logits(ys, gates, logits_to_keep)
@@ -320,7 +386,7 @@ class MoDEModel(nn.Module):
         return MoDEOutput(
             loss=loss,
             logits=logits,
-            past_key_values=getattr(backbone_out, "past_key_values", None),
+            **{_CACHE_FIELD: backbone_out.get("cache", backbone_out.get("past_key_values"))},
             hidden_states=getattr(backbone_out, "hidden_states", None),
             attentions=getattr(backbone_out, "attentions", None),
             ce_loss=parts.ce if parts else None,
@@ -329,6 +395,7 @@ class MoDEModel(nn.Module):
             router_weights=gates,
             router_mean=router_mean,
             router_entropy=router_entropy,
+            aux_loss=aux_loss,
         )
 
     def ensemble_logits(
@@ -394,9 +461,15 @@ class MoDEModel(nn.Module):
         """`transformers` generation (any strategy, KV cache included) decoding from the ensemble logits."""
         causal_lm = self.causal_lm
 
-        def ensemble_forward(logits_to_keep: int | torch.Tensor = 0, **model_inputs: Any) -> MoDEOutput:
+        # `attention_mask` is named: generate() refuses it for models whose input preparation takes **kwargs
+        # unless the forward's signature lists it
+        def ensemble_forward(
+            attention_mask: torch.Tensor | None = None, logits_to_keep: int | torch.Tensor = 0, **model_inputs: Any
+        ) -> MoDEOutput:
             model_inputs.pop("labels", None)
-            return self.forward(logits_to_keep=logits_to_keep, skip_logits=False, **model_inputs)
+            return self.forward(
+                attention_mask=attention_mask, logits_to_keep=logits_to_keep, skip_logits=False, **model_inputs
+            )
 
         causal_lm.forward = ensemble_forward  # the HF generation loop calls causal_lm(...) -> this
         try:
@@ -483,7 +556,7 @@ class MoDEModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, base_model: nn.Module, path: str | os.PathLike[str], is_trainable: bool = False
+        cls, base_model: nn.Module, path: str | os.PathLike[str], is_trainable: bool = False, verify: bool = True
     ) -> MoDEModel:
         """Restore a saved MoDE model (and its PEFT adapter, if one was saved) onto `base_model`."""
         directory = Path(path)
@@ -495,7 +568,7 @@ class MoDEModel(nn.Module):
                 raise CheckpointError(f"{directory} was saved with a PEFT adapter but {PEFT_CONFIG_NAME} is missing")
             if not _is_peft(base_model):
                 model = _load_peft(base_model, directory, is_trainable)
-        mode = cls(model, config)
+        mode = cls(model, config, verify=verify)
         mode.load_mode_weights(directory)
         if not is_trainable:
             mode.eval()
@@ -504,15 +577,21 @@ class MoDEModel(nn.Module):
         return mode
 
 
-def get_mode_model(model: nn.Module, config: MoDEConfig | None = None, **overrides: Any) -> MoDEModel:
-    """Wrap a `*ForCausalLM` or a `PeftModel` of one with MoDE (`overrides` are MoDEConfig fields)."""
+def get_mode_model(
+    model: nn.Module, config: MoDEConfig | None = None, *, verify: bool = True, **overrides: Any
+) -> MoDEModel:
+    """Wrap a `*ForCausalLM` or a `PeftModel` of one with MoDE (`overrides` are MoDEConfig fields).
+
+    `verify` (default on) proves the located head path with one short forward before returning
+    (`modetune.architectures.verify_located`); turn it off only when wrapping the same model many times.
+    """
     if isinstance(model, MoDEModel):
         raise ModetuneError("this model is already a MoDEModel; wrap the base (or PEFT) model instead")
     if config is None:
         config = MoDEConfig(**overrides)
     elif overrides:
         config = MoDEConfig.from_dict({**config.to_dict(), **overrides})
-    return MoDEModel(model, config)
+    return MoDEModel(model, config, verify=verify)
 
 
 # --------------------------------------------------------------------------------------------------
