@@ -23,10 +23,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-
-from modetune.errors import UnsupportedArchitectureError  # noqa: E402
 from tests import architecture_checks as checks  # noqa: E402
 from tests.tiny_any import build_any_tiny, causal_lm_types  # noqa: E402
+
+from modetune.errors import UnsupportedArchitectureError  # noqa: E402
 
 
 def check(model_type: str) -> tuple[str, str]:
