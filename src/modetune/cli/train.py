@@ -74,6 +74,9 @@ def _quiet_other_ranks() -> None:
         for name in ("", "modetune", "transformers", "peft", "accelerate"):
             logging.getLogger(name).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the weight-loading bars
 
 
 def run(args: argparse.Namespace) -> int:

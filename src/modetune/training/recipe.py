@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -107,7 +108,9 @@ def wrap_peft(model: Any, cfg: TrainConfig) -> Any:
             use_dora=cfg.peft == "dora",
             task_type="CAUSAL_LM",
         )
-        return get_peft_model(model, lora)
+        with warnings.catch_warnings():  # PEFT itself reads the deprecated `is_gradient_checkpointing`
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(model, lora)
     except ValueError as exc:
         raise ConfigError(f"--target-modules {cfg.target_modules!r}: {exc}") from None
 
@@ -369,7 +372,7 @@ def _setup(
             # Every trainable parameter gets a gradient on every step, whatever the MoDE options: the adapters
             # of layers that are not distilled on a step (distill_every, distill_schedule='rotate') still feed
             # the mixture, and top-k routing zeroes weights without cutting the graph
-            # (tests/training/test_ddp.py checks this). So DDP needs no unused-parameter search.
+            # (tests/training/test_unused_parameters.py checks this). So DDP needs no unused-parameter search.
             ddp_find_unused_parameters=False,
             log_level="warning" if is_main else "error",
             log_level_replica="error",

@@ -53,7 +53,14 @@ class MoDETrainer(Trainer):
             self.mode_model.current_step = self.state.global_step
         skip_logits = True if (model.training or self.args.prediction_loss_only) else None
         outputs = model(**inputs, num_items_in_batch=num_items_in_batch, skip_logits=skip_logits)
-        loss = outputs.loss
+        # As Trainer.compute_loss: each rank's loss is its share of a sum over the tokens of all ranks
+        # (num_items_in_batch counts them all), and DDP averages gradients over ranks, so the loss is
+        # multiplied by the number of ranks; without this, multi-process gradients are 1/world_size too small.
+        scale = 1
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            scale = self.accelerator.num_processes // self.get_tp_size()
+            scale = scale if self.args.n_gpu <= 1 else self.args.n_gpu
+        loss = outputs.loss * scale if scale != 1 else outputs.loss
         if not torch.isfinite(loss.detach()).all():
             last = latest_complete_checkpoint(self.args.output_dir)
             raise TrainingDivergedError(
@@ -62,20 +69,23 @@ class MoDETrainer(Trainer):
                 "--dtype float32."
             )
         if model.training:
+            self._loss_scale = scale
             self._accumulate(outputs, inputs)
         return (loss, outputs) if return_outputs else loss
 
     def _accumulate(self, outputs: Any, inputs: dict[str, torch.Tensor]) -> None:
+        """Loss components of this rank (rank 0 logs them: under several ranks, rank 0's estimate)."""
+        scale = getattr(self, "_loss_scale", 1)
         values: dict[str, float] = {}
         if outputs.ce_loss is not None:
-            values["ce_ensemble"] = float(outputs.ce_loss)
+            values["ce_ensemble"] = float(outputs.ce_loss) * scale
         layers = self.mode_model.layer_indices
         if outputs.distill_loss is not None:
             for i, v in enumerate(outputs.distill_loss.tolist()):
-                values[f"distill/layer{layers[i]}"] = v
+                values[f"distill/layer{layers[i]}"] = v * scale
         if outputs.layer_ce is not None:
             for i, v in enumerate(outputs.layer_ce.tolist()):
-                values[f"ce/layer{layers[i]}"] = v
+                values[f"ce/layer{layers[i]}"] = v * scale
         if outputs.router_mean is not None:
             for i, v in enumerate(outputs.router_mean.tolist()):
                 values[f"router/layer{layers[i]}"] = v
