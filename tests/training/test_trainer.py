@@ -31,3 +31,37 @@ def test_prune_keeps_newest_complete_and_drops_stale_partials(tmp_path):
     prune_checkpoints(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-6", "checkpoint-8"]
     assert not (partial_newer / CHECKPOINT_MARKER).exists()
+
+
+def test_a_gathered_state_dict_is_what_gets_saved(tmp_path):
+    """Under FSDP / ZeRO-3 the Trainer passes the gathered full state dict to _save: it, not this rank's
+    (sharded) parameters, must end up in the saved MoDE weights and PEFT adapter."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import TrainingArguments
+
+    from modetune import MoDEConfig, get_mode_model
+    from modetune.training.trainer import MoDETrainer
+    from tests.conftest import build_tiny_model
+
+    mode = get_mode_model(get_peft_model(build_tiny_model("llama"), LoraConfig(r=2)), MoDEConfig(num_layers=2))
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[])
+    trainer = MoDETrainer(model=mode, args=args)
+    gathered = {k: v + 1.0 for k, v in mode.state_dict().items()}  # differs from the module's own values
+    trainer._save(str(tmp_path / "saved"), state_dict=gathered)
+    mode_weights = load_file(tmp_path / "saved" / "mode_model.safetensors")
+    adapter = load_file(tmp_path / "saved" / "adapter_model.safetensors")
+    assert mode_weights.keys() == mode.mode_state_dict().keys()
+    for k, v in mode_weights.items():
+        torch.testing.assert_close(v, gathered[k], rtol=0, atol=0)
+    lora = {k: v for k, v in gathered.items() if "lora_A" in k}
+    assert lora and len(adapter) == 2 * len(lora)
+    for k, v in adapter.items():
+        source = next(
+            g
+            for g in gathered
+            if g.startswith("model.") and g.replace(".default", "").endswith(k.split("model.", 1)[1])
+        )
+        torch.testing.assert_close(v, gathered[source], rtol=0, atol=0)
+    assert not hasattr(mode, "__dict__") or "mode_state_dict" not in mode.__dict__

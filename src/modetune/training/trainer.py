@@ -116,7 +116,23 @@ class MoDETrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
-        self.mode_model.save_pretrained(output_dir)
+        mode = self.mode_model
+        if state_dict is None:
+            mode.save_pretrained(output_dir)
+        else:
+            # FSDP (full state dict) / DeepSpeed ZeRO-3: this rank's parameters are shards, and the Trainer has
+            # gathered the whole state dict here; the MoDE weights and the PEFT adapter are written from it
+            gathered = {
+                k: v.detach().contiguous().cpu()
+                for k, v in state_dict.items()
+                if k.startswith(("adapters.", "router."))
+            }
+            peft_state = {k[len("model.") :]: v for k, v in state_dict.items() if k.startswith("model.")}
+            mode.mode_state_dict = lambda: gathered  # an instance attribute over the method, removed below
+            try:
+                mode.save_pretrained(output_dir, **({"state_dict": peft_state} if _has_peft(mode) else {}))
+            finally:
+                del mode.mode_state_dict
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
@@ -146,6 +162,12 @@ class MoDETrainer(Trainer):
         )
         marker = json.loads((folder / CHECKPOINT_MARKER).read_text()) if (folder / CHECKPOINT_MARKER).exists() else {}
         self.tokens_seen = int(marker.get("tokens_seen", 0)) or int(state.get("num_input_tokens_seen", 0) or 0)
+
+
+def _has_peft(mode: MoDEModel) -> bool:
+    from peft import PeftModel
+
+    return isinstance(mode.model, PeftModel)
 
 
 def write_marker(folder: Path, payload: dict[str, Any]) -> None:
