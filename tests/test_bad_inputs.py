@@ -453,10 +453,23 @@ def test_bad_input(name, tmp_path, context, capsys):
     assert "Traceback" not in message
     if case.is_cli:
         assert code == 2
-        if case.area == "modetune eval" and name != "eval-run-truncated":  # refused before any model is loaded
+        if case.area == "modetune eval" and name != "eval-run-truncated":
+            # refused before any model is loaded
             assert "Loading weights" not in message and "loading model" not in message
         assert not (tmp_path / "out").exists() and not (tmp_path / "eval").exists() and not (tmp_path / "demo").exists()
     assert tree_digest(*protected) == before  # the saved run and the base model are untouched
+
+
+def test_a_prompt_longer_than_the_context_is_a_warning(tmp_path, context, capsys):
+    """Not a refusal (rotary models run past max_position_embeddings), but said once, with the count."""
+    from modetune.cli import main
+
+    question = "Mia has 5 apples and she buys 3 more apples at the market on a sunny day. " * 20
+    data = _write(tmp_path / "long.json", f'[{{"instruction": "{question}How many?", "answer": "8"}}]')
+    argv = _eval(tmp_path, context, "--model", str(context["model"]), "--data", str(data), "--max-new-tokens", "2")
+    assert main(argv) == 0
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "1 question(s) do not fit the model's context of 64 tokens" in err and "gsm8k #0" in err
 
 
 # -- the table in docs/bad-inputs.md ---------------------------------------------------------------------------

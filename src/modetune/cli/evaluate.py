@@ -182,10 +182,11 @@ def _generation_settings(args: argparse.Namespace) -> Any:
     return GenerationSettings(**values)
 
 
-def _check_inputs(args: argparse.Namespace, specs: list[Any], data: Any) -> None:
-    """Every option, test file, model spec and run directory checked before a model is loaded."""
+def _check_inputs(args: argparse.Namespace, specs: list[Any], data: Any) -> dict[str, list[Any]]:
+    """Every option, test file, model spec and run directory checked before a model is loaded; returns the
+    questions that will be evaluated, per task."""
     from modetune.evaluation.pipeline import _resolve_files
-    from modetune.evaluation.tasks import load_task_examples
+    from modetune.evaluation.tasks import load_task_examples, select_subset
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -199,8 +200,10 @@ def _check_inputs(args: argparse.Namespace, specs: list[Any], data: Any) -> None
                 "have free-form numeric answers (use --scoring generate for them)"
             )
     files = _resolve_files(specs, data)  # found and parsed (they are small) before any model time is spent
+    selected = {}
     for spec in specs:
-        load_task_examples(spec, files[spec.name], with_choices=args.scoring == "loglikelihood")
+        examples = load_task_examples(spec, files[spec.name], with_choices=args.scoring == "loglikelihood")
+        selected[spec.name] = select_subset(examples, args.limit, args.seed) if examples else []
     if args.run_dir:
         from modetune.runs import find_run_root, read_run_info
 
@@ -209,6 +212,30 @@ def _check_inputs(args: argparse.Namespace, specs: list[Any], data: Any) -> None
         from modetune.loading import resolve_model
 
         resolve_model(args.model)
+    return selected
+
+
+def _check_context(model: Any, tokenizer: Any, selected: dict[str, list[Any]], args: argparse.Namespace) -> str | None:
+    """A warning when prompts do not fit the model's context (RoPE models still run past it, unreliably)."""
+    from modetune.evaluation.pipeline import build_prompt_text
+
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not isinstance(context, int):
+        return None
+    new = (args.max_new_tokens or 0) if args.scoring == "generate" else 0
+    too_long = [
+        (task, ex.index)
+        for task, examples in selected.items()
+        for ex in examples
+        if len(tokenizer(build_prompt_text(ex, args.template, tokenizer))["input_ids"]) + new > context
+    ]
+    if not too_long:
+        return None
+    shown = ", ".join(f"{task} #{index}" for task, index in too_long[:5]) + (" ..." if len(too_long) > 5 else "")
+    return (
+        f"{len(too_long)} question(s) do not fit the model's context of {context} tokens with their prompt"
+        f"{f' and {new} new tokens' if new else ''} ({shown}); their results are unreliable"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -232,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit <= 0:
         raise ConfigError(f"--limit must be a positive number of examples, got {args.limit}")
 
-    _check_inputs(args, specs, data)
+    selected = _check_inputs(args, specs, data)
 
     train_files: list[str] = list(args.train_data or [])
     if args.run_dir:
@@ -252,6 +279,9 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"loading model {args.model} ...")
         model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
         model_info = {"spec": args.model}
+    context_warning = _check_context(model, tokenizer, selected, args)
+    if context_warning:
+        console.print(f"[yellow]warning:[/] {context_warning}")
     if args.no_contamination_check:
         train_files = []
     missing = [f for f in train_files if not Path(f).is_file()]
