@@ -386,7 +386,7 @@ class MoDEModel(nn.Module):
         return MoDEOutput(
             loss=loss,
             logits=logits,
-            **{_CACHE_FIELD: backbone_out.get("cache", backbone_out.get("past_key_values"))},
+            **{_CACHE_FIELD: backbone_out.get(_CACHE_FIELD)},  # the old name alone would warn
             hidden_states=getattr(backbone_out, "hidden_states", None),
             attentions=getattr(backbone_out, "attentions", None),
             ce_loss=parts.ce if parts else None,
