@@ -1,0 +1,370 @@
+"""Does MoDE help? The controlled experiment of issue 11, as one resumable grid.
+
+    python experiments/run.py                       # run every unfinished cell, in priority order
+    python experiments/run.py --only arithmetic/lora/s0 --only arithmetic/lora_mode/s0
+    python experiments/run.py --max-cells 2         # stop after two cells (the table grows run by run)
+    python experiments/run.py --report              # only regenerate RESULTS.md and the plots
+    python experiments/run.py --commands            # print the one command per cell that reproduces it
+
+A cell is (track, row, seed). Each one trains with `modetune train` (a subprocess, so `--resume` picks up
+an interrupted training from its last complete checkpoint) and then evaluates the run on the track's fixed
+test subsets with `modetune.evaluation.evaluate_model`. A finished cell writes
+`experiments/results/<track>/<row>/s<seed>/` (cell.json, results.json, predictions.jsonl) and is skipped
+afterwards; run directories (weights, checkpoints) live outside the repository in the work directory
+(`$MODETUNE_EXPERIMENTS_WORK`, default `~/.cache/modetune/experiments`). RESULTS.md and its plots are
+regenerated from whatever is finished, after every cell.
+
+Everything that must be equal across rows is fixed here: data, steps, batch, learning-rate schedule, seeds,
+test subsets, decoding. Rows differ only in their own flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+SHARED = Path(os.environ.get("MODETUNE_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
+WORK = Path(os.environ.get("MODETUNE_EXPERIMENTS_WORK", Path.home() / ".cache" / "modetune" / "experiments"))
+
+# -- what is equal across rows ---------------------------------------------------------------------------
+# The LLM-Adapters LoRA recipe (r=32, alpha=64, dropout 0.05 on q, k, v, up, down; linear schedule) at a budget
+# that fits 2 CPU cores: 100 steps of batch 8 (800 examples), lr 1e-3 with 10 warm-up steps, cutoff 256 tokens.
+# The recipe's lr 3e-4 left LoRA at the floor after 100 steps (pilot: 2.5-12.5% on every arithmetic set,
+# experiments/pilot/), so the short budget takes the demo's 1e-3.
+COMMON = [
+    "--model", "smollm2-135m", "--max-steps", "100", "--batch-size", "8", "--learning-rate", "1e-3",
+    "--lr-scheduler", "linear", "--warmup-steps", "10", "--cutoff-len", "256", "--save-steps", "20",
+    "--save-total-limit", "1", "--logging-steps", "5",
+]  # fmt: skip
+LORA = ["--peft", "lora", "--lora-r", "32", "--lora-alpha", "64", "--lora-dropout", "0.05",
+        "--target-modules", "q_proj,k_proj,v_proj,up_proj,down_proj"]  # fmt: skip
+MODE = ["--num-layers", "3"]
+BASELINE = ["--num-layers", "1"]  # the ensemble is the final layer alone: plain LoRA
+
+
+@dataclass(frozen=True)
+class Track:
+    name: str
+    train_data: list[str]
+    train_extra: list[str]
+    # (task name, limit) for LLM-Adapters files; the synthetic held-out set is added for arithmetic
+    tasks: tuple[str, ...]
+    limit: int
+    scorings: tuple[tuple[str, str], ...]  # (scoring, ll_style)
+    synthetic_test: int = 0
+    max_new_tokens: int = 200
+
+
+def _shared(*parts: str) -> str:
+    return str(SHARED.joinpath(*parts))
+
+
+TRACKS = {
+    # GSM8K's training set alone leaves SmolLM2-135M near the floor on most sets; the generator's level 2-3
+    # problems (train split) lift it, and their test split (disjoint by construction) is one more test set.
+    "arithmetic": Track(
+        "arithmetic",
+        train_data=[_shared("gsm8k_openai", "train.jsonl"), "synthetic:3000:2", "synthetic:3000:3"],
+        train_extra=[],
+        tasks=("gsm8k", "svamp", "mawps", "addsub", "singleeq", "multiarith"),
+        limit=40,
+        scorings=(("generate", "text"),),
+        synthetic_test=60,
+    ),
+    "commonsense": Track(
+        "commonsense",
+        train_data=[_shared(d, "train.json") for d in ("boolq", "arc_easy", "arc_challenge", "openbookqa")],
+        train_extra=["--data-mix", "1", "1", "1", "1"],
+        tasks=("boolq", "piqa", "arc_easy", "arc_challenge", "openbookqa"),
+        limit=100,
+        scorings=(("loglikelihood", "text"), ("loglikelihood", "label"), ("generate", "text")),
+        max_new_tokens=32,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    label: str
+    flags: list[str]
+    baseline: str | None  # the row it is compared with
+    seeds: tuple[int, ...] = (0, 1)
+    priority: int = 2
+    train: bool = True
+    tracks: tuple[str, ...] = ("arithmetic", "commonsense")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ROWS = [
+    Row("lora", "1. LoRA (r=32, q,k,v,up,down)", [*LORA, *BASELINE], None, (0, 1, 2), 1),
+    Row("lora_mode", "2. LoRA + MoDE (k=3, defaults)", [*LORA, *MODE], "lora", (0, 1, 2), 1),
+    Row("mode_only", "3. MoDE only (adapters + router)", ["--peft", "none", *MODE], "lora", (0, 1, 2), 1),
+    Row("base", "0. untuned base model", [], None, (0,), 2, train=False),
+    # about as many trainable parameters as MoDE only (2,883 on SmolLM2-135M): rank-1 LoRA on the last
+    # layer's q and v projections = 1,152 + 768 = 1,920
+    Row(
+        "lora_small",
+        "4. LoRA r=1, last layer q,v (~MoDE-only size)",
+        [
+            "--peft",
+            "lora",
+            "--lora-r",
+            "1",
+            "--lora-alpha",
+            "2",
+            "--lora-dropout",
+            "0.05",
+            "--target-modules",
+            "model.layers.29.self_attn.q_proj,model.layers.29.self_attn.v_proj",
+            *BASELINE,
+        ],
+        "mode_only",
+    ),  # fmt: skip
+    Row("dora", "5a. DoRA (r=32)", ["--peft", "dora", *LORA[2:], *BASELINE], None),
+    Row("dora_mode", "5b. DoRA + MoDE (k=3)", ["--peft", "dora", *LORA[2:], *MODE], "dora"),
+    *[
+        Row(f"abl_{name}", f"6. LoRA + MoDE, {desc}", [*LORA, *flags], "lora_mode", (0, 1), 3, tracks=("arithmetic",))
+        for name, desc, flags in [
+            ("k2", "k=2", ["--num-layers", "2"]),
+            ("k4", "k=4", ["--num-layers", "4"]),
+            ("k6", "k=6", ["--num-layers", "6"]),
+            ("nodistill", "distill off", [*MODE, "--distill", "none"]),
+            ("reversekl", "reverse KL", [*MODE, "--distill", "reverse_kl"]),
+            ("uniform", "router init uniform", [*MODE, "--router-init", "uniform"]),
+            ("adapter_none", "adapter none", [*MODE, "--adapter", "none"]),
+            ("adapter_affine", "adapter affine", [*MODE, "--adapter", "affine"]),
+            ("lambda0", "λ=0", [*MODE, "--distill-weight", "0"]),
+            ("lambda003", "λ=0.03", [*MODE, "--distill-weight", "0.03"]),
+            ("lambda03", "λ=0.3", [*MODE, "--distill-weight", "0.3"]),
+        ]
+    ],
+]
+ROWS_BY_NAME = {r.name: r for r in ROWS}
+
+
+@dataclass(frozen=True)
+class Cell:
+    track: Track
+    row: Row
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.track.name}/{self.row.name}/s{self.seed}"
+
+    @property
+    def result_dir(self) -> Path:
+        return RESULTS / self.track.name / self.row.name / f"s{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return WORK / self.track.name / self.row.name / f"s{self.seed}"
+
+    def train_command(self, resume: bool = False) -> list[str]:
+        return [
+            sys.executable, "-m", "modetune", "train", *COMMON, "--data", *self.track.train_data,
+            *self.track.train_extra, *self.row.flags, "--seed", str(self.seed), "--output", str(self.run_dir),
+            *(["--resume"] if resume else ["--overwrite"]),
+        ]  # fmt: skip
+
+    @property
+    def done(self) -> bool:
+        return (self.result_dir / "cell.json").is_file()
+
+
+def all_cells() -> list[Cell]:
+    cells = [
+        Cell(TRACKS[t], row, seed) for row in ROWS for t in row.tracks for seed in row.seeds
+    ]  # priority: rows 1-3 seed 0 on both tracks, then their other seeds, then rows 4-5, then ablations
+    return sorted(cells, key=lambda c: (c.row.priority, c.seed, list(TRACKS).index(c.track.name)))
+
+
+# -- running one cell ---------------------------------------------------------------------------------------
+def _train(cell: Cell, log) -> dict[str, Any]:
+    """Train (or resume) the cell's run; returns wall time and the child's peak RSS."""
+    from modetune.training.trainer import latest_complete_checkpoint
+
+    run = cell.run_dir
+    if (run / "run.json").is_file() and json.loads((run / "run.json").read_text()).get("status") == "complete":
+        return json.loads((run / "cell_train.json").read_text()) if (run / "cell_train.json").is_file() else {}
+    resume = latest_complete_checkpoint(run) is not None if run.exists() else False
+    command = cell.train_command(resume=resume)
+    log(f"[{cell.key}] {'resuming' if resume else 'training'}: {' '.join(command)}")
+    run.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with open(run.parent / f"{run.name}.train.log", "a") as out:
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_child_env())
+        _, status, usage = os.wait4(child.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"training of {cell.key} failed (exit {status}); see {run.parent / run.name}.train.log")
+    stats = {"train_wall_seconds": round(time.time() - started, 1), "train_peak_rss_mb": usage.ru_maxrss // 1024}
+    (run / "cell_train.json").write_text(json.dumps(stats))
+    return stats
+
+
+def _child_env() -> dict[str, str]:
+    threads = os.environ.get("MODETUNE_EXPERIMENT_THREADS", "1")
+    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _synthetic_test_file(track: Track) -> Path:
+    """The generator's held-out (test-split) level-2 and level-3 problems, written once."""
+    from modetune.data import generate_problems, write_examples
+
+    path = WORK / f"{track.name}_synthetic_test.json"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        half = track.synthetic_test // 2
+        problems = generate_problems(half, seed=1000, difficulty=2, split="test")
+        problems += generate_problems(track.synthetic_test - half, seed=1000, difficulty=3, split="test")
+        write_examples(problems, path, include_metadata=False)
+    return path
+
+
+def _evaluate(cell: Cell, log) -> dict[str, Any]:
+    import torch
+
+    from modetune.evaluation import evaluate_model
+    from modetune.evaluation.runner import GenerationSettings
+    from modetune.evaluation.tasks import TaskSpec, get_task
+
+    torch.set_num_threads(int(_child_env()["OMP_NUM_THREADS"]))
+    if cell.row.train:
+        from modetune.runs import load_run
+
+        model, tokenizer, _ = load_run(cell.run_dir)
+    else:
+        from modetune.loading import load_model_and_tokenizer
+
+        model, tokenizer = load_model_and_tokenizer("smollm2-135m")
+    track = cell.track
+    # (task spec, its file): the LLM-Adapters test files, plus the generator's held-out set for arithmetic
+    tasks: list[tuple[Any, str]] = [(get_task(t), _shared(get_task(t).dirs[0], "test.json")) for t in track.tasks]
+    if track.synthetic_test:
+        tasks.append((TaskSpec("synthetic_l23", "arithmetic", "number"), str(_synthetic_test_file(track))))
+    scores: dict[str, dict[str, Any]] = {}
+    started = time.time()
+    for scoring, style in track.scorings:
+        name = scoring if scoring == "generate" else f"ll_{style}"
+        for spec, path in tasks:
+            if scoring == "loglikelihood" and not spec.multiple_choice:
+                continue
+            log(f"[{cell.key}] evaluating {spec.name} ({name})")
+            report = evaluate_model(
+                model, tokenizer, [spec], data=path, limit=track.limit, seed=0, scoring=scoring, ll_style=style,
+                generation=GenerationSettings(max_new_tokens=track.max_new_tokens), batch_size=16,
+                output_dir=_partial(cell) / name / spec.name, model_info={"cell": cell.key}, progress=False,
+                train_files=[d for d in track.train_data if Path(d).is_file()],
+            )  # fmt: skip
+            result = report.results["tasks"][spec.name]
+            scores.setdefault(name, {})[spec.name] = {k: result[k] for k in ("accuracy", "n", "ci95") if k in result}
+    return {"eval_seconds": round(time.time() - started, 1), "scores": scores}
+
+
+def _partial(cell: Cell) -> Path:
+    return cell.result_dir.with_name(cell.result_dir.name + ".partial")
+
+
+def run_cell(cell: Cell, log) -> None:
+    partial = _partial(cell)
+    if partial.exists():
+        shutil.rmtree(partial)
+    train_stats = _train(cell, log) if cell.row.train else {}
+    info: dict[str, Any] = {
+        "cell": cell.key,
+        "row": cell.row.label,
+        "flags": cell.row.flags,
+        "seed": cell.seed,
+        "modetune_commit": _code_commit(),
+    }
+    if cell.row.train:
+        run_info = json.loads((cell.run_dir / "run.json").read_text())
+        info.update(
+            command=" ".join(cell.train_command()).replace(sys.executable, "python"),
+            trainable_parameters=run_info.get("trainable_parameters"),
+            global_step=run_info.get("global_step"),
+            train_loss=run_info.get("train_loss"),
+            step_seconds=_median_step_seconds(cell.run_dir / "metrics.jsonl"),
+            **train_stats,
+        )
+    info.update(_evaluate(cell, log))
+    info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    (partial / "cell.json").write_text(json.dumps(info, indent=2) + "\n")
+    if cell.result_dir.exists():
+        shutil.rmtree(cell.result_dir)
+    os.replace(partial, cell.result_dir)  # a cell is finished only once its whole directory is in place
+    log(f"[{cell.key}] done")
+
+
+def _code_commit() -> str | None:
+    """The commit of the modetune code that ran (its checkout may differ from this script's)."""
+    import modetune
+
+    source = Path(modetune.__file__).resolve().parent
+    done = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _median_step_seconds(metrics: Path) -> float | None:
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    times = [(r["step"], r["time"]) for r in rows if "time" in r and "step" in r]
+    gaps = sorted((t2 - t1) / (s2 - s1) for (s1, t1), (s2, t2) in zip(times, times[1:], strict=False) if s2 > s1)
+    return round(gaps[len(gaps) // 2], 2) if gaps else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", default=[], help="cell key(s) track/row/sSEED (prefix ok)")
+    parser.add_argument("--max-cells", type=int, default=0, help="stop after this many cells (0: all)")
+    parser.add_argument("--report", action="store_true", help="only regenerate RESULTS.md and the plots")
+    parser.add_argument("--commands", action="store_true", help="print each cell's training command")
+    args = parser.parse_args(argv)
+    cells = [c for c in all_cells() if not args.only or any(c.key.startswith(p) for p in args.only)]
+    if args.commands:
+        for c in cells:
+            print(f"# {c.key}\n{' '.join(c.train_command()).replace(sys.executable, 'python')}")
+        return 0
+
+    def log(message: str) -> None:
+        print(time.strftime("%H:%M:%S"), message, flush=True)
+
+    ran = 0
+    if not args.report:
+        for cell in cells:
+            if cell.done:
+                continue
+            if args.max_cells and ran >= args.max_cells:
+                break
+            run_cell(cell, log)
+            ran += 1
+            _write_report(log)
+    _write_report(log)
+    return 0
+
+
+def _write_report(log) -> None:
+    """Regenerate RESULTS.md and the plots (experiments/report.py, reloaded so edits apply mid-grid)."""
+    import importlib
+
+    try:
+        import report
+
+        importlib.reload(report).write_report(all_cells())
+    except Exception as exc:  # a report bug must not stop the grid; the cells are safe on disk
+        log(f"report failed: {exc!r}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""experiments/run.py on a tiny model and a two-cell grid: finished cells are skipped, an interrupted training
+is resumed from its checkpoint, results and the report are written as cells finish."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is created
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def grid(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("MODETUNE_EXPERIMENTS_REPORT", str(tmp_path / "RESULTS.md"))
+    run = _load("run")
+    monkeypatch.setattr(run, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(run, "WORK", tmp_path / "work")
+    monkeypatch.setattr(run, "COMMON", [
+        "--model", str(tiny_model_dir), "--max-steps", "4", "--batch-size", "2", "--learning-rate", "1e-3",
+        "--cutoff-len", "64", "--save-steps", "2", "--save-total-limit", "2", "--logging-steps", "1",
+    ])  # fmt: skip
+    track = run.Track("arithmetic", ["synthetic:16:1"], [], (), 4, (("generate", "text"),), 4, 6)
+    monkeypatch.setattr(run, "TRACKS", {"arithmetic": track})
+    lora = ["--peft", "lora", "--lora-r", "2", "--target-modules", "q_proj,v_proj"]
+    rows = [
+        run.Row("lora", "1. LoRA", [*lora, "--num-layers", "1"], None, (0,), 1, tracks=("arithmetic",)),
+        run.Row("lora_mode", "2. LoRA + MoDE", [*lora, "--num-layers", "2"], "lora", (0,), 1, tracks=("arithmetic",)),
+    ]
+    monkeypatch.setattr(run, "ROWS", rows)
+    return run
+
+
+def test_grid_skips_finished_cells_and_resumes_an_interrupted_training(grid, tmp_path, monkeypatch):
+    cells = grid.all_cells()
+    assert [c.key for c in cells] == ["arithmetic/lora/s0", "arithmetic/lora_mode/s0"]
+    first, second = cells
+
+    # an interrupted training of the second cell: a complete checkpoint-2, run.json still 'running', no final model
+    subprocess.run(second.train_command(), check=True, capture_output=True, env=grid._child_env())
+    shutil.rmtree(second.run_dir / "checkpoint-4")
+    info = json.loads((second.run_dir / "run.json").read_text())
+    (second.run_dir / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    for name in ("mode_model.safetensors", "mode_config.json", "adapter_model.safetensors"):
+        (second.run_dir / name).unlink()
+
+    assert grid.main([]) == 0
+    assert first.done and second.done
+    assert json.loads((second.run_dir / "run.json").read_text())["resumed"]  # continued from checkpoint-2
+    resumed = json.loads((second.result_dir / "cell.json").read_text())
+    assert resumed["global_step"] == 4 and "synthetic_l23" in resumed["scores"]["generate"]
+    assert (second.result_dir / "generate" / "synthetic_l23" / "predictions.jsonl").is_file()
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "2. LoRA + MoDE" in report and "vs lora" in report and "Cells finished: 2 of 2" in report
+
+    # finished cells are skipped: nothing trains or evaluates again
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished cell ran again")
+
+    monkeypatch.setattr(grid, "run_cell", refuse)
+    assert grid.main([]) == 0
+
+
+def test_an_interrupted_evaluation_leaves_no_finished_cell(grid, monkeypatch):
+    cell = grid.all_cells()[0]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("killed during evaluation")
+
+    monkeypatch.setattr(grid, "_evaluate", broken)
+    with pytest.raises(RuntimeError):
+        grid.run_cell(cell, print)
+    assert not cell.done and not cell.result_dir.exists()
