@@ -95,7 +95,7 @@ def write_report(cells) -> None:
                 "| row | seeds | " + " | ".join(tasks) + " | average | Δ vs baseline [95% CI], McNemar p |",
                 "|---|---|" + "---|" * len(tasks) + "---|---|",
             ]
-            for row_name, cs in rows:
+            for _row_name, cs in rows:
                 pooled = _pooled(cs, name)
                 cells_txt = []
                 for task in tasks:
@@ -122,7 +122,7 @@ def write_report(cells) -> None:
             lines.append("")
         lines += [f"### {track_name}: cost", "", "| row | trainable params (MoDE router/adapters + PEFT) | step s | peak RSS MB | train min | eval min |",
                   "|---|---|---|---|---|---|"]  # fmt: skip
-        for row_name, cs in rows:
+        for _row_name, cs in rows:
             info = _load(cs[0]) or {}
             tp = info.get("trainable_parameters") or {}
             lines.append(

@@ -21,6 +21,7 @@ test subsets, decoding. Rows differ only in their own flags.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -130,7 +131,7 @@ ROWS = [
             *BASELINE,
         ],
         "mode_only",
-    ),  # fmt: skip
+    ),
     Row("dora", "5a. DoRA (r=32)", ["--peft", "dora", *LORA[2:], *BASELINE], None),
     Row("dora_mode", "5b. DoRA + MoDE (k=3)", ["--peft", "dora", *LORA[2:], *MODE], "dora"),
     *[
@@ -319,7 +320,7 @@ def _code_commit() -> str | None:
 def _median_step_seconds(metrics: Path) -> float | None:
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
     times = [(r["step"], r["time"]) for r in rows if "time" in r and "step" in r]
-    gaps = sorted((t2 - t1) / (s2 - s1) for (s1, t1), (s2, t2) in zip(times, times[1:], strict=False) if s2 > s1)
+    gaps = sorted((t2 - t1) / (s2 - s1) for (s1, t1), (s2, t2) in itertools.pairwise(times) if s2 > s1)
     return round(gaps[len(gaps) // 2], 2) if gaps else None
 
 
