@@ -206,3 +206,16 @@ def test_a_trained_run_is_evaluated_compared_and_checked_for_contamination(tmp_p
     rows = [json.loads(line) for line in (outs[1] / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and {"task", "generation", "prediction", "gold", "correct"} <= rows[0].keys()
     assert main(["compare", str(outs[0]), str(outs[1])]) == 0
+
+
+def test_a_normal_run_shows_no_deprecation_warnings(tmp_path, tiny_model_dir, caplog):
+    """Neither Python warnings nor transformers' logged deprecations from modetune's own calls."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _ = _train(tmp_path, tiny_model_dir, "--max-steps", "2", "--save-steps", "1")
+    assert code == 0
+    deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    deprecations += [r.getMessage() for r in caplog.records if "deprecat" in r.getMessage().lower()]
+    assert not deprecations, deprecations
