@@ -288,6 +288,8 @@ def _setup(
         eval_examples, examples = examples[:n_eval], examples[n_eval:]
 
     resolved = resolve_model(cfg.model)
+    if isinstance(mode_cfg, MoDEConfig):  # --num-layers against the model's depth, before reading its weights
+        mode_cfg.validate(_num_decoder_layers(resolved.path))
     model, tokenizer = load_model_and_tokenizer(cfg.model, dtype=cfg.dtype)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -458,6 +460,18 @@ def _last_train_loss(metrics: Path) -> float:
             record = json.loads(line) if line.strip() else {}
             loss = float(record.get("train_loss", loss))
     return loss
+
+
+def _num_decoder_layers(path: Path) -> int | None:
+    """The decoder depth from the model's config.json (None when the config does not say)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True).get_text_config()
+    except (OSError, ValueError, KeyError):
+        return None  # loading the model reports it
+    layers = getattr(config, "num_hidden_layers", None)
+    return layers if isinstance(layers, int) else None
 
 
 def _cuda_available() -> bool:
