@@ -405,7 +405,7 @@ def _run(
     started: float,
     is_main: bool,
 ) -> TrainResult:
-    if resume_from is not None and _finished_checkpoint(resume_from):
+    if resume_from is not None and _finished_checkpoint(resume_from, trainer.args.max_steps):
         # killed while writing the final model: the Trainer would take one step past max_steps, so the
         # last checkpoint's weights are restored and saved as the final model instead
         from transformers import TrainerState
@@ -446,10 +446,12 @@ def _run(
     return TrainResult(out, trainer.state.global_step, training_loss, eval_loss, time.time() - started, is_main)
 
 
-def _finished_checkpoint(checkpoint: Path) -> bool:
-    """Whether a checkpoint was written after the last training step (nothing left to train)."""
+def _finished_checkpoint(checkpoint: Path, max_steps: int) -> bool:
+    """Whether a checkpoint was written after the last training step (nothing left to train); `max_steps`
+    is this command's --max-steps (a resume may extend the run), else the run's own total from the state."""
     state = json.loads((checkpoint / "trainer_state.json").read_text())
-    return int(state.get("max_steps") or 0) > 0 and int(state.get("global_step", 0)) >= int(state["max_steps"])
+    total = max_steps if max_steps > 0 else int(state.get("max_steps") or 0)
+    return total > 0 and int(state.get("global_step", 0)) >= total
 
 
 def _last_train_loss(metrics: Path) -> float:
