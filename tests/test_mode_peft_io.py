@@ -67,12 +67,17 @@ def test_prompt_learning_is_refused():
         get_mode_model(peft_model, MoDEConfig(num_layers=2))
 
 
-def test_unknown_architecture_is_a_clear_error():
+def test_a_model_outside_the_table_is_discovered_and_a_failed_discovery_is_a_clear_error():
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = AutoConfig.for_model("bloom", vocab_size=64, hidden_size=32, n_layer=2, n_head=4)
-    with pytest.raises(UnsupportedArchitectureError, match=r"model type 'bloom' .* To add it"):
-        get_mode_model(AutoModelForCausalLM.from_config(cfg), MoDEConfig(num_layers=2))
+    model = AutoModelForCausalLM.from_config(cfg)
+    assert get_mode_model(model, MoDEConfig(num_layers=2))._located.source == "discovered"
+    model.config.n_layer = 5  # no layer list of that length: discovery must say what it did not find
+    with pytest.raises(
+        UnsupportedArchitectureError, match=r"model type 'bloom' .*no nn.ModuleList of 5 decoder layers"
+    ):
+        get_mode_model(model, MoDEConfig(num_layers=2))
 
 
 def test_mode_only_save_holds_only_mode_weights(tmp_path, batch):

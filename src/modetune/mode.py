@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from modetune.architectures import LocatedModel, first_tensor, locate, verify_located
@@ -224,6 +224,13 @@ class MoDEModel(nn.Module):
         config = config or MoDEConfig()
         if not isinstance(config, MoDEConfig):
             raise ConfigError(f"config must be a MoDEConfig, got {type(config).__name__}")
+        if not isinstance(model, nn.Module) or not isinstance(
+            getattr(_unwrap(model), "config", None), PretrainedConfig
+        ):
+            raise ModetuneError(
+                f"get_mode_model needs a transformers *ForCausalLM (or a PeftModel of one), got {type(model).__name__}; "
+                "load one with AutoModelForCausalLM.from_pretrained(...)"
+            )
         _reject_prompt_learning(model)
         self.model = model
         self.mode_config = config
