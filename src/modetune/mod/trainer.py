@@ -6,7 +6,6 @@ term, and per routed layer the fraction of tokens processed and the mean router 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -63,11 +62,4 @@ class MoDTrainer(MoDETrainer):
         if outputs.router_load is not None:
             for i, v in enumerate(outputs.router_load.tolist()):
                 values[f"router_load/layer{layers[i]}"] = v
-        for key, value in values.items():
-            if math.isfinite(value):
-                self._sums[key] = self._sums.get(key, 0.0) + value
-                self._sums[f"#{key}"] = self._sums.get(f"#{key}", 0.0) + 1
-        mask = inputs.get("attention_mask")
-        tokens = int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
-        self._tokens += tokens
-        self.tokens_seen += tokens
+        self._record(values, inputs)

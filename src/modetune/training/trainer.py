@@ -90,6 +90,10 @@ class MoDETrainer(Trainer):
             for i, v in enumerate(outputs.router_mean.tolist()):
                 values[f"router/layer{layers[i]}"] = v
             values["router_entropy"] = float(outputs.router_entropy)
+        self._record(values, inputs)
+
+    def _record(self, values: dict[str, float], inputs: dict[str, torch.Tensor]) -> None:
+        """Add one step's loss components and token count to the window that the next log averages."""
         for key, value in values.items():
             if math.isfinite(value):
                 self._sums[key] = self._sums.get(key, 0.0) + value
