@@ -363,12 +363,13 @@ def load_tokenizer(spec: str) -> Any:
 
 def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> PretrainResult:
     """Run one pre-training job end to end and leave a complete run directory in `cfg.output`."""
-    from transformers import TrainingArguments, default_data_collator
+    from transformers import default_data_collator
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_callback import ProgressCallback as HFProgressCallback
 
     from modetune import __version__
     from modetune.data.corpus import build_corpus
+    from modetune.training.recipe import training_arguments
 
     cfg.validate()
     started = time.time()
@@ -396,32 +397,7 @@ def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> PretrainResu
         info["resumed"] = [*previous.get("resumed", []), {"from": str(resume_from), "at": info["started"]}]
     write_run_info(out, info)
 
-    args = TrainingArguments(
-        output_dir=str(out),
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        logging_steps=cfg.logging_steps,
-        eval_strategy="steps" if cfg.eval_steps else "no",
-        eval_steps=cfg.eval_steps or None,
-        save_strategy="steps" if cfg.save_steps else "no",
-        save_steps=cfg.save_steps or 500,
-        save_total_limit=None,  # the trainer prunes, after a checkpoint is marked complete
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to=[],
-        use_cpu=not torch.cuda.is_available(),
-        remove_unused_columns=False,
-        disable_tqdm=True,
-        prediction_loss_only=True,
-        include_num_input_tokens_seen="no",
-    )
+    args = training_arguments(cfg, out, use_cpu=not torch.cuda.is_available(), evaluate=True)
     trainer = PretrainTrainer(
         model=model,
         args=args,

@@ -262,7 +262,7 @@ def _setup(
 ) -> tuple[Any, dict[str, Any], bool]:
     """Everything that can fail on user input, before the first byte of the run is written."""
     import torch
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_callback import ProgressCallback as HFProgressCallback
 
@@ -342,35 +342,16 @@ def _setup(
         ]
 
     try:
-        args = TrainingArguments(
-            output_dir=str(out),
-            num_train_epochs=cfg.num_epochs,
-            max_steps=cfg.max_steps,
-            per_device_train_batch_size=cfg.batch_size,
-            per_device_eval_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.grad_accum,
-            learning_rate=cfg.learning_rate,
-            lr_scheduler_type=cfg.lr_scheduler,
-            warmup_steps=cfg.warmup_steps,
-            weight_decay=cfg.weight_decay,
-            max_grad_norm=cfg.max_grad_norm,
-            logging_steps=cfg.logging_steps,
-            eval_strategy="steps" if (eval_ds is not None and cfg.eval_steps) else "no",
-            eval_steps=cfg.eval_steps or None,
-            save_strategy="steps" if cfg.save_steps else "no",
-            save_steps=cfg.save_steps or 500,
-            save_total_limit=None,  # MoDETrainer prunes, after a checkpoint is marked complete
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        args = training_arguments(
+            cfg,
+            out,
             use_cpu=use_cpu,
+            evaluate=eval_ds is not None,
+            num_train_epochs=cfg.num_epochs,
+            report_to=[] if cfg.report_to == "none" else [cfg.report_to],
             bf16=_resolved_dtype(model) == "bfloat16",
             fp16=_resolved_dtype(model) == "float16",
             dataloader_num_workers=cfg.dataloader_workers,
-            remove_unused_columns=False,
-            disable_tqdm=True,
-            prediction_loss_only=True,
-            include_num_input_tokens_seen="no",
             # Every trainable parameter gets a gradient on every step, whatever the MoDE options: the adapters
             # of layers that are not distilled on a step (distill_every, distill_schedule='rotate') still feed
             # the mixture, and top-k routing zeroes weights without cutting the graph
@@ -444,6 +425,42 @@ def _run(
         except Exception as exc:  # a card must never cost the user their trained model
             logger.warning("could not write the model card: %s", exc)
     return TrainResult(out, trainer.state.global_step, training_loss, eval_loss, time.time() - started, is_main)
+
+
+def training_arguments(cfg: Any, out: Path, *, use_cpu: bool, evaluate: bool, **extra: Any) -> Any:
+    """The `TrainingArguments` every modetune recipe shares (train, pretrain), from a config with the usual fields.
+
+    Checkpoints are pruned by the trainer only after they are marked complete, so `save_total_limit` stays off
+    here; progress and logs go through modetune's own callbacks.
+    """
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if (evaluate and cfg.eval_steps) else "no",
+        eval_steps=cfg.eval_steps or None,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=None,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=use_cpu,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        prediction_loss_only=True,
+        include_num_input_tokens_seen="no",
+        **{"report_to": [], **extra},
+    )
 
 
 def _finished_checkpoint(checkpoint: Path, max_steps: int) -> bool:
