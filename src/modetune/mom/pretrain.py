@@ -245,7 +245,8 @@ class PretrainTrainer(MoDETrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs, num_items_in_batch=num_items_in_batch, use_cache=False)
-        loss = outputs.loss
+        scale = self._rank_scale(num_items_in_batch)  # the same multi-process scaling as modetune train
+        loss = outputs.loss * scale if scale != 1 else outputs.loss
         if not torch.isfinite(loss.detach()).all():
             last = latest_complete_checkpoint(self.args.output_dir)
             raise TrainingDivergedError(
@@ -263,13 +264,7 @@ class PretrainTrainer(MoDETrainer):
             for kind in ("attention", "ffn"):
                 for j, v in enumerate(getattr(outputs, f"{kind}_load").tolist()):
                     values[f"router/{kind[:4]}{j}"] = v
-        for key, value in values.items():
-            if math.isfinite(value):
-                self._sums[key] = self._sums.get(key, 0.0) + value
-                self._sums[f"#{key}"] = self._sums.get(f"#{key}", 0.0) + 1
-        tokens = int(inputs["input_ids"].numel())
-        self._tokens += tokens
-        self.tokens_seen += tokens
+        self._record(values, inputs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir

@@ -53,13 +53,7 @@ class MoDETrainer(Trainer):
             self.mode_model.current_step = self.state.global_step
         skip_logits = True if (model.training or self.args.prediction_loss_only) else None
         outputs = model(**inputs, num_items_in_batch=num_items_in_batch, skip_logits=skip_logits)
-        # As Trainer.compute_loss: each rank's loss is its share of a sum over the tokens of all ranks
-        # (num_items_in_batch counts them all), and DDP averages gradients over ranks, so the loss is
-        # multiplied by the number of ranks; without this, multi-process gradients are 1/world_size too small.
-        scale = 1
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            scale = self.accelerator.num_processes // self.get_tp_size()
-            scale = scale if self.args.n_gpu <= 1 else self.args.n_gpu
+        scale = self._rank_scale(num_items_in_batch)
         loss = outputs.loss * scale if scale != 1 else outputs.loss
         if not torch.isfinite(loss.detach()).all():
             last = latest_complete_checkpoint(self.args.output_dir)
@@ -91,6 +85,15 @@ class MoDETrainer(Trainer):
                 values[f"router/layer{layers[i]}"] = v
             values["router_entropy"] = float(outputs.router_entropy)
         self._record(values, inputs)
+
+    def _rank_scale(self, num_items_in_batch: int | torch.Tensor | None) -> int:
+        """As Trainer.compute_loss: each rank's loss is its share of a sum over the tokens of all ranks
+        (num_items_in_batch counts them all), and DDP averages gradients over ranks, so the loss is multiplied by
+        the number of ranks; without this, multi-process gradients are 1/world_size too small."""
+        if not (self.args.average_tokens_across_devices and num_items_in_batch is not None):
+            return 1
+        scale = self.accelerator.num_processes // self.get_tp_size()
+        return scale if self.args.n_gpu <= 1 else self.args.n_gpu
 
     def _record(self, values: dict[str, float], inputs: dict[str, torch.Tensor]) -> None:
         """Add one step's loss components and token count to the window that the next log averages."""
