@@ -156,6 +156,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 FETCH_HINT = "benchmark files not found: run `modetune data fetch all` (or set MODETUNE_SHARED_DATA to a data folder)"
 
 
+# A tiny `modetune train` run on the embedded problem generator (tests/cli, tests/training)
+TINY_TRAIN_ARGS = ["--data", "synthetic:48:1", "--cutoff-len", "96", "--batch-size", "4", "--lora-r", "4",
+                   "--learning-rate", "5e-3"]  # fmt: skip
+
+
 def shared_data_dir() -> Path | None:
     """`../shared/data` beside the repository (or $MODETUNE_SHARED_DATA), if present; else the cache of
     `modetune data fetch all` when it holds every pinned file; else None (tests skip with FETCH_HINT)."""

@@ -11,19 +11,7 @@ from safetensors.torch import load_file
 
 from modetune.cli import main
 from modetune.runs import load_run
-
-BASE_ARGS = [
-    "--data",
-    "synthetic:48:1",
-    "--cutoff-len",
-    "96",
-    "--batch-size",
-    "4",
-    "--lora-r",
-    "4",
-    "--learning-rate",
-    "5e-3",
-]
+from tests.conftest import TINY_TRAIN_ARGS as BASE_ARGS
 
 
 def _train(tmp_path: Path, model_dir: Path, *extra: str, out: str = "run") -> tuple[int, Path]:

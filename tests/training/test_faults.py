@@ -25,18 +25,10 @@ from modetune.errors import CheckpointError
 from modetune.runs import CHECKPOINT_MARKER, load_run
 from modetune.training.lock import LOCK_NAME
 from modetune.training.trainer import latest_complete_checkpoint
+from tests.conftest import TINY_TRAIN_ARGS
 
 ARGS = [
-    "--data",
-    "synthetic:48:1",
-    "--cutoff-len",
-    "96",
-    "--batch-size",
-    "4",
-    "--lora-r",
-    "4",
-    "--learning-rate",
-    "5e-3",
+    *TINY_TRAIN_ARGS,
     "--lora-dropout",
     "0.1",
     "--max-steps",
