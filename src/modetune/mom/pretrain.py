@@ -34,7 +34,6 @@ from modetune.training.trainer import (
     JsonlMetricsCallback,
     MoDETrainer,
     ProgressCallback,
-    TrainingDivergedError,
     latest_complete_checkpoint,
 )
 
@@ -245,14 +244,7 @@ class PretrainTrainer(MoDETrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs, num_items_in_batch=num_items_in_batch, use_cache=False)
-        scale = self._rank_scale(num_items_in_batch)  # the same multi-process scaling as modetune train
-        loss = outputs.loss * scale if scale != 1 else outputs.loss
-        if not torch.isfinite(loss.detach()).all():
-            last = latest_complete_checkpoint(self.args.output_dir)
-            raise TrainingDivergedError(
-                f"the loss became {loss.item()} at step {self.state.global_step}; training stopped before the bad "
-                f"update. Last good checkpoint: {last or 'none yet'}. Lower --learning-rate."
-            )
+        loss, _ = self._checked_loss(outputs.loss, num_items_in_batch, "Lower --learning-rate.")
         if model.training:
             self._accumulate(outputs, inputs)
         return (loss, outputs) if return_outputs else loss
@@ -364,7 +356,7 @@ def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> PretrainResu
 
     from modetune import __version__
     from modetune.data.corpus import build_corpus
-    from modetune.training.recipe import training_arguments
+    from modetune.training.recipe import draw_training_curves, training_arguments
 
     cfg.validate()
     started = time.time()
@@ -409,13 +401,7 @@ def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> PretrainResu
     trainer.save_model(str(out))
     eval_loss = float(trainer.evaluate()["eval_loss"])
     perplexity = math.exp(eval_loss) if eval_loss < 50 else float("inf")
-    curves = None
-    try:
-        from modetune.analysis import plot_training_curves
-
-        curves = plot_training_curves(out / "metrics.jsonl", out / "training_curves.png")
-    except Exception as exc:  # a plot must never cost the user their trained model
-        logger.warning("could not draw the training curves: %s", exc)
+    curves = draw_training_curves(out)
     info.update(
         status="complete",
         finished=datetime.now(timezone.utc).isoformat(),

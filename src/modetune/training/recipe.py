@@ -401,13 +401,7 @@ def _run(
     if has_eval:
         eval_loss = float(trainer.evaluate()["eval_loss"])
     if is_main:
-        curves = None
-        try:
-            from modetune.analysis import plot_training_curves
-
-            curves = plot_training_curves(out / "metrics.jsonl", out / "training_curves.png")
-        except Exception as exc:  # a plot must never cost the user their trained model
-            logger.warning("could not draw the training curves: %s", exc)
+        curves = draw_training_curves(out)
         info.update(
             status="complete",
             finished=datetime.now(timezone.utc).isoformat(),
@@ -425,6 +419,17 @@ def _run(
         except Exception as exc:  # a card must never cost the user their trained model
             logger.warning("could not write the model card: %s", exc)
     return TrainResult(out, trainer.state.global_step, training_loss, eval_loss, time.time() - started, is_main)
+
+
+def draw_training_curves(out: Path) -> Path | None:
+    """training_curves.png from the run's metrics; a failed plot is a warning, never a lost run."""
+    try:
+        from modetune.analysis import plot_training_curves
+
+        return plot_training_curves(out / "metrics.jsonl", out / "training_curves.png")
+    except Exception as exc:  # a plot must never cost the user their trained model
+        logger.warning("could not draw the training curves: %s", exc)
+        return None
 
 
 def training_arguments(cfg: Any, out: Path, *, use_cpu: bool, evaluate: bool, **extra: Any) -> Any:

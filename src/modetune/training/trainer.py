@@ -53,15 +53,9 @@ class MoDETrainer(Trainer):
             self.mode_model.current_step = self.state.global_step
         skip_logits = True if (model.training or self.args.prediction_loss_only) else None
         outputs = model(**inputs, num_items_in_batch=num_items_in_batch, skip_logits=skip_logits)
-        scale = self._rank_scale(num_items_in_batch)
-        loss = outputs.loss * scale if scale != 1 else outputs.loss
-        if not torch.isfinite(loss.detach()).all():
-            last = latest_complete_checkpoint(self.args.output_dir)
-            raise TrainingDivergedError(
-                f"the loss became {loss.item()} at step {self.state.global_step}; training stopped before the bad "
-                f"update. Last good checkpoint: {last or 'none yet'}. Lower --learning-rate, check the data, or use "
-                "--dtype float32."
-            )
+        loss, scale = self._checked_loss(
+            outputs.loss, num_items_in_batch, "Lower --learning-rate, check the data, or use --dtype float32."
+        )
         if model.training:
             self._loss_scale = scale
             self._accumulate(outputs, inputs)
@@ -85,6 +79,20 @@ class MoDETrainer(Trainer):
                 values[f"router/layer{layers[i]}"] = v
             values["router_entropy"] = float(outputs.router_entropy)
         self._record(values, inputs)
+
+    def _checked_loss(
+        self, loss: torch.Tensor, num_items_in_batch: int | torch.Tensor | None, advice: str
+    ) -> tuple[torch.Tensor, int]:
+        """The loss scaled for several ranks, and stopped before the update if it is not finite."""
+        scale = self._rank_scale(num_items_in_batch)
+        loss = loss * scale if scale != 1 else loss
+        if not torch.isfinite(loss.detach()).all():
+            last = latest_complete_checkpoint(self.args.output_dir)
+            raise TrainingDivergedError(
+                f"the loss became {loss.item()} at step {self.state.global_step}; training stopped before the bad "
+                f"update. Last good checkpoint: {last or 'none yet'}. {advice}"
+            )
+        return loss, scale
 
     def _rank_scale(self, num_items_in_batch: int | torch.Tensor | None) -> int:
         """As Trainer.compute_loss: each rank's loss is its share of a sum over the tokens of all ranks
