@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-# Without a GPU, Triton's interpreter runs Liger's kernels on CPU (tests/test_liger.py). Triton reads the
+# Without a GPU, Triton's interpreter runs Liger's kernels on CPU (tests/mode/test_liger.py). Triton reads the
 # variable when a kernel is defined and when it runs, so it is set before anything imports Triton; the
 # fixture below hides it from every other test, where loss_implementation='auto' must resolve to 'chunked'.
 TRITON_INTERPRETED = not torch.cuda.is_available()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from modetune.config import MoDEConfig
 from modetune.errors import CheckpointError, ConfigError, ModetuneError, UnsupportedArchitectureError
 from modetune.mode import MoDEModel, MoDEOutput, get_mode_model
+from modetune.mode.config import MoDEConfig
 from modetune.mom import MoMConfig, MoMForCausalLM  # also registers "modetune_mom" with the Auto classes
 
 __all__ = [

@@ -102,7 +102,7 @@ class ArchitectureSpec:
 
 _LLAMA_LIKE = ArchitectureSpec(backbone="model", layers="model.layers", final_norm="model.norm")
 
-# One entry per `config.model_type`. Every entry is covered by the same test harness (tests/test_mode.py).
+# One entry per `config.model_type`. Every entry is covered by the same test harness (tests/mode/test_model.py).
 ARCHITECTURES: dict[str, ArchitectureSpec] = {
     "llama": _LLAMA_LIKE,  # includes SmolLM2
     "mistral": _LLAMA_LIKE,

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from modetune.config import MoDEConfig
-from modetune.config import help_field as _help
+from modetune.method_base import help_field as _help
+from modetune.mode.config import MoDEConfig
 from modetune.training.config import TrainConfig
 
 

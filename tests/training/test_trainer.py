@@ -52,7 +52,7 @@ def test_a_gathered_state_dict_is_what_gets_saved(tmp_path):
     trainer._save(str(tmp_path / "saved"), state_dict=gathered)
     mode_weights = load_file(tmp_path / "saved" / "mode_model.safetensors")
     adapter = load_file(tmp_path / "saved" / "adapter_model.safetensors")
-    assert mode_weights.keys() == mode.mode_state_dict().keys()
+    assert mode_weights.keys() == mode.method_state_dict().keys()
     for k, v in mode_weights.items():
         torch.testing.assert_close(v, gathered[k], rtol=0, atol=0)
     lora = {k: v for k, v in gathered.items() if "lora_A" in k}
@@ -64,4 +64,3 @@ def test_a_gathered_state_dict_is_what_gets_saved(tmp_path):
             if g.startswith("model.") and g.replace(".default", "").endswith(k.split("model.", 1)[1])
         )
         torch.testing.assert_close(v, gathered[source], rtol=0, atol=0)
-    assert not hasattr(mode, "__dict__") or "mode_state_dict" not in mode.__dict__

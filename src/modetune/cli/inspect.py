@@ -183,9 +183,9 @@ def run(args: argparse.Namespace) -> int:
     examples, prompts, data_desc = _load_examples(args)
     info = _check_model_source(args)
 
-    from modetune.config import MoDEConfig
     from modetune.loading import load_model_and_tokenizer
     from modetune.mode import get_mode_model
+    from modetune.mode.config import MoDEConfig
     from modetune.runs import load_run
 
     console = Console()

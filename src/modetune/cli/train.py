@@ -7,8 +7,8 @@ import sys
 from dataclasses import fields
 
 from modetune.cli.options import add_dataclass_options, dataclass_from_args, setup_logging
-from modetune.config import MoDEConfig
 from modetune.mod.config import MoDConfig
+from modetune.mode.config import MoDEConfig
 from modetune.training.config import TrainConfig
 
 

@@ -7,14 +7,11 @@ default was picked and why.
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-from modetune.config import _check_choice, _check_int, _check_number, help_field, save_config_json
 from modetune.errors import ConfigError
+from modetune.method_base import MethodConfig, check_choice, check_int, check_number, help_field
 
 CONFIG_NAME = "mod_config.json"
 
@@ -25,8 +22,11 @@ SKIPPED_KV = ("drop", "keep")
 
 
 @dataclass
-class MoDConfig:
+class MoDConfig(MethodConfig):
     """Configuration of a Mixture-of-Depths conversion (MoDification) of a pretrained causal LM."""
+
+    config_name: ClassVar[str] = CONFIG_NAME
+    method_name: ClassVar[str] = "MoD"
 
     operator: str = help_field(
         "How a routed layer picks the tokens it processes: 'threshold' (MoDification: a token is processed when its "
@@ -103,27 +103,27 @@ class MoDConfig:
 
     def validate(self, num_model_layers: int | None = None) -> None:
         """Reject bad values with a message naming the field and the allowed values."""
-        _check_choice(self, "operator", OPERATORS)
-        _check_choice(self, "router_input", ROUTER_INPUTS)
-        _check_choice(self, "router_weight", ROUTER_WEIGHTS)
-        _check_choice(self, "skipped_kv", SKIPPED_KV)
+        check_choice(self, "operator", OPERATORS)
+        check_choice(self, "router_input", ROUTER_INPUTS)
+        check_choice(self, "router_weight", ROUTER_WEIGHTS)
+        check_choice(self, "skipped_kv", SKIPPED_KV)
         for name in ("threshold", "capacity", "router_init_bias", "load_weight", "load_target"):
-            _check_number(self, name)
+            check_number(self, name)
         if not 0.0 <= self.threshold < 1.0:
             raise ConfigError(f"threshold={self.threshold!r} is out of range; allowed: 0 <= p < 1")
         if not 0.0 < self.capacity <= 1.0:
             raise ConfigError(f"capacity={self.capacity!r} is out of range; allowed: 0 < capacity <= 1")
-        _check_number(self, "router_lr_scale")
+        check_number(self, "router_lr_scale")
         if self.router_lr_scale <= 0:
             raise ConfigError(f"router_lr_scale={self.router_lr_scale!r} must be positive; allowed: a number > 0")
         if self.load_weight < 0:
             raise ConfigError(f"load_weight={self.load_weight!r} is negative; allowed: a number >= 0")
         if not 0.0 <= self.load_target <= 1.0:
             raise ConfigError(f"load_target={self.load_target!r} is out of range; allowed: 0 <= target <= 1")
-        _check_int(self, "sink_tokens", low=0)
-        _check_int(self, "skip_first", low=0)
-        _check_int(self, "skip_last", low=0)
-        _check_int(self, "layer_stride", low=1)
+        check_int(self, "sink_tokens", low=0)
+        check_int(self, "skip_first", low=0)
+        check_int(self, "skip_last", low=0)
+        check_int(self, "layer_stride", low=1)
         if self.routed_layers is not None:
             if not isinstance(self.routed_layers, list) or not all(
                 isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.routed_layers
@@ -149,32 +149,3 @@ class MoDConfig:
         if self.routed_layers is not None:
             return sorted(self.routed_layers)
         return list(range(self.skip_first, num_model_layers - self.skip_last, self.layer_stride))
-
-    # -- serialisation ----------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MoDConfig:
-        if not isinstance(data, dict):
-            raise ConfigError(f"a MoD config must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown MoD config field(s) {unknown}; allowed fields: {sorted(known)}")
-        return cls(**data)
-
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json_string(cls, text: str) -> MoDConfig:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"MoD config is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
-
-    def save_pretrained(self, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
-        """Write `mod_config.json` atomically; `extra` (e.g. the base-model fingerprint) is stored beside the fields."""
-        return save_config_json(Path(directory) / CONFIG_NAME, self.to_dict(), extra)

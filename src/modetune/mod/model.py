@@ -33,32 +33,19 @@ sliding window.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from modetune.architectures import LocatedModel, locate
-from modetune.errors import CheckpointError, ConfigError, ModetuneError, UnsupportedArchitectureError
-from modetune.mod.config import CONFIG_NAME, MoDConfig
-from modetune.mode import (
-    PEFT_CONFIG_NAME,
-    _check_fingerprint,
-    _is_peft,
-    _load_peft,
-    _read_weights,
-    _reject_prompt_learning,
-    _unwrap,
-    fingerprint_of,
-    load_config,
-)
+from modetune.errors import ModetuneError, UnsupportedArchitectureError
+from modetune.method_base import CACHE_FIELD, MethodModel
+from modetune.mod.config import MoDConfig
 
 WEIGHTS_NAME = "mod_model.safetensors"
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -188,56 +175,32 @@ class MoDOutput(CausalLMOutputWithPast):
 # --------------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------------
-class MoDModel(nn.Module):
+class MoDModel(MethodModel):
     """Wraps a `*ForCausalLM` (or a `PeftModel` of one) and lets routed layers skip tokens."""
 
-    accepts_loss_kwargs = True  # transformers.Trainer passes num_items_in_batch (correct grad accumulation)
+    config_class: ClassVar[type[MoDConfig]] = MoDConfig
+    weights_name: ClassVar[str] = WEIGHTS_NAME
+    counts_key: ClassVar[str] = "mod"
 
     def __init__(self, model: nn.Module, config: MoDConfig | None = None):
-        super().__init__()
-        config = config or MoDConfig()
-        if not isinstance(config, MoDConfig):
-            raise ConfigError(f"config must be a MoDConfig, got {type(config).__name__}")
-        _reject_prompt_learning(model)
-        self.model = model
-        self.mod_config = config
-        self._located: LocatedModel = locate(self.causal_lm)
+        super().__init__(model, config or MoDConfig())
+        config = self.mod_config
         _check_supported(self.causal_lm)
         config.validate(len(self._located.layers))
         self.layer_indices = config.layer_indices(len(self._located.layers))
         hidden = self.causal_lm.config.get_text_config().hidden_size
         self.routers = nn.ModuleList(Router(hidden, config) for _ in self.layer_indices)
-        if not _is_peft(model):  # routers-only tuning: the base model is frozen
-            for p in model.parameters():
-                p.requires_grad_(False)
+        self._freeze_base_unless_peft()
         self.routers.to(self.device)
-        self.current_step: int | None = None  # set by the shared Trainer; unused here
         self._tokens: torch.Tensor | None = None  # [B, T] non-padding tokens of the running forward
         self._stats: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
-    # -- where things live ---------------------------------------------------------------------------
     @property
-    def causal_lm(self) -> PreTrainedModel:
-        """The innermost `*ForCausalLM` (under any PEFT wrapper)."""
-        return _unwrap(self.model)
+    def mod_config(self) -> MoDConfig:
+        return self.method_config  # type: ignore[return-value]
 
-    @property
-    def config(self):  # the base model's config, as HF-style callers expect
-        return self.causal_lm.config
-
-    @property
-    def generation_config(self):
-        return self.causal_lm.generation_config
-
-    @property
-    def device(self) -> torch.device:
-        return self._located.head.weight.device
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.causal_lm.get_input_embeddings()
-
-    def fingerprint(self) -> dict[str, Any]:
-        return fingerprint_of(self.causal_lm)
+    def method_modules(self) -> dict[str, nn.Module]:
+        return {"routers": self.routers}
 
     # -- routing one layer ---------------------------------------------------------------------------
     def _select(self, layer_idx: int, g: torch.Tensor, positions: torch.Tensor, cache: MoDCache | None) -> torch.Tensor:
@@ -394,7 +357,7 @@ class MoDModel(nn.Module):
 
         def after(_module, _args, kwargs, output):
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
-            cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None) or cache
+            cache = getattr(output, CACHE_FIELD, None) or cache
             if isinstance(cache, MoDCache):
                 cache.seen_tokens += self._step_tokens
             return output
@@ -479,89 +442,6 @@ class MoDModel(nn.Module):
             kwargs["cache"] = MoDCache()
         with self.routing():
             return self.model.generate(*args, **kwargs)
-
-    # -- PEFT conveniences ---------------------------------------------------------------------------
-    def merge_and_unload(self) -> MoDModel:
-        """Merge a wrapped LoRA-style adapter into the base weights; the routers stay as they are."""
-        if _is_peft(self.model):
-            self.model = self.model.merge_and_unload()
-            self._located = locate(self.causal_lm)
-        return self
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
-        self.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        self.causal_lm.enable_input_require_grads()
-
-    def trainable_parameter_counts(self) -> dict[str, int]:
-        mod = sum(p.numel() for p in self.routers.parameters() if p.requires_grad)
-        peft = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.parameters())
-        return {"mod": mod, "peft": peft, "trainable": mod + peft, "all": total}
-
-    def print_trainable_parameters(self) -> None:
-        c = self.trainable_parameter_counts()
-        print(
-            f"trainable params: {c['trainable']:,} (MoD routers {c['mod']:,} + PEFT {c['peft']:,}) || "
-            f"all params: {c['all']:,} || trainable%: {100 * c['trainable'] / c['all']:.4f}"
-        )
-
-    # -- saving and loading ------------------------------------------------------------------------------
-    def mod_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the routers' weights."""
-        return {f"routers.{k}": v.detach().contiguous().cpu() for k, v in self.routers.state_dict().items()}
-
-    def load_mod_weights(self, directory: str | os.PathLike[str]) -> None:
-        """Load `mod_model.safetensors` from a saved model or checkpoint directory into this model."""
-        path = Path(directory) / WEIGHTS_NAME
-        state = _read_weights(path)
-        expected = self.mod_state_dict()
-        if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
-            raise CheckpointError(
-                f"{path} does not match this MoD configuration (routed layers {self.layer_indices}): saved "
-                f"{sorted(state)}, expected {sorted(expected)}"
-            )
-        self.routers.load_state_dict({k[len("routers.") :]: v for k, v in state.items()})
-
-    load_mode_weights = load_mod_weights  # the name the shared Trainer's checkpoint resume calls
-
-    def save_pretrained(self, save_directory: str | os.PathLike[str], **peft_kwargs: Any) -> None:
-        """Write router weights (safetensors) + config + base fingerprint, and the PEFT adapter if wrapped."""
-        from safetensors.torch import save_file
-
-        from modetune import __version__
-
-        directory = Path(save_directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if _is_peft(self.model):
-            self.model.save_pretrained(str(directory), **peft_kwargs)
-        tmp = directory / f".{WEIGHTS_NAME}.tmp"
-        save_file(self.mod_state_dict(), str(tmp), metadata={"format": "pt", "modetune_version": __version__})
-        os.replace(tmp, directory / WEIGHTS_NAME)
-        extra = {"base_model": self.fingerprint(), "peft": _is_peft(self.model), "modetune_version": __version__}
-        self.mod_config.save_pretrained(directory, extra=extra)
-
-    @classmethod
-    def from_pretrained(
-        cls, base_model: nn.Module, path: str | os.PathLike[str], is_trainable: bool = False
-    ) -> MoDModel:
-        """Restore a saved MoD model (and its PEFT adapter, if one was saved) onto `base_model`."""
-        directory = Path(path)
-        config, extra = load_config(directory, MoDConfig, CONFIG_NAME, what="MoD")
-        _check_fingerprint(extra.get("base_model"), fingerprint_of(_unwrap(base_model)), directory, CONFIG_NAME, "MoD")
-        model = base_model
-        if extra.get("peft") or (directory / PEFT_CONFIG_NAME).exists():
-            if not (directory / PEFT_CONFIG_NAME).exists():
-                raise CheckpointError(f"{directory} was saved with a PEFT adapter but {PEFT_CONFIG_NAME} is missing")
-            if not _is_peft(base_model):
-                model = _load_peft(base_model, directory, is_trainable)
-        mod = cls(model, config)
-        mod.load_mod_weights(directory)
-        if not is_trainable:
-            mod.eval()
-            for p in mod.routers.parameters():
-                p.requires_grad_(False)
-        return mod
 
 
 def get_mod_model(model: nn.Module, config: MoDConfig | None = None, **overrides: Any) -> MoDModel:

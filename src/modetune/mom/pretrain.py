@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from modetune.config import help_field as _help
 from modetune.errors import ConfigError, ModetuneError
+from modetune.method_base import help_field as _help
 from modetune.mom.config import FIELD_HELP, ROUTERS, WEIGHTINGS
 from modetune.runs import RUN_FILE, read_run_info, write_run_info
 from modetune.training.trainer import (

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from modetune.config import help_field as _help
 from modetune.errors import ConfigError
+from modetune.method_base import help_field as _help
 
 PEFT_METHODS = ("lora", "dora", "none")
 METHODS = ("mode", "mod")

@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from modetune.config import MoDEConfig
 from modetune.errors import ConfigError, DataError, ModetuneError
+from modetune.mode.config import MoDEConfig
 from modetune.runs import RUN_FILE, base_model_record, read_run_info, set_base_model_name, write_run_info
 from modetune.training.config import TrainConfig
 from modetune.training.lock import LOCK_NAME, OutputNotWritableError, RunLock, acquire_run_lock

@@ -20,6 +20,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from modetune.errors import ModetuneError
+from modetune.method_base import MethodModel
 from modetune.mode import MoDEModel
 from modetune.runs import CHECKPOINT_MARKER
 
@@ -42,6 +43,7 @@ class MoDETrainer(Trainer):
 
     @property
     def mode_model(self) -> MoDEModel:
+        """The wrapped method model (the name predates the sibling methods; `MoDTrainer` narrows it)."""
         model = self.accelerator.unwrap_model(self.model)
         if not isinstance(model, MoDEModel):
             raise TypeError(f"MoDETrainer needs a MoDEModel, got {type(model).__name__}")
@@ -138,16 +140,12 @@ class MoDETrainer(Trainer):
             # FSDP (full state dict) / DeepSpeed ZeRO-3: this rank's parameters are shards, and the Trainer has
             # gathered the whole state dict here; the MoDE weights and the PEFT adapter are written from it
             gathered = {
-                k: v.detach().contiguous().cpu()
-                for k, v in state_dict.items()
-                if k.startswith(("adapters.", "router."))
+                k: v.detach().contiguous().cpu() for k, v in state_dict.items() if k.startswith(mode.state_prefixes)
             }
             peft_state = {k[len("model.") :]: v for k, v in state_dict.items() if k.startswith("model.")}
-            mode.mode_state_dict = lambda: gathered  # an instance attribute over the method, removed below
-            try:
-                mode.save_pretrained(output_dir, **({"state_dict": peft_state} if _has_peft(mode) else {}))
-            finally:
-                del mode.mode_state_dict
+            mode.save_pretrained(
+                output_dir, method_state=gathered, **({"state_dict": peft_state} if _has_peft(mode) else {})
+            )
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
@@ -166,7 +164,7 @@ class MoDETrainer(Trainer):
 
         mode = self.mode_model
         folder = Path(resume_from_checkpoint)
-        mode.load_mode_weights(folder)
+        mode.load_method_weights(folder)
         if isinstance(mode.model, PeftModel):
             adapter = folder / "adapter_model.safetensors"
             if not adapter.is_file():
@@ -179,7 +177,7 @@ class MoDETrainer(Trainer):
         self.tokens_seen = int(marker.get("tokens_seen", 0)) or int(state.get("num_input_tokens_seen", 0) or 0)
 
 
-def _has_peft(mode: MoDEModel) -> bool:
+def _has_peft(mode: MethodModel) -> bool:
     from peft import PeftModel
 
     return isinstance(mode.model, PeftModel)

@@ -11,7 +11,7 @@ MoDE lets the last k layers (the final one included) predict together:
                                           logit scaling or soft-capping): exactly what the final layer goes through
     g        = softmax(x W_g + b)         per-token router over the k layers; x = y_L, the final normalized state
     logits   = sum_i g_i * logits_i       the ensemble; generation decodes from it
-    loss     = CE(logits, labels) + lambda * sum_{i<L} D(p_L || p_i)     (see modetune.losses)
+    loss     = CE(logits, labels) + lambda * sum_{i<L} D(p_L || p_i)     (see modetune.mode.losses)
 
 Only the adapters N_i and the router (plus whatever a wrapped PEFT method trains) receive gradients.
 When the head path is affine, sum_i g_i * head(y_i) = head(sum_i g_i * y_i), so the ensemble costs one
@@ -21,26 +21,22 @@ vocabulary projection, like the base model (soft-capped heads project every laye
 from __future__ import annotations
 
 import copy
-import dataclasses
 import inspect
-import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from modetune.architectures import LocatedModel, first_tensor, locate, verify_located
-from modetune.config import CONFIG_NAME, MoDEConfig
-from modetune.errors import CheckpointError, ConfigError, ModetuneError
-from modetune.losses import (
+from modetune.architectures import first_tensor, verify_located
+from modetune.errors import ConfigError, ModetuneError
+from modetune.method_base import CACHE_FIELD, MethodModel
+from modetune.mode.config import MoDEConfig
+from modetune.mode.losses import (
     LossParts,
     LossPlan,
     auto_chunk_size,
@@ -55,14 +51,6 @@ from modetune.losses import (
 )
 
 WEIGHTS_NAME = "mode_model.safetensors"
-# the output field of the KV cache: `cache` from transformers 5.24 on, `past_key_values` before
-_CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
-PEFT_CONFIG_NAME = "adapter_config.json"
-
-try:  # PEFT is a dependency, but keep the core importable without it
-    from peft import PeftModel
-except ImportError:  # pragma: no cover
-    PeftModel = None  # type: ignore[assignment,misc]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,27 +202,16 @@ class MoDEOutput(CausalLMOutputWithPast):
 # --------------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------------
-class MoDEModel(nn.Module):
+class MoDEModel(MethodModel):
     """Wraps a `*ForCausalLM` (or a `PeftModel` of one) and predicts from its last k layers together."""
 
-    accepts_loss_kwargs = True  # transformers.Trainer passes num_items_in_batch (correct grad accumulation)
+    config_class: ClassVar[type[MoDEConfig]] = MoDEConfig
+    weights_name: ClassVar[str] = WEIGHTS_NAME
+    counts_key: ClassVar[str] = "mode"
 
     def __init__(self, model: nn.Module, config: MoDEConfig | None = None, verify: bool = True):
-        super().__init__()
-        config = config or MoDEConfig()
-        if not isinstance(config, MoDEConfig):
-            raise ConfigError(f"config must be a MoDEConfig, got {type(config).__name__}")
-        if not isinstance(model, nn.Module) or not isinstance(
-            getattr(_unwrap(model), "config", None), PretrainedConfig
-        ):
-            raise ModetuneError(
-                f"get_mode_model needs a transformers *ForCausalLM (or a PeftModel of one), got {type(model).__name__}; "
-                "load one with AutoModelForCausalLM.from_pretrained(...)"
-            )
-        _reject_prompt_learning(model)
-        self.model = model
-        self.mode_config = config
-        self._locate()
+        super().__init__(model, config or MoDEConfig())
+        config = self.mode_config
         # prove the located head path before anything depends on it (one short forward; verify=False skips it)
         self.head_path_difference = verify_located(self.causal_lm, self._located) if verify else None
         num_model_layers = len(self._located.layers)
@@ -246,51 +223,27 @@ class MoDEModel(nn.Module):
             make_adapter(config.adapter, self._located.final_norm, hidden) for _ in range(k - 1)
         )
         self.router = Router(hidden, config)
-        if not _is_peft(model):  # MoDE-only tuning: the base model is frozen
-            for p in model.parameters():
-                p.requires_grad_(False)
+        self._freeze_base_unless_peft()
         self.adapters.to(self.device)
         self.router.to(self.device)
         if config.loss_implementation == "liger":
             self.loss_implementation(device=None)  # refuse now what cannot run on any device
-        self.current_step: int | None = None  # set by the training loop; else forward calls are counted
-        self._training_forwards = 0
+        self._training_forwards = 0  # counts training forwards when no loop sets current_step
+
+    @property
+    def mode_config(self) -> MoDEConfig:
+        return self.method_config  # type: ignore[return-value]
+
+    def method_modules(self) -> dict[str, nn.Module]:
+        return {"adapters": self.adapters, "router": self.router}
 
     # -- where things live ---------------------------------------------------------------------------
-    @property
-    def causal_lm(self) -> PreTrainedModel:
-        """The innermost `*ForCausalLM` (under any PEFT wrapper)."""
-        return _unwrap(self.model)
-
     def _locate(self) -> None:
-        self._located: LocatedModel = locate(self.causal_lm)
+        super()._locate()
         self._router_aux = RouterAuxLoss.of(self.causal_lm)
         backbone_parameters = inspect.signature(self._located.backbone.forward).parameters
         self._cache_argument = "cache" if "cache" in backbone_parameters else "past_key_values"
         self._resolved_loss: dict[tuple[str, str], str] = {}  # 'auto' / 'liger', resolved per device
-
-    @property
-    def config(self):  # the base model's config, as HF-style callers expect
-        return self.causal_lm.config
-
-    @property
-    def generation_config(self):
-        return self.causal_lm.generation_config
-
-    @property
-    def device(self) -> torch.device:
-        return self._located.head.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._located.head.weight.dtype
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.causal_lm.get_input_embeddings()
-
-    def fingerprint(self) -> dict[str, Any]:
-        """What a saved MoDE run must match to be loaded onto a base model."""
-        return fingerprint_of(self.causal_lm)
 
     # -- capturing the late layers' hidden states ----------------------------------------------------
     @contextmanager
@@ -393,7 +346,7 @@ class MoDEModel(nn.Module):
         return MoDEOutput(
             loss=loss,
             logits=logits,
-            **{_CACHE_FIELD: backbone_out.get(_CACHE_FIELD)},  # the old name alone would warn
+            **{CACHE_FIELD: backbone_out.get(CACHE_FIELD)},  # the old name alone would warn
             hidden_states=getattr(backbone_out, "hidden_states", None),
             attentions=getattr(backbone_out, "attentions", None),
             ce_loss=parts.ce if parts else None,
@@ -484,105 +437,6 @@ class MoDEModel(nn.Module):
         finally:
             del causal_lm.forward
 
-    # -- PEFT conveniences ---------------------------------------------------------------------------
-    def merge_and_unload(self) -> MoDEModel:
-        """Merge a wrapped LoRA-style adapter into the base weights; the MoDE parts stay as they are."""
-        if _is_peft(self.model):
-            self.model = self.model.merge_and_unload()
-            self._locate()
-        return self
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **options: Any) -> None:
-        # `options`: what transformers' Trainer also passes (every_n_layers, offload), handed on when set
-        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
-        extra = {k: v for k, v in options.items() if v is not None}
-        self.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, **extra)
-        if _is_peft(self.model) or any(p.requires_grad for p in self.model.parameters()):
-            self.causal_lm.enable_input_require_grads()
-
-    def trainable_parameter_counts(self) -> dict[str, int]:
-        mode = sum(p.numel() for m in (self.adapters, self.router) for p in m.parameters() if p.requires_grad)
-        peft = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.parameters())
-        return {"mode": mode, "peft": peft, "trainable": mode + peft, "all": total}
-
-    def print_trainable_parameters(self) -> None:
-        c = self.trainable_parameter_counts()
-        print(
-            f"trainable params: {c['trainable']:,} (MoDE {c['mode']:,} + PEFT {c['peft']:,}) || "
-            f"all params: {c['all']:,} || trainable%: {100 * c['trainable'] / c['all']:.4f}"
-        )
-
-    # -- saving and loading ------------------------------------------------------------------------------
-    def mode_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only MoDE's own weights (adapters + router)."""
-        state = {f"adapters.{k}": v for k, v in self.adapters.state_dict().items()}
-        state.update({f"router.{k}": v for k, v in self.router.state_dict().items()})
-        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
-
-    def load_mode_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        expected = self.mode_state_dict()
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-        if missing or unexpected or wrong:
-            raise CheckpointError(
-                f"{source} does not match this MoDE configuration: missing {missing}, unexpected {unexpected}, "
-                f"wrong shape {wrong}"
-            )
-        self.adapters.load_state_dict({k[len("adapters.") :]: v for k, v in state.items() if k.startswith("adapters.")})
-        self.router.load_state_dict({k[len("router.") :]: v for k, v in state.items() if k.startswith("router.")})
-
-    def load_mode_weights(self, directory: str | os.PathLike[str]) -> None:
-        """Load `mode_model.safetensors` from a saved model or checkpoint directory into this model."""
-        path = Path(directory) / WEIGHTS_NAME
-        self.load_mode_state_dict(_read_weights(path), source=str(path))
-
-    def save_pretrained(self, save_directory: str | os.PathLike[str], **peft_kwargs: Any) -> None:
-        """Write MoDE weights (safetensors) + config + base fingerprint, and the PEFT adapter if wrapped.
-
-        Every file is written under a temporary name and renamed into place, so a killed process leaves
-        either the old file or the new one, never half of one.
-        """
-        from safetensors.torch import save_file
-
-        from modetune import __version__
-
-        directory = Path(save_directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if _is_peft(self.model):
-            self.model.save_pretrained(str(directory), **peft_kwargs)
-        tmp = directory / f".{WEIGHTS_NAME}.tmp"
-        save_file(self.mode_state_dict(), str(tmp), metadata={"format": "pt", "modetune_version": __version__})
-        os.replace(tmp, directory / WEIGHTS_NAME)
-        extra = {
-            "base_model": self.fingerprint(),
-            "peft": _is_peft(self.model),
-            "modetune_version": __version__,
-        }
-        self.mode_config.save_pretrained(directory, extra=extra)
-
-    @classmethod
-    def from_pretrained(
-        cls, base_model: nn.Module, path: str | os.PathLike[str], is_trainable: bool = False, verify: bool = True
-    ) -> MoDEModel:
-        """Restore a saved MoDE model (and its PEFT adapter, if one was saved) onto `base_model`."""
-        directory = Path(path)
-        config, extra = load_config(directory)
-        _check_fingerprint(extra.get("base_model"), fingerprint_of(_unwrap(base_model)), directory)
-        model = base_model
-        if extra.get("peft") or (directory / PEFT_CONFIG_NAME).exists():
-            if not (directory / PEFT_CONFIG_NAME).exists():
-                raise CheckpointError(f"{directory} was saved with a PEFT adapter but {PEFT_CONFIG_NAME} is missing")
-            if not _is_peft(base_model):
-                model = _load_peft(base_model, directory, is_trainable)
-        mode = cls(model, config, verify=verify)
-        mode.load_mode_weights(directory)
-        if not is_trainable:
-            mode.eval()
-            for p in [*mode.adapters.parameters(), *mode.router.parameters()]:
-                p.requires_grad_(False)
-        return mode
-
 
 def get_mode_model(
     model: nn.Module, config: MoDEConfig | None = None, *, verify: bool = True, **overrides: Any
@@ -609,105 +463,3 @@ def _keep_positions(t: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torc
     if isinstance(logits_to_keep, int):
         return t if logits_to_keep == 0 else t[:, -logits_to_keep:]
     return t[:, logits_to_keep]
-
-
-def fingerprint_of(causal_lm: PreTrainedModel) -> dict[str, Any]:
-    """Architecture, depth, width and vocabulary of a base model: enough to refuse a mismatched base."""
-    located = locate(causal_lm)
-    return {
-        "architecture": type(causal_lm).__name__,
-        "model_type": causal_lm.config.model_type,
-        "num_hidden_layers": len(located.layers),
-        "hidden_size": causal_lm.config.get_text_config().hidden_size,
-        "vocab_size": int(located.head.weight.shape[0]),
-    }
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if _is_peft(model) else model
-
-
-def _is_peft(model: nn.Module) -> bool:
-    return PeftModel is not None and isinstance(model, PeftModel)
-
-
-def _reject_prompt_learning(model: nn.Module) -> None:
-    if _is_peft(model) and model.active_peft_config.is_prompt_learning:
-        raise ModetuneError(
-            f"PEFT method {model.active_peft_config.peft_type} adds virtual tokens outside the decoder layers and "
-            "is not supported by MoDE; use a method that adapts modules (LoRA, DoRA, IA3, LoHa, LoKr, ...)"
-        )
-
-
-def load_config(
-    directory: Path, config_cls: type = MoDEConfig, name: str = CONFIG_NAME, what: str = "MoDE"
-) -> tuple[Any, dict[str, Any]]:
-    """Read `mode_config.json` (or another method's `name`): the config and the stored extras (base fingerprint)."""
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory} is not a directory with a saved {what} model")
-    path = directory / name
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: {directory} does not hold a saved {what} model")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); the file is corrupt") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} does not hold a JSON object; the file is corrupt")
-    extra = data.pop("_extra", {}) or {}
-    try:
-        return config_cls.from_dict(data), extra
-    except ConfigError as exc:
-        saved = str(extra.get("modetune_version", "")) if isinstance(extra, dict) else ""
-        if saved and _is_newer_version(saved):
-            from modetune import __version__
-
-            raise CheckpointError(
-                f"{path} was written by modetune {saved}, newer than this modetune {__version__}, with settings "
-                f"this version cannot read ({exc}); upgrade: pip install -U modetune"
-            ) from None
-        raise CheckpointError(f"{path}: {exc}") from None
-
-
-def _is_newer_version(saved: str) -> bool:
-    from packaging.version import InvalidVersion, Version
-
-    from modetune import __version__
-
-    try:
-        return Version(saved) > Version(__version__)
-    except InvalidVersion:
-        return False
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: the MoDE weights were not saved or were deleted")
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
-        raise CheckpointError(f"{path} is truncated or corrupt and cannot be read ({exc})") from None
-
-
-def _load_peft(base_model: nn.Module, directory: Path, is_trainable: bool) -> nn.Module:
-    try:
-        return PeftModel.from_pretrained(base_model, str(directory), is_trainable=is_trainable)
-    except Exception as exc:
-        raise CheckpointError(f"the PEFT adapter in {directory} cannot be loaded: {exc}") from None
-
-
-def _check_fingerprint(
-    saved: dict[str, Any] | None, actual: dict[str, Any], directory: Path, name: str = CONFIG_NAME, what: str = "MoDE"
-) -> None:
-    if not saved:
-        raise CheckpointError(f"{directory / name} has no base-model fingerprint; it was not saved by modetune")
-    diffs = [
-        f"{key}: saved {saved.get(key)!r}, given {actual[key]!r}" for key in actual if saved.get(key) != actual[key]
-    ]
-    if diffs:
-        raise CheckpointError(
-            f"the {what} model in {directory} was trained on a different base model ({'; '.join(diffs)}). "
-            "Load it onto the base model it was trained with."
-        )

@@ -5,13 +5,11 @@ Field help lives in each field's `metadata["help"]`, so the CLI builds its optio
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from modetune.errors import ConfigError
+from modetune.method_base import MethodConfig, check_bool, check_choice, check_int, check_number, help_field
 
 CONFIG_NAME = "mode_config.json"
 
@@ -36,14 +34,12 @@ PAPER_PRESET: dict[str, Any] = {
 }
 
 
-def help_field(text: str, **kw: Any) -> Any:
-    """A dataclass field carrying its help text (the CLI and README options are generated from it)."""
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass
-class MoDEConfig:
+class MoDEConfig(MethodConfig):
     """Configuration of a Mixture-of-Depths Ensemble over the last `num_layers` decoder layers."""
+
+    config_name: ClassVar[str] = CONFIG_NAME
+    method_name: ClassVar[str] = "MoDE"
 
     num_layers: int = help_field(
         "k: how many of the last decoder layers form the ensemble, the final layer included "
@@ -138,47 +134,47 @@ class MoDEConfig:
     # -- validation -------------------------------------------------------------------------------
     def validate(self, num_model_layers: int | None = None) -> None:
         """Reject bad values with a message naming the field and the allowed values."""
-        _check_int(self, "num_layers", low=1)
+        check_int(self, "num_layers", low=1)
         if num_model_layers is not None and self.num_layers > num_model_layers:
             raise ConfigError(
                 f"num_layers={self.num_layers} is larger than the model's {num_model_layers} decoder layers; "
                 f"allowed: 1..{num_model_layers}"
             )
-        _check_choice(self, "router", ROUTERS)
-        _check_choice(self, "router_init", ROUTER_INITS)
-        _check_choice(self, "adapter", ADAPTERS)
-        _check_choice(self, "distill", DISTILLS)
-        _check_choice(self, "distill_schedule", DISTILL_SCHEDULES)
-        _check_int(self, "top_k", low=1)
+        check_choice(self, "router", ROUTERS)
+        check_choice(self, "router_init", ROUTER_INITS)
+        check_choice(self, "adapter", ADAPTERS)
+        check_choice(self, "distill", DISTILLS)
+        check_choice(self, "distill_schedule", DISTILL_SCHEDULES)
+        check_int(self, "top_k", low=1)
         if self.router == "topk" and self.top_k > self.num_layers:
             raise ConfigError(
                 f"top_k={self.top_k} is larger than num_layers={self.num_layers}; allowed: 1..{self.num_layers}"
             )
-        _check_bool(self, "router_bias")
+        check_bool(self, "router_bias")
         if not self.router_bias and self.router_init == "final" and self.num_layers > 1:
             raise ConfigError(
                 "router_bias=False cannot start from router_init='final' (that initial weighting is a bias); "
                 "allowed: router_init='uniform' with router_bias=False, or router_bias=True"
             )
-        _check_number(self, "router_final_weight")
+        check_number(self, "router_final_weight")
         if not 0.0 < self.router_final_weight < 1.0:
             raise ConfigError(
                 f"router_final_weight={self.router_final_weight!r} is out of range; allowed: 0 < value < 1"
             )
-        _check_number(self, "distill_weight")
+        check_number(self, "distill_weight")
         if self.distill_weight < 0:
             raise ConfigError(f"distill_weight={self.distill_weight!r} is negative; allowed: a number >= 0")
-        _check_number(self, "distill_temperature")
+        check_number(self, "distill_temperature")
         if self.distill_temperature <= 0:
             raise ConfigError(
                 f"distill_temperature={self.distill_temperature!r} must be positive; allowed: a number > 0"
             )
-        _check_bool(self, "distill_detach_teacher")
-        _check_bool(self, "mix_in_hidden_space")
-        _check_int(self, "distill_every", low=1)
-        _check_int(self, "layer_metrics_every", low=1)
-        _check_choice(self, "loss_implementation", LOSS_IMPLEMENTATIONS)
-        _check_int(self, "loss_chunk_size", low=0)
+        check_bool(self, "distill_detach_teacher")
+        check_bool(self, "mix_in_hidden_space")
+        check_int(self, "distill_every", low=1)
+        check_int(self, "layer_metrics_every", low=1)
+        check_choice(self, "loss_implementation", LOSS_IMPLEMENTATIONS)
+        check_int(self, "loss_chunk_size", low=0)
 
     @classmethod
     def paper(cls, **overrides: Any) -> MoDEConfig:
@@ -196,67 +192,3 @@ class MoDEConfig:
     @property
     def uses_distillation(self) -> bool:
         return self.distill != "none" and self.distill_weight > 0 and self.num_layers > 1
-
-    # -- serialisation ----------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MoDEConfig:
-        if not isinstance(data, dict):
-            raise ConfigError(f"a MoDE config must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown MoDE config field(s) {unknown}; allowed fields: {sorted(known)}")
-        return cls(**data)
-
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json_string(cls, text: str) -> MoDEConfig:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"MoDE config is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
-
-    def save_pretrained(self, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
-        """Write `mode_config.json` atomically; `extra` (e.g. the base-model fingerprint) is stored beside the fields."""
-        return save_config_json(Path(directory) / CONFIG_NAME, self.to_dict(), extra)
-
-
-def save_config_json(path: Path, fields_: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
-    """Write a method config (plus `_extra`) atomically: a killed process leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    payload = {**fields_, **({"_extra": extra} if extra else {})}
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def _check_choice(cfg: MoDEConfig, name: str, allowed: tuple[str, ...]) -> None:
-    value = getattr(cfg, name)
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not supported; allowed: {', '.join(map(repr, allowed))}")
-
-
-def _check_int(cfg: MoDEConfig, name: str, low: int) -> None:
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
-    if value < low:
-        raise ConfigError(f"{name}={value!r} is too small; allowed: an integer >= {low}")
-
-
-def _check_number(cfg: MoDEConfig, name: str) -> None:
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN check
-        raise ConfigError(f"{name}={value!r} must be a finite number")
-
-
-def _check_bool(cfg: MoDEConfig, name: str) -> None:
-    value = getattr(cfg, name)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name}={value!r} must be true or false")

@@ -10,7 +10,7 @@ import torch
 
 from modetune import MoDEConfig, get_mode_model
 from modetune.errors import ConfigError
-from modetune.losses import LossPlan, auto_chunk_size, divergence, mode_loss_chunked, mode_loss_reference
+from modetune.mode.losses import LossPlan, auto_chunk_size, divergence, mode_loss_chunked, mode_loss_reference
 from tests.conftest import build_tiny_model
 
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from modetune.architectures import LinearHead, LocatedModel
-from modetune.config import MoDEConfig
+from modetune.mode.config import MoDEConfig
 
 IGNORE_INDEX = -100
 Projector = Callable[[torch.Tensor], torch.Tensor]  # normalized hidden [n, d] -> logits [n, V]

@@ -8,8 +8,8 @@ import torch
 from modetune import MoDEConfig, MoDEModel, get_mode_model
 from modetune.cli import build_parser
 from modetune.cli.train import mode_config_from_args
-from modetune.config import PAPER_PRESET
 from modetune.errors import ConfigError
+from modetune.mode import PAPER_PRESET
 from tests.conftest import build_tiny_model
 
 
@@ -55,7 +55,7 @@ def test_bias_free_router_saves_and_loads(tmp_path, batch):
     model = get_mode_model(build_tiny_model("llama"), MoDEConfig.paper())
     with torch.no_grad():
         model.router.gate.weight.normal_()
-    assert "router.gate.bias" not in model.mode_state_dict()
+    assert "router.gate.bias" not in model.method_state_dict()
     model.save_pretrained(tmp_path)
     loaded = MoDEModel.from_pretrained(build_tiny_model("llama"), tmp_path)
     assert loaded.mode_config.router_bias is False

@@ -1,0 +1,428 @@
+"""What every depth method that wraps a causal LM shares, so `mode` and `mod` are sibling packages.
+
+PEFT's split, for our methods:
+
+* `MethodConfig`: a validated dataclass that round-trips through JSON and is saved beside the weights
+  together with the base model's fingerprint (`mode_config.json`, `mod_config.json`);
+* `MethodModel`: wraps a `*ForCausalLM` (or a `PeftModel` of one), knows where its pieces live
+  (`modetune.architectures`), and saves/loads the method's own weights (safetensors) plus the PEFT adapter,
+  refusing a run trained on another base model.
+
+Each method's own `model.py` then holds only what the method does (MoDE's late-layer ensemble, MoD's token
+routing). Mixture-of-Modules is a model of its own (`MoMForCausalLM`, a `PreTrainedModel`), so it uses the
+transformers conventions directly instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import asdict, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from modetune.architectures import LocatedModel, locate
+from modetune.errors import CheckpointError, ConfigError, ModetuneError
+
+PEFT_CONFIG_NAME = "adapter_config.json"
+# the output field of the KV cache: `cache` from transformers 5.24 on (`past_key_values` is its deprecated alias)
+CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+
+try:  # PEFT is a dependency, but keep the core importable without it
+    from peft import PeftModel
+except ImportError:  # pragma: no cover
+    PeftModel = None  # type: ignore[assignment,misc]
+
+C = TypeVar("C", bound="MethodConfig")
+M = TypeVar("M", bound="MethodModel")
+
+
+# --------------------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------------------
+def help_field(text: str, **kw: Any) -> Any:
+    """A dataclass field carrying its help text (the CLI and README options are generated from it)."""
+    return field(metadata={"help": text}, **kw)
+
+
+def check_choice(cfg: Any, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(cfg, name)
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not supported; allowed: {', '.join(map(repr, allowed))}")
+
+
+def check_int(cfg: Any, name: str, low: int) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
+    if value < low:
+        raise ConfigError(f"{name}={value!r} is too small; allowed: an integer >= {low}")
+
+
+def check_number(cfg: Any, name: str) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN check
+        raise ConfigError(f"{name}={value!r} must be a finite number")
+
+
+def check_bool(cfg: Any, name: str) -> None:
+    value = getattr(cfg, name)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} must be true or false")
+
+
+def save_config_json(path: Path, fields_: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+    """Write a method config (plus `_extra`) atomically: a killed process leaves the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    payload = {**fields_, **({"_extra": extra} if extra else {})}
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+class MethodConfig:
+    """JSON round-trip for a method's `@dataclass` config; subclasses set `config_name` and `method_name`."""
+
+    config_name: ClassVar[str]
+    method_name: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a {cls.method_name} config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.method_name} config field(s) {unknown}; allowed fields: {sorted(known)}")
+        return cls(**data)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json_string(cls: type[C], text: str) -> C:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{cls.method_name} config is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def save_pretrained(self, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
+        """Write the config file atomically; `extra` (e.g. the base-model fingerprint) is stored beside the fields."""
+        return save_config_json(Path(directory) / self.config_name, self.to_dict(), extra)
+
+
+def load_config(directory: Path, config_cls: type[C]) -> tuple[C, dict[str, Any]]:
+    """Read a saved method config: the config and the stored extras (base fingerprint, versions)."""
+    what, name = config_cls.method_name, config_cls.config_name
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory with a saved {what} model")
+    path = directory / name
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: {directory} does not hold a saved {what} model")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); the file is corrupt") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object; the file is corrupt")
+    extra = data.pop("_extra", {}) or {}
+    try:
+        return config_cls.from_dict(data), extra
+    except ConfigError as exc:
+        saved = str(extra.get("modetune_version", "")) if isinstance(extra, dict) else ""
+        if saved and _is_newer_version(saved):
+            from modetune import __version__
+
+            raise CheckpointError(
+                f"{path} was written by modetune {saved}, newer than this modetune {__version__}, with settings "
+                f"this version cannot read ({exc}); upgrade: pip install -U modetune"
+            ) from None
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def _is_newer_version(saved: str) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    from modetune import __version__
+
+    try:
+        return Version(saved) > Version(__version__)
+    except InvalidVersion:
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# The wrapper
+# --------------------------------------------------------------------------------------------------
+class MethodModel(nn.Module):
+    """A `*ForCausalLM` (or a `PeftModel` of one) with a depth method's own small modules around it.
+
+    Subclasses set `config_class`, `weights_name` and `counts_key`, build their modules in `__init__` after
+    calling `super().__init__(model, config)`, and list them in `method_modules()`; saving, loading, the
+    base-model fingerprint, parameter counts and the PEFT conveniences are shared.
+    """
+
+    config_class: ClassVar[type[MethodConfig]]
+    weights_name: ClassVar[str]  # the method's own weights, e.g. "mode_model.safetensors"
+    counts_key: ClassVar[str]  # its key in trainable_parameter_counts(), e.g. "mode"
+    accepts_loss_kwargs = True  # transformers.Trainer passes num_items_in_batch (correct grad accumulation)
+
+    def __init__(self, model: nn.Module, config: MethodConfig) -> None:
+        super().__init__()
+        name = self.config_class.method_name
+        if not isinstance(config, self.config_class):
+            raise ConfigError(f"config must be a {self.config_class.__name__}, got {type(config).__name__}")
+        if not isinstance(model, nn.Module) or not isinstance(
+            getattr(_unwrap(model), "config", None), PretrainedConfig
+        ):
+            raise ModetuneError(
+                f"{name} needs a transformers *ForCausalLM (or a PeftModel of one), got {type(model).__name__}; "
+                "load one with AutoModelForCausalLM.from_pretrained(...)"
+            )
+        _reject_prompt_learning(model, name)
+        self.model = model
+        self.method_config = config
+        self._locate()
+        self.current_step: int | None = None  # set by the training loop
+
+    # -- where things live ---------------------------------------------------------------------------
+    def _locate(self) -> None:
+        """Find layers, final norm and head (again after the base model changed, e.g. a LoRA merge)."""
+        self._located: LocatedModel = locate(self.causal_lm)
+
+    @property
+    def causal_lm(self) -> PreTrainedModel:
+        """The innermost `*ForCausalLM` (under any PEFT wrapper)."""
+        return _unwrap(self.model)
+
+    @property
+    def config(self):  # the base model's config, as HF-style callers expect
+        return self.causal_lm.config
+
+    @property
+    def generation_config(self):
+        return self.causal_lm.generation_config
+
+    @property
+    def device(self) -> torch.device:
+        return self._located.head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._located.head.weight.dtype
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.causal_lm.get_input_embeddings()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a saved run must match to be loaded onto a base model."""
+        return fingerprint_of(self.causal_lm)
+
+    def _freeze_base_unless_peft(self) -> None:
+        """Method-only tuning trains the method's modules alone: the base model is frozen."""
+        if not _is_peft(self.model):
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+
+    # -- the method's own modules ---------------------------------------------------------------------
+    def method_modules(self) -> dict[str, nn.Module]:
+        """Name -> module of everything the method adds (saved in `weights_name`)."""
+        raise NotImplementedError
+
+    @property
+    def state_prefixes(self) -> tuple[str, ...]:
+        """Key prefixes of the method's weights in this module's `state_dict()` (what a gathered FSDP/ZeRO-3
+        state dict holds for them)."""
+        return tuple(f"{name}." for name in self.method_modules())
+
+    def method_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the method's own weights, on the CPU."""
+        return {
+            f"{name}.{k}": v.detach().contiguous().cpu()
+            for name, module in self.method_modules().items()
+            for k, v in module.state_dict().items()
+        }
+
+    def load_method_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        expected = self.method_state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+        if missing or unexpected or wrong:
+            raise CheckpointError(
+                f"{source} does not match this {self.config_class.method_name} configuration: missing {missing}, "
+                f"unexpected {unexpected}, wrong shape {wrong}"
+            )
+        for name, module in self.method_modules().items():
+            prefix = f"{name}."
+            module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+    def load_method_weights(self, directory: str | os.PathLike[str]) -> None:
+        """Load the method's weights from a saved model or checkpoint directory into this model."""
+        path = Path(directory) / self.weights_name
+        self.load_method_state_dict(_read_weights(path, self.config_class.method_name), source=str(path))
+
+    # -- saving and loading ------------------------------------------------------------------------------
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike[str],
+        method_state: dict[str, torch.Tensor] | None = None,
+        **peft_kwargs: Any,
+    ) -> None:
+        """Write the method's weights (safetensors) + config + base fingerprint, and the PEFT adapter if wrapped.
+
+        `method_state` replaces `method_state_dict()` when the caller holds gathered weights (FSDP, ZeRO-3).
+        Every file is written under a temporary name and renamed into place, so a killed process leaves
+        either the old file or the new one, never half of one.
+        """
+        from safetensors.torch import save_file
+
+        from modetune import __version__
+
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if _is_peft(self.model):
+            # modetune never resizes the vocabulary: without this, PEFT asks the Hub whether it did
+            peft_kwargs.setdefault("save_embedding_layers", "auto" if _targets_embeddings(self.model) else False)
+            self.model.save_pretrained(str(directory), **peft_kwargs)
+        state = self.method_state_dict() if method_state is None else method_state
+        tmp = directory / f".{self.weights_name}.tmp"
+        save_file(state, str(tmp), metadata={"format": "pt", "modetune_version": __version__})
+        os.replace(tmp, directory / self.weights_name)
+        extra = {"base_model": self.fingerprint(), "peft": _is_peft(self.model), "modetune_version": __version__}
+        self.method_config.save_pretrained(directory, extra=extra)
+
+    @classmethod
+    def from_pretrained(
+        cls: type[M], base_model: nn.Module, path: str | os.PathLike[str], is_trainable: bool = False, **kwargs: Any
+    ) -> M:
+        """Restore a saved run (and its PEFT adapter, if one was saved) onto `base_model`."""
+        directory = Path(path)
+        config, extra = load_config(directory, cls.config_class)
+        _check_fingerprint(extra.get("base_model"), fingerprint_of(_unwrap(base_model)), directory, cls.config_class)
+        model = base_model
+        if extra.get("peft") or (directory / PEFT_CONFIG_NAME).exists():
+            if not (directory / PEFT_CONFIG_NAME).exists():
+                raise CheckpointError(f"{directory} was saved with a PEFT adapter but {PEFT_CONFIG_NAME} is missing")
+            if not _is_peft(base_model):
+                model = _load_peft(base_model, directory, is_trainable)
+        wrapped = cls(model, config, **kwargs)
+        wrapped.load_method_weights(directory)
+        if not is_trainable:
+            wrapped.eval()
+            for module in wrapped.method_modules().values():
+                for p in module.parameters():
+                    p.requires_grad_(False)
+        return wrapped
+
+    # -- PEFT conveniences ---------------------------------------------------------------------------
+    def merge_and_unload(self: M) -> M:
+        """Merge a wrapped LoRA-style adapter into the base weights; the method's modules stay as they are."""
+        if _is_peft(self.model):
+            self.model = self.model.merge_and_unload()
+            self._locate()
+        return self
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **options: Any) -> None:
+        # `options`: what transformers' Trainer also passes (every_n_layers, offload), handed on when set
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        extra = {k: v for k, v in options.items() if v is not None}
+        self.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, **extra)
+        if _is_peft(self.model) or any(p.requires_grad for p in self.model.parameters()):
+            self.causal_lm.enable_input_require_grads()
+
+    def trainable_parameter_counts(self) -> dict[str, int]:
+        own = sum(p.numel() for m in self.method_modules().values() for p in m.parameters() if p.requires_grad)
+        peft = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return {self.counts_key: own, "peft": peft, "trainable": own + peft, "all": total}
+
+    def print_trainable_parameters(self) -> None:
+        c = self.trainable_parameter_counts()
+        print(
+            f"trainable params: {c['trainable']:,} ({self.config_class.method_name} {c[self.counts_key]:,} + "
+            f"PEFT {c['peft']:,}) || all params: {c['all']:,} || trainable%: {100 * c['trainable'] / c['all']:.4f}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+def fingerprint_of(causal_lm: PreTrainedModel) -> dict[str, Any]:
+    """Architecture, depth, width and vocabulary of a base model: enough to refuse a mismatched base."""
+    located = locate(causal_lm)
+    return {
+        "architecture": type(causal_lm).__name__,
+        "model_type": causal_lm.config.model_type,
+        "num_hidden_layers": len(located.layers),
+        "hidden_size": causal_lm.config.get_text_config().hidden_size,
+        "vocab_size": int(located.head.weight.shape[0]),
+    }
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if _is_peft(model) else model
+
+
+def _is_peft(model: nn.Module) -> bool:
+    return PeftModel is not None and isinstance(model, PeftModel)
+
+
+def _targets_embeddings(model: nn.Module) -> bool:
+    from peft.utils.other import EMBEDDING_LAYER_NAMES
+
+    targets = getattr(model.active_peft_config, "target_modules", None) or ()
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    return any(name in targets for name in EMBEDDING_LAYER_NAMES)
+
+
+def _reject_prompt_learning(model: nn.Module, method: str = "MoDE") -> None:
+    if _is_peft(model) and model.active_peft_config.is_prompt_learning:
+        raise ModetuneError(
+            f"PEFT method {model.active_peft_config.peft_type} adds virtual tokens outside the decoder layers and "
+            f"is not supported by {method}; use a method that adapts modules (LoRA, DoRA, IA3, LoHa, LoKr, ...)"
+        )
+
+
+def _read_weights(path: Path, what: str = "MoDE") -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the {what} weights were not saved or were deleted")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
+        raise CheckpointError(f"{path} is truncated or corrupt and cannot be read ({exc})") from None
+
+
+def _load_peft(base_model: nn.Module, directory: Path, is_trainable: bool) -> nn.Module:
+    try:
+        return PeftModel.from_pretrained(base_model, str(directory), is_trainable=is_trainable)
+    except Exception as exc:
+        raise CheckpointError(f"the PEFT adapter in {directory} cannot be loaded: {exc}") from None
+
+
+def _check_fingerprint(
+    saved: dict[str, Any] | None, actual: dict[str, Any], directory: Path, config_cls: type[MethodConfig]
+) -> None:
+    if not saved:
+        raise CheckpointError(
+            f"{directory / config_cls.config_name} has no base-model fingerprint; it was not saved by modetune"
+        )
+    diffs = [
+        f"{key}: saved {saved.get(key)!r}, given {actual[key]!r}" for key in actual if saved.get(key) != actual[key]
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"the {config_cls.method_name} model in {directory} was trained on a different base model "
+            f"({'; '.join(diffs)}). Load it onto the base model it was trained with."
+        )
