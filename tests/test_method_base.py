@@ -52,7 +52,7 @@ def test_both_methods_save_and_load_through_the_shared_base(method, tmp_path):
 
 def test_a_run_of_one_method_is_refused_by_the_other(tmp_path):
     get_mode_model(_base(), MoDEConfig(num_layers=2)).save_pretrained(tmp_path)
-    with pytest.raises(CheckpointError, match="mod_config.json is missing"):
+    with pytest.raises(CheckpointError, match=r"mod_config\.json is missing"):
         MoDModel.from_pretrained(_base(), tmp_path)
 
 

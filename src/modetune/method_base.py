@@ -18,6 +18,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -404,9 +407,19 @@ def _read_weights(path: Path, what: str = "MoDE") -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is truncated or corrupt and cannot be read ({exc})") from None
 
 
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model; that
+    FutureWarning is about PEFT's call, not the user's, so a modetune console does not show it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def _load_peft(base_model: nn.Module, directory: Path, is_trainable: bool) -> nn.Module:
     try:
-        return PeftModel.from_pretrained(base_model, str(directory), is_trainable=is_trainable)
+        with quiet_peft():
+            return PeftModel.from_pretrained(base_model, str(directory), is_trainable=is_trainable)
     except Exception as exc:
         raise CheckpointError(f"the PEFT adapter in {directory} cannot be loaded: {exc}") from None
 

@@ -21,9 +21,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modetune.errors import CheckpointError, ModetuneError
+
+if TYPE_CHECKING:
+    from modetune.method_base import MethodModel
 
 RUN_FILE = "run.json"
 CHECKPOINT_MARKER = "modetune-checkpoint-complete.json"  # written last into each checkpoint-N (training/trainer.py)
@@ -128,26 +131,39 @@ def resolve_run_base(info: dict[str, Any], root: Path, base: str | None = None) 
     )
 
 
+def saved_method_class(directory: str | os.PathLike[str]) -> type[MethodModel] | None:
+    """Which depth method saved the model in `directory` (MoDE or MoD), from its config file; None if neither."""
+    from modetune.mod import MoDModel
+    from modetune.mode import MoDEModel
+
+    for cls in (MoDEModel, MoDModel):
+        if (Path(directory) / cls.config_class.config_name).is_file():
+            return cls
+    return None
+
+
 def load_run(
     run_dir: str | os.PathLike[str], *, dtype: str = "auto", device: str = "auto", base: str | None = None
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """(MoDEModel in eval mode, tokenizer, run info) for a run directory or one of its checkpoints.
+    """(the method's model in eval mode, tokenizer, run info) for a run directory or one of its checkpoints.
 
-    ``base`` overrides the base model (any `--model` spec); otherwise it is found as `resolve_run_base`
-    says, so a run copied to another machine loads by its hub id or embedded model name. A different
-    model is refused by MoDE's base fingerprint check."""
+    The method is read from the saved config (`mode_config.json`: a `MoDEModel`, `mod_config.json`: a
+    `MoDModel`). ``base`` overrides the base model (any `--model` spec); otherwise it is found as
+    `resolve_run_base` says, so a run copied to another machine loads by its hub id or embedded model name.
+    A different model is refused by the base fingerprint check."""
     from transformers import AutoTokenizer
 
     from modetune.loading import load_model_and_tokenizer
-    from modetune.mode import MoDEModel
 
     weights_dir = Path(run_dir)
     root = find_run_root(weights_dir)
     info = read_run_info(root)
-    if not (weights_dir / "mode_config.json").is_file():
+    method = saved_method_class(weights_dir)
+    if method is None:
         raise CheckpointError(
-            f"{weights_dir} holds no trained model yet (mode_config.json is missing): the run did not finish; "
-            f"resume it with `modetune train --output {root} --resume ...` or load one of its checkpoint-N folders"
+            f"{weights_dir} holds no trained model yet (no mode_config.json or mod_config.json): the run did not "
+            f"finish; resume it with `modetune train --output {root} --resume ...` or load one of its "
+            "checkpoint-N folders"
         )
     # a model whose writing was interrupted never loads as valid: checkpoints count once marked complete
     # (the marker is written last), the final model once run.json says the run is complete
@@ -163,7 +179,7 @@ def load_run(
         )
     spec = resolve_run_base(info, root, base)
     base_model, tokenizer = load_model_and_tokenizer(spec, dtype=dtype, device=device)
-    model = MoDEModel.from_pretrained(base_model, weights_dir)
+    model = method.from_pretrained(base_model, weights_dir)
     if (weights_dir / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(str(weights_dir))
         if tokenizer.pad_token is None:

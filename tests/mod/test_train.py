@@ -14,7 +14,7 @@ ARGS = ["--method", "mod", "--data", "synthetic:48:1", "--cutoff-len", "96", "--
         "--router-init-bias", "1.0", "--load-weight", "2.0", "--load-target", "0.0"]  # fmt: skip
 
 
-def test_train_method_mod_writes_a_resumable_run(tmp_path, tiny_model_dir):
+def test_train_method_mod_writes_a_resumable_run(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "run"
     base = ["train", "--model", str(tiny_model_dir), "--output", str(out), *ARGS]
     assert main([*base, "--max-steps", "4", "--save-steps", "2"]) == 0
@@ -42,6 +42,20 @@ def test_train_method_mod_writes_a_resumable_run(tmp_path, tiny_model_dir):
     with torch.no_grad():
         result = mod(torch.randint(3, 50, (1, 20)))
     assert result.processed_fraction.shape == (2,)
+
+    # `modetune eval` loads a MoD run like a MoDE run (generation through the MoD cache)
+    data = tmp_path / "svamp.json"
+    data.write_text(json.dumps([{"instruction": "Mia has 5 apples and buys 3. How many now?", "answer": "8"}]))
+    code = main(["eval", "--run", str(out), "--task", "svamp", "--data", f"svamp={data}", "--max-new-tokens", "3",
+                 "--output", str(tmp_path / "eval"), "--no-progress"])  # fmt: skip
+    assert code == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["model"]["run_dir"] == str(out) and results["tasks"]["svamp"]["n"] == 1
+
+    # `modetune inspect` is MoDE's instrument: a MoD run is refused with a message saying what to use
+    assert main(["inspect", "--run", str(out), "--prompt", "hi", "--output", str(tmp_path / "inspect")]) == 2
+    assert not (tmp_path / "inspect").exists()
+    assert "is a MoD (MoDification) run" in capsys.readouterr().err
 
 
 def test_routers_get_their_own_learning_rate(tmp_path):

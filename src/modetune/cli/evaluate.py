@@ -47,7 +47,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--model", help="model spec: embedded name (smollm2-135m), local HF dir, GGUF file, cached hub id"
     )
     # dest is not "run": the CLI dispatches on args.run
-    which.add_argument("--run", dest="run_dir", metavar="RUN_DIR", help="a MoDE run directory from `modetune train`")
+    which.add_argument(
+        "--run", dest="run_dir", metavar="RUN_DIR", help="a run directory from `modetune train` (MoDE or MoD)"
+    )
     parser.add_argument(
         "--base",
         default=None,

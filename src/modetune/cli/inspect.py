@@ -158,6 +158,12 @@ def _check_model_source(args: argparse.Namespace) -> dict[str, Any] | None:
     root = find_run_root(args.run_dir)
     info = read_run_info(root)
     if not (Path(args.run_dir) / "mode_config.json").is_file():
+        if (Path(args.run_dir) / "mod_config.json").is_file():
+            raise CheckpointError(
+                f"{args.run_dir} is a MoD (MoDification) run; `modetune inspect` looks inside MoDE runs (late "
+                "layers and their router). Evaluate a MoD run with `modetune eval --run-dir` or measure its "
+                "skipping with benchmarks/mod_bench.py"
+            )
         raise CheckpointError(f"{args.run_dir} holds no trained model yet (mode_config.json is missing)")
     return info
 

@@ -59,12 +59,14 @@ def _load(run: str | None, model: Any, base: str | None, dtype: str, device: str
         # a run on an explicitly given base model (e.g. the run's base moved); MoDE checks the
         # base's fingerprint, so a different model is refused with a clear error
         from modetune.loading import load_model_and_tokenizer
-        from modetune.mode import MoDEModel
-        from modetune.runs import find_run_root, read_run_info
+        from modetune.runs import find_run_root, read_run_info, saved_method_class
 
         info = read_run_info(find_run_root(run))
+        method = saved_method_class(run)
+        if method is None:
+            raise ModetuneError(f"{run} holds no saved MoDE or MoD model (no mode_config.json or mod_config.json)")
         base_model, tokenizer = load_model_and_tokenizer(str(base), dtype=dtype, device=device)
-        loaded_model = MoDEModel.from_pretrained(base_model, run).eval()
+        loaded_model = method.from_pretrained(base_model, run).eval()
         return loaded_model, tokenizer, {**info, "run_dir": str(run), "base_override": str(base)}
     spec = model if model is not None else base
     if spec is None:

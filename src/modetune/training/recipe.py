@@ -9,13 +9,13 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from modetune.errors import ConfigError, DataError, ModetuneError
+from modetune.method_base import quiet_peft
 from modetune.mode.config import MoDEConfig
 from modetune.runs import RUN_FILE, base_model_record, read_run_info, set_base_model_name, write_run_info
 from modetune.training.config import TrainConfig
@@ -108,8 +108,7 @@ def wrap_peft(model: Any, cfg: TrainConfig) -> Any:
             use_dora=cfg.peft == "dora",
             task_type="CAUSAL_LM",
         )
-        with warnings.catch_warnings():  # PEFT itself reads the deprecated `is_gradient_checkpointing`
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with quiet_peft():
             return get_peft_model(model, lora)
     except ValueError as exc:
         raise ConfigError(f"--target-modules {cfg.target_modules!r}: {exc}") from None
