@@ -312,8 +312,15 @@ def main(argv: list[str] | None = None) -> int:
     main_name = variants[1].name
     matched = quality[main_name]["processed"]
     if topk_mod is not None:
-        capacity = topk_mod.mod_config.capacity
-        variants.append(Variant(f"top-k c={capacity:.2f} (trained)", topk_mod, {"operator": "topk"}))
+        trained = topk_mod.mod_config.capacity
+        capacity = round(max(0.01, min(1.0, matched)), 3)
+        if abs(trained - capacity) > 0.02:  # also at the trained capacity, where its routers were converted
+            variants.append(
+                Variant(f"top-k c={trained:.2f} (trained)", topk_mod, {"operator": "topk", "capacity": trained})
+            )
+            measure_quality(variants[-1])
+        variants.append(Variant(f"top-k c={capacity:.2f} (matched, own routers)", topk_mod,
+                                {"operator": "topk", "capacity": capacity}))  # fmt: skip
     else:
         capacity = round(max(0.01, min(1.0, matched)), 3)
         variants.append(Variant(f"top-k c={capacity:.2f} (same routers)", mod,
