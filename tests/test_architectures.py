@@ -169,6 +169,10 @@ def test_moe_aux_loss_is_included_exactly_as_the_base_model_does(model_type: str
     assert base.aux_loss is not None and ours.aux_loss is not None
     assert torch.allclose(ours.aux_loss, base.aux_loss, atol=1e-6)
     assert torch.allclose(ours.loss, base.loss, atol=1e-5), (ours.loss, base.loss)
+    with torch.no_grad():  # under gradient accumulation the per-batch aux term counts once per optimizer step
+        halved = mode(**batch, labels=labels, use_cache=False, micro_batches=2).loss
+    weight = getattr(model.config, "router_aux_loss_coef", None) or model.config.aux_loss_coef
+    assert torch.allclose(ours.loss - halved, weight / 2 * ours.aux_loss, atol=1e-5)
     model.config.output_router_logits = False  # off: neither adds it
     with torch.no_grad():
         assert mode(**batch, labels=labels, use_cache=False).aux_loss is None

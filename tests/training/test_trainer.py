@@ -64,3 +64,28 @@ def test_a_gathered_state_dict_is_what_gets_saved(tmp_path):
             if g.startswith("model.") and g.replace(".default", "").endswith(k.split("model.", 1)[1])
         )
         torch.testing.assert_close(v, gathered[source], rtol=0, atol=0)
+
+
+def test_logged_loss_parts_do_not_depend_on_gradient_accumulation(tmp_path, tiny_model_dir):
+    """With num_items_in_batch, each micro-batch's loss is its share of the step's mean; the loss and the logged
+    parts must be the step's whether it is one batch of 4 or two micro-batches of 2 (same examples, same weights)."""
+    import json
+
+    from modetune.cli import main
+    from tests.conftest import TINY_TRAIN_ARGS
+
+    def first_log(method: str, batch: str, accum: str) -> dict:
+        out = tmp_path / f"{method}-{batch}x{accum}"
+        args = ["train", "--model", str(tiny_model_dir), "--output", str(out), *TINY_TRAIN_ARGS, "--method", method,
+                "--batch-size", batch, "--grad-accum", accum, "--max-steps", "1", "--logging-steps", "1",
+                "--save-steps", "0", "--lora-dropout", "0", "--max-train-samples", "4"]  # fmt: skip
+        if method == "mod":
+            args += ["--skip-first", "1", "--skip-last", "1"]
+        assert main(args) == 0
+        return next(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "loss" in line)
+
+    for method, key in (("mode", "ce_ensemble"), ("mod", "lm_loss")):
+        whole, accumulated = first_log(method, "4", "1"), first_log(method, "2", "2")
+        assert abs(whole[key] - accumulated[key]) < 1e-4, (method, whole, accumulated)  # our logged parts
+        # the optimized loss too: MoD's load term (a per-batch mean) is not counted once per micro-batch
+        assert abs(whole["loss"] - accumulated["loss"]) < 1e-4, (method, whole, accumulated)

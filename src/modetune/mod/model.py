@@ -387,9 +387,15 @@ class MoDModel(MethodModel):
         use_cache: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         skip_logits: bool | None = None,  # accepted for the shared Trainer; the base model computes the logits
+        micro_batches: int = 1,
         **kwargs: Any,
     ) -> MoDOutput:
-        """Like a `*ForCausalLM.forward` with routing; the loss adds lambda_load x the load objective."""
+        """Like a `*ForCausalLM.forward` with routing; the loss adds lambda_load x the load objective.
+
+        `micro_batches`: how many micro-batches the optimizer step accumulates. The LM loss is already this
+        batch's share of the step (through `num_items_in_batch`); the load term is a per-batch mean, so it is
+        divided by `micro_batches` to keep its weight independent of gradient accumulation.
+        """
         kwargs.pop("return_dict", None)
         if use_cache is None:
             use_cache = not self.training and labels is None
@@ -409,7 +415,7 @@ class MoDModel(MethodModel):
         load_loss = torch.clamp(load - cfg.load_target, min=0).mean() if load is not None else None
         loss = out.loss
         if loss is not None and load_loss is not None and cfg.load_weight > 0:
-            loss = loss + cfg.load_weight * load_loss.to(loss.device)
+            loss = loss + cfg.load_weight / micro_batches * load_loss.to(loss.device)
         return MoDOutput(
             loss=loss,
             logits=out.logits,

@@ -49,8 +49,8 @@ class MoDTrainer(MoDETrainer):
 
     def _accumulate(self, outputs: Any, inputs: dict[str, torch.Tensor]) -> None:
         values: dict[str, float] = {}
-        if outputs.lm_loss is not None:
-            values["lm_loss"] = float(outputs.lm_loss.detach())
+        if outputs.lm_loss is not None:  # a share of the step's mean, as MoDE's parts (see compute_loss)
+            values["lm_loss"] = float(outputs.lm_loss.detach()) * getattr(self, "_share_scale", 1)
         if outputs.load_loss is not None:
             values["load_loss"] = float(outputs.load_loss.detach())
         layers = self.mode_model.layer_indices

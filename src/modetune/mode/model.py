@@ -293,12 +293,15 @@ class MoDEModel(MethodModel):
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
         skip_logits: bool | None = None,
+        micro_batches: int = 1,
         **kwargs: Any,
     ) -> MoDEOutput:
         """Like a `*ForCausalLM.forward`, but logits and loss come from the late-layer ensemble.
 
         `skip_logits` (default: True when training with labels) skips the [batch, seq, vocab] ensemble
-        logits; the loss never needs them.
+        logits; the loss never needs them. `micro_batches` (the optimizer step's gradient-accumulation count)
+        divides a mixture-of-experts base model's aux loss, a per-batch mean, so its weight does not grow with
+        accumulation; the CE and distillation terms are already shares of the step through `num_items_in_batch`.
         """
         kwargs.pop("return_dict", None)
         # transformers >= 5.24 calls the KV cache `cache` (`past_key_values` is its deprecated alias)
@@ -335,7 +338,7 @@ class MoDEModel(MethodModel):
             loss = parts.total
             if aux is not None:  # exactly what the MoE base model adds to its own loss
                 aux_loss = aux.loss(backbone_out.router_logits, attention_mask)
-                loss = loss + aux.coef * aux_loss.to(loss.device)
+                loss = loss + aux.coef / micro_batches * aux_loss.to(loss.device)  # a per-batch mean (see MoD)
         if skip_logits is None:
             skip_logits = self.training and labels is not None
         logits = None if skip_logits else self.ensemble_logits(ys, gates, logits_to_keep)

@@ -54,18 +54,23 @@ class MoDETrainer(Trainer):
         if model.training:
             self.mode_model.current_step = self.state.global_step
         skip_logits = True if (model.training or self.args.prediction_loss_only) else None
-        outputs = model(**inputs, num_items_in_batch=num_items_in_batch, skip_logits=skip_logits)
+        # per-batch mean terms (MoD's load term, a MoE base model's aux loss) must not grow with --grad-accum
+        micro = self.args.gradient_accumulation_steps if (model.training and num_items_in_batch is not None) else 1
+        outputs = model(**inputs, num_items_in_batch=num_items_in_batch, skip_logits=skip_logits, micro_batches=micro)
         loss, scale = self._checked_loss(
             outputs.loss, num_items_in_batch, "Lower --learning-rate, check the data, or use --dtype float32."
         )
         if model.training:
-            self._loss_scale = scale
+            # the loss parts are this micro-batch's share of a mean over every rank's and micro-batch's tokens
+            # (num_items_in_batch counts them all): scaled back, each logged value is an estimate of the step mean
+            steps = self.args.gradient_accumulation_steps if num_items_in_batch is not None else 1
+            self._share_scale = scale * steps
             self._accumulate(outputs, inputs)
         return (loss, outputs) if return_outputs else loss
 
     def _accumulate(self, outputs: Any, inputs: dict[str, torch.Tensor]) -> None:
         """Loss components of this rank (rank 0 logs them: under several ranks, rank 0's estimate)."""
-        scale = getattr(self, "_loss_scale", 1)
+        scale = getattr(self, "_share_scale", 1)
         values: dict[str, float] = {}
         if outputs.ce_loss is not None:
             values["ce_ensemble"] = float(outputs.ce_loss) * scale
