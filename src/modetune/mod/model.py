@@ -392,9 +392,9 @@ class MoDModel(MethodModel):
     ) -> MoDOutput:
         """Like a `*ForCausalLM.forward` with routing; the loss adds lambda_load x the load objective.
 
-        `micro_batches`: how many micro-batches the optimizer step accumulates. The LM loss is already this
-        batch's share of the step (through `num_items_in_batch`); the load term is a per-batch mean, so it is
-        divided by `micro_batches` to keep its weight independent of gradient accumulation.
+        `micro_batches`: how many shares the optimizer step adds up (micro-batches x processes). The LM loss
+        is already this batch's share of the step (through `num_items_in_batch`); the load term is a per-batch
+        mean, so it is divided by `micro_batches` to keep its weight independent of accumulation and ranks.
         """
         kwargs.pop("return_dict", None)
         if use_cache is None:

@@ -299,9 +299,10 @@ class MoDEModel(MethodModel):
         """Like a `*ForCausalLM.forward`, but logits and loss come from the late-layer ensemble.
 
         `skip_logits` (default: True when training with labels) skips the [batch, seq, vocab] ensemble
-        logits; the loss never needs them. `micro_batches` (the optimizer step's gradient-accumulation count)
-        divides a mixture-of-experts base model's aux loss, a per-batch mean, so its weight does not grow with
-        accumulation; the CE and distillation terms are already shares of the step through `num_items_in_batch`.
+        logits; the loss never needs them. `micro_batches` (the shares the optimizer step adds up: micro-batches
+        x processes) divides a mixture-of-experts base model's aux loss, a per-batch mean, so its weight does not
+        grow with accumulation or ranks; the CE and distillation terms are already shares of the step through
+        `num_items_in_batch`.
         """
         kwargs.pop("return_dict", None)
         # transformers >= 5.24 calls the KV cache `cache` (`past_key_values` is its deprecated alias)

@@ -54,17 +54,19 @@ class MoDETrainer(Trainer):
         if model.training:
             self.mode_model.current_step = self.state.global_step
         skip_logits = True if (model.training or self.args.prediction_loss_only) else None
-        # per-batch mean terms (MoD's load term, a MoE base model's aux loss) must not grow with --grad-accum
-        micro = self.args.gradient_accumulation_steps if (model.training and num_items_in_batch is not None) else 1
+        # The CE parts are this micro-batch's share of a mean over every rank's and micro-batch's tokens
+        # (num_items_in_batch counts them all); the loss is then multiplied by the ranks (see _rank_scale).
+        # Per-batch mean terms (MoD's load term, a MoE base model's aux loss) are divided by micro-batches x
+        # ranks, so their weight does not grow with --grad-accum or the number of processes.
+        steps = self.args.gradient_accumulation_steps if num_items_in_batch is not None else 1
+        shares = steps * self._rank_scale(num_items_in_batch)
+        micro = shares if model.training else 1
         outputs = model(**inputs, num_items_in_batch=num_items_in_batch, skip_logits=skip_logits, micro_batches=micro)
-        loss, scale = self._checked_loss(
+        loss, _ = self._checked_loss(
             outputs.loss, num_items_in_batch, "Lower --learning-rate, check the data, or use --dtype float32."
         )
         if model.training:
-            # the loss parts are this micro-batch's share of a mean over every rank's and micro-batch's tokens
-            # (num_items_in_batch counts them all): scaled back, each logged value is an estimate of the step mean
-            steps = self.args.gradient_accumulation_steps if num_items_in_batch is not None else 1
-            self._share_scale = scale * steps
+            self._share_scale = shares  # scaled back, each logged part estimates the step's mean
             self._accumulate(outputs, inputs)
         return (loss, outputs) if return_outputs else loss
 
