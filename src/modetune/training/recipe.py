@@ -439,6 +439,11 @@ def training_arguments(cfg: Any, out: Path, *, use_cpu: bool, evaluate: bool, **
     """
     from transformers import TrainingArguments
 
+    if use_cpu and _deepspeed_launch():
+        # DeepSpeed's CPU path: accelerate drops DeepSpeed when told cpu=True (accelerate/state.py guards its
+        # DeepSpeed set-up with `not cpu`), so it runs with use_cpu off and an explicit gloo process group
+        use_cpu = False
+        extra = {"ddp_backend": "gloo", "dataloader_pin_memory": False, **extra}
     return TrainingArguments(
         output_dir=str(out),
         max_steps=cfg.max_steps,
@@ -495,6 +500,11 @@ def _num_decoder_layers(path: Path) -> int | None:
         return None  # loading the model reports it
     layers = getattr(config, "num_hidden_layers", None)
     return layers if isinstance(layers, int) else None
+
+
+def _deepspeed_launch() -> bool:
+    """Started by `accelerate launch` with DeepSpeed (`--use_deepspeed` or a config with distributed_type DEEPSPEED)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
 def _cuda_available() -> bool:

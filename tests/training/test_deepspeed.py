@@ -1,0 +1,102 @@
+"""DeepSpeed ZeRO-2 and ZeRO-3 through `accelerate launch` (DeepSpeed's CPU accelerator, gloo, 2 processes, tiny
+model) against one process with the same global batch.
+
+Needs `pip install 'modetune[deepspeed]'` and a C++ compiler: on CPU, DeepSpeed compiles its shared-memory
+communication op (`deepspeed_shm_comm`, into ~/.cache/torch_extensions) the first time a process group starts,
+which took ~25 minutes on this loaded 2-core machine; later launches reuse it. Slow:
+`pytest -m slow tests/training/test_deepspeed.py`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modetune.cli import main
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("deepspeed") is None,
+        reason="deepspeed is not installed (pip install 'modetune[deepspeed]')",
+    ),
+    pytest.mark.skipif(shutil.which("c++") is None, reason="DeepSpeed's CPU path compiles a C++ op: no c++ compiler"),
+]
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+COMMON = [
+    "--data", "synthetic:48:1", "--cutoff-len", "96", "--lora-r", "4", "--learning-rate", "5e-3",
+    "--lora-dropout", "0", "--max-steps", "6", "--save-steps", "2", "--loss-implementation", "chunked",
+]  # fmt: skip
+WEIGHT_ATOL = 2e-5
+LOSS_RTOL = 1e-5
+
+
+def _args(model: Path, out: Path, batch: int) -> list[str]:
+    return ["train", "--model", str(model), "--output", str(out), *COMMON, "--batch-size", str(batch)]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return {**load_file(run / "mode_model.safetensors"), **load_file(run / "adapter_model.safetensors")}
+
+
+def _train_logs(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def single(tiny_model_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("single") / "run"
+    assert main(_args(tiny_model_dir, out, 4)) == 0
+    return out
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_two_processes_equal_one(stage, tiny_model_dir, single, tmp_path):
+    out = tmp_path / "run"
+    cmd = [str(BIN / "accelerate"), "launch", "--config_file", f"configs/accelerate/deepspeed_zero{stage}.yaml",
+           "--num_processes", "2", "--main_process_port", str(29550 + stage),
+           "-m", "modetune", *_args(tiny_model_dir, out, 2)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads((out / "run.json").read_text())["world_size"] == 2
+    # the same global batch gives the same training
+    a, b = _train_logs(single), _train_logs(out)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for x, y in zip(a, b, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=LOSS_RTOL)
+    wa, wb = _weights(single), _weights(out)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        # under ZeRO-3 a rank holds a shard only: these are the weights gathered on save, full-sized
+        assert wb[name].shape == wa[name].shape, name
+        torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=WEIGHT_ATOL, msg=name)
+    assert proc.stdout.count("run saved in") == 1, proc.stdout
+    # the training was sharded: each rank's optimizer checkpoint holds about half of the fp32 trainable weights
+    trainable = json.loads((out / "run.json").read_text())["trainable_parameters"]["trainable"]
+    shards = sorted((out / "checkpoint-6" / "global_step6").glob("zero_pp_rank_*_mp_rank_00_optim_states.pt"))
+    assert len(shards) == 2
+    for path in shards:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        optim = state["optimizer_state_dict"]
+        assert int(optim["zero_stage"]) == stage
+        flat = optim["single_partition_of_fp32_groups"] if stage == 2 else optim["fp32_flat_groups"]
+        assert abs(sum(t.numel() for t in flat) - trainable / 2) <= 2, (path.name, trainable)
+    # the run loads in one process, with the single run's logits
+    from modetune.runs import load_run
+
+    model_a, tok, _ = load_run(single)
+    model_b, _, _ = load_run(out)
+    ids = tok("Mia has 5 apples.", return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model_b(**ids).logits, model_a(**ids).logits, rtol=0, atol=1e-4)
