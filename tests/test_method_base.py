@@ -101,3 +101,16 @@ def test_no_cache_deprecation_warning_from_our_calls(method):
     finally:
         logger.removeHandler(records)
     assert not [m for m in records.messages if "deprecated" in m], records.messages
+
+
+def test_fingerprint_reads_a_zero3_partitioned_head_by_its_full_shape():
+    """Under DeepSpeed ZeRO-3 a rank's head weight is an empty partition carrying its whole shape in ds_shape."""
+    from modetune.method_base import fingerprint_of
+
+    base = _base()
+    whole = fingerprint_of(base)
+    head = base.get_output_embeddings()
+    shape = head.weight.shape
+    head.weight = torch.nn.Parameter(torch.empty(0))  # what a ZeRO-3 rank holds
+    head.weight.ds_shape = shape
+    assert fingerprint_of(base) == whole and whole["vocab_size"] == shape[0] > 0

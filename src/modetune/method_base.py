@@ -361,14 +361,19 @@ class MethodModel(nn.Module):
 # helpers
 # --------------------------------------------------------------------------------------------------
 def fingerprint_of(causal_lm: PreTrainedModel) -> dict[str, Any]:
-    """Architecture, depth, width and vocabulary of a base model: enough to refuse a mismatched base."""
+    """Architecture, depth, width and vocabulary of a base model: enough to refuse a mismatched base.
+
+    The vocabulary is the head's full row count: under DeepSpeed ZeRO-3 a rank's head weight is an empty
+    partition that keeps its whole shape in `ds_shape` (reading 0 there made a saved run refuse its own base).
+    """
     located = locate(causal_lm)
+    head = located.head.weight
     return {
         "architecture": type(causal_lm).__name__,
         "model_type": causal_lm.config.model_type,
         "num_hidden_layers": len(located.layers),
         "hidden_size": causal_lm.config.get_text_config().hidden_size,
-        "vocab_size": int(located.head.weight.shape[0]),
+        "vocab_size": int(getattr(head, "ds_shape", head.shape)[0]),
     }
 
 

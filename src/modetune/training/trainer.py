@@ -150,14 +150,9 @@ class MoDETrainer(Trainer):
                 k: v.detach().contiguous().cpu() for k, v in state_dict.items() if k.startswith(mode.state_prefixes)
             }
             peft_state = {k[len("model.") :]: v for k, v in state_dict.items() if k.startswith("model.")}
-            fingerprint = _whole_fingerprint(mode)
-            mode.fingerprint = lambda: fingerprint  # an instance attribute over the method, removed below
-            try:
-                mode.save_pretrained(
-                    output_dir, method_state=gathered, **({"state_dict": peft_state} if _has_peft(mode) else {})
-                )
-            finally:
-                del mode.fingerprint
+            mode.save_pretrained(
+                output_dir, method_state=gathered, **({"state_dict": peft_state} if _has_peft(mode) else {})
+            )
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
@@ -187,17 +182,6 @@ class MoDETrainer(Trainer):
         )
         marker = json.loads((folder / CHECKPOINT_MARKER).read_text()) if (folder / CHECKPOINT_MARKER).exists() else {}
         self.tokens_seen = int(marker.get("tokens_seen", 0)) or int(state.get("num_input_tokens_seen", 0) or 0)
-
-
-def _whole_fingerprint(mode: MethodModel) -> dict[str, Any]:
-    """The base model's fingerprint when this rank holds shards: a ZeRO-3 partitioned output head is an empty
-    tensor (its vocab_size would read 0, and the saved run would refuse its own base model), but it keeps its full
-    shape in `ds_shape`."""
-    fingerprint = mode.fingerprint()
-    head = mode._located.head.weight
-    if hasattr(head, "ds_shape"):
-        fingerprint["vocab_size"] = int(head.ds_shape[0])
-    return fingerprint
 
 
 def _has_peft(mode: MethodModel) -> bool:
