@@ -207,3 +207,16 @@ def test_a_normal_run_shows_no_deprecation_warnings(tmp_path, tiny_model_dir, ca
     deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
     deprecations += [r.getMessage() for r in caplog.records if "deprecat" in r.getMessage().lower()]
     assert not deprecations, deprecations
+
+
+@pytest.mark.parametrize("local_rank,printed", [("0", True), ("1", False)])
+def test_a_user_error_is_printed_once_per_node(tmp_path, tiny_model_dir, capsys, monkeypatch, local_rank, printed):
+    """Every rank of a launcher validates the same inputs: only LOCAL_RANK 0 says what is wrong."""
+    from modetune.cli import main
+
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    code, _ = _train(tmp_path, tiny_model_dir, "--max-steps", "1", "--data", "/nonexistent/train.json")
+    assert code == 2 and ("does not exist" in capsys.readouterr().err) is printed
+    with pytest.raises(SystemExit) as exit_info:  # a bad option (argparse) likewise
+        main(["train", "--model", str(tiny_model_dir), "--no-such-option"])
+    assert exit_info.value.code == 2 and ("unrecognized arguments" in capsys.readouterr().err) is printed

@@ -2,12 +2,15 @@
 
 Each subcommand lives in its own module with two functions, `add_parser(subparsers)` and
 `run(args) -> int`. User errors (`ModetuneError`) are printed as one clear message, exit status 2.
+Under a multi-process launcher every rank validates the same inputs, so only each node's first process
+(LOCAL_RANK 0) prints a user error: once per node, not once per rank.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from modetune.errors import ModetuneError
@@ -24,8 +27,22 @@ SUBCOMMANDS = {
 }
 
 
+def speaks_for_node() -> bool:
+    """True in a plain process and in each node's first rank (torchrun / accelerate set LOCAL_RANK)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad option reported once per node under a multi-process launcher."""
+
+    def error(self, message: str):  # type: ignore[override]
+        if not speaks_for_node():
+            sys.exit(2)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="modetune",
         description="Mixture-of-Depths Ensemble (MoDE) tuning for Hugging Face causal LMs.",
     )
@@ -53,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except ModetuneError as exc:
-        print(f"modetune {args.command}: error: {exc}", file=sys.stderr)
+        if speaks_for_node():
+            print(f"modetune {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"modetune {args.command}: interrupted", file=sys.stderr)
