@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from modetune.cli import main
+from tests.training.run_files import run_weights, train_logs
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -48,14 +48,6 @@ def _launch(launcher: str, args: list[str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs)
 
 
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return {**load_file(run / "mode_model.safetensors"), **load_file(run / "adapter_model.safetensors")}
-
-
-def _train_logs(run: Path) -> list[dict]:
-    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-
-
 @pytest.fixture(scope="module")
 def single(tiny_model_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("single") / "run"
@@ -71,12 +63,12 @@ def test_two_processes_equal_one(launcher, tiny_model_dir, single, tmp_path):
     assert proc.returncode == 0, stderr[-3000:]
     assert json.loads((out / "run.json").read_text())["world_size"] == 2
     # the same global batch gives the same training
-    a, b = _train_logs(single), _train_logs(out)
+    a, b = train_logs(single), train_logs(out)
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]  # each step logged once (rank 0 only)
     for x, y in zip(a, b, strict=True):
         assert y["loss"] == pytest.approx(x["loss"], rel=LOSS_RTOL)
         assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-4)
-    wa, wb = _weights(single), _weights(out)
+    wa, wb = run_weights(single), run_weights(out)
     assert wa.keys() == wb.keys()
     for name in wa:
         torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=WEIGHT_ATOL, msg=name)
@@ -117,6 +109,6 @@ def test_resume_after_kill_9_of_one_rank(tiny_model_dir, tmp_path):
     proc = _launch("torchrun", _args(tiny_model_dir, killed, 2, "--resume"))
     _, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
-    a, b = _weights(straight), _weights(killed)
+    a, b = run_weights(straight), run_weights(killed)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)

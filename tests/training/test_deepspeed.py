@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from modetune.cli import main
+from tests.training.run_files import run_weights, train_logs
 
 pytestmark = [
     pytest.mark.slow,
@@ -45,14 +45,6 @@ LOSS_RTOL = 1e-5
 
 def _args(model: Path, out: Path, batch: int) -> list[str]:
     return ["train", "--model", str(model), "--output", str(out), *COMMON, "--batch-size", str(batch)]
-
-
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return {**load_file(run / "mode_model.safetensors"), **load_file(run / "adapter_model.safetensors")}
-
-
-def _train_logs(run: Path) -> list[dict]:
-    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +69,11 @@ def test_zero_two_processes_equal_one(stage, tiny_model_dir, single, tmp_path):
     proc = _launch(stage, _args(tiny_model_dir, out, 2))
     assert json.loads((out / "run.json").read_text())["world_size"] == 2
     # the same global batch gives the same training
-    a, b = _train_logs(single), _train_logs(out)
+    a, b = train_logs(single), train_logs(out)
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     for x, y in zip(a, b, strict=True):
         assert y["loss"] == pytest.approx(x["loss"], rel=LOSS_RTOL)
-    wa, wb = _weights(single), _weights(out)
+    wa, wb = run_weights(single), run_weights(out)
     assert wa.keys() == wb.keys()
     for name in wa:
         # under ZeRO-3 a rank holds a shard only: these are the weights gathered on save, full-sized
@@ -117,6 +109,6 @@ def test_zero_two_processes_equal_one(stage, tiny_model_dir, single, tmp_path):
     (stopped / "run.json").write_text(json.dumps(info))
     assert not (stopped / "mode_model.safetensors").exists() and (stopped / "checkpoint-4" / "global_step4").is_dir()
     _launch(stage, [*_args(tiny_model_dir, stopped, 2), "--resume"])
-    resumed = _weights(stopped)
+    resumed = run_weights(stopped)
     for name in wb:
         torch.testing.assert_close(resumed[name], wb[name], rtol=0, atol=0, msg=name)
