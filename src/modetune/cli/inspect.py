@@ -148,7 +148,7 @@ def _load_examples(args: argparse.Namespace) -> tuple[list[Any] | None, list[str
 def _check_model_source(args: argparse.Namespace) -> dict[str, Any] | None:
     """The run's info (run.json), or None for --model; errors name the problem before anything loads."""
     from modetune.errors import CheckpointError
-    from modetune.runs import find_run_root, read_run_info
+    from modetune.runs import find_run_root, read_run_info, saved_method_class
 
     if args.run_dir is None:
         from modetune.loading import resolve_model
@@ -157,13 +157,14 @@ def _check_model_source(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     root = find_run_root(args.run_dir)
     info = read_run_info(root)
-    if not (Path(args.run_dir) / "mode_config.json").is_file():
-        if (Path(args.run_dir) / "mod_config.json").is_file():
-            raise CheckpointError(
-                f"{args.run_dir} is a MoD (MoDification) run; `modetune inspect` looks inside MoDE runs (late "
-                "layers and their router). Evaluate a MoD run with `modetune eval --run-dir` or measure its "
-                "skipping with benchmarks/mod_bench.py"
-            )
+    method = saved_method_class(args.run_dir)
+    if method is not None and method.config_class.method_name != "MoDE":
+        raise CheckpointError(
+            f"{args.run_dir} is a MoD (MoDification) run; `modetune inspect` looks inside MoDE runs (late "
+            "layers and their router). Evaluate a MoD run with `modetune eval --run` or measure its "
+            "skipping with benchmarks/mod_bench.py"
+        )
+    if method is None:
         raise CheckpointError(f"{args.run_dir} holds no trained model yet (mode_config.json is missing)")
     return info
 

@@ -51,23 +51,12 @@ def _load(run: str | None, model: Any, base: str | None, dtype: str, device: str
     if run is not None and model is not None:
         raise ModetuneError("give either run=RUN_DIR or model=SPEC in --model_args, not both")
     if run is not None:
-        if base is None:
-            from modetune.runs import load_run
+        # `base` overrides where the run's base model is loaded from (e.g. it moved); the method's base
+        # fingerprint check refuses a different model with a clear error
+        from modetune.runs import load_run
 
-            loaded_model, tokenizer, info = load_run(str(run), dtype=dtype, device=device)
-            return loaded_model, tokenizer, dict(info or {})
-        # a run on an explicitly given base model (e.g. the run's base moved); MoDE checks the
-        # base's fingerprint, so a different model is refused with a clear error
-        from modetune.loading import load_model_and_tokenizer
-        from modetune.runs import find_run_root, read_run_info, saved_method_class
-
-        info = read_run_info(find_run_root(run))
-        method = saved_method_class(run)
-        if method is None:
-            raise ModetuneError(f"{run} holds no saved MoDE or MoD model (no mode_config.json or mod_config.json)")
-        base_model, tokenizer = load_model_and_tokenizer(str(base), dtype=dtype, device=device)
-        loaded_model = method.from_pretrained(base_model, run).eval()
-        return loaded_model, tokenizer, {**info, "run_dir": str(run), "base_override": str(base)}
+        loaded_model, tokenizer, info = load_run(str(run), dtype=dtype, device=device, base=base)
+        return loaded_model, tokenizer, {**info, **({"base_override": str(base)} if base is not None else {})}
     spec = model if model is not None else base
     if spec is None:
         raise ModetuneError("--model_args needs run=RUN_DIR (a MoDE run) or model=SPEC (a plain model)")

@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from modetune.errors import ModetuneError
-from modetune.method_base import MethodModel
+from modetune.method_base import _is_peft
 from modetune.mode import MoDEModel
 from modetune.runs import CHECKPOINT_MARKER
 
@@ -151,7 +151,7 @@ class MoDETrainer(Trainer):
             }
             peft_state = {k[len("model.") :]: v for k, v in state_dict.items() if k.startswith("model.")}
             mode.save_pretrained(
-                output_dir, method_state=gathered, **({"state_dict": peft_state} if _has_peft(mode) else {})
+                output_dir, method_state=gathered, **({"state_dict": peft_state} if _is_peft(mode.model) else {})
             )
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
@@ -182,12 +182,6 @@ class MoDETrainer(Trainer):
         )
         marker = json.loads((folder / CHECKPOINT_MARKER).read_text()) if (folder / CHECKPOINT_MARKER).exists() else {}
         self.tokens_seen = int(marker.get("tokens_seen", 0)) or int(state.get("num_input_tokens_seen", 0) or 0)
-
-
-def _has_peft(mode: MethodModel) -> bool:
-    from peft import PeftModel
-
-    return isinstance(mode.model, PeftModel)
 
 
 def write_marker(folder: Path, payload: dict[str, Any]) -> None:
