@@ -20,21 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from modetune.cli import main
-from tests.training.run_files import run_weights, train_logs
+from tests.training.equivalence import LOSS_RTOL, WEIGHT_ATOL, run_weights, train_args, train_logs
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-COMMON = [
-    "--data", "synthetic:48:1", "--cutoff-len", "96", "--lora-r", "4", "--learning-rate", "5e-3",
-    "--lora-dropout", "0", "--max-steps", "6", "--save-steps", "2", "--loss-implementation", "chunked",
-]  # fmt: skip
-WEIGHT_ATOL = 2e-5
-LOSS_RTOL = 1e-5
-
-
-def _args(model: Path, out: Path, batch: int, *extra: str) -> list[str]:
-    return ["train", "--model", str(model), "--output", str(out), *COMMON, "--batch-size", str(batch), *extra]
 
 
 def _launch(launcher: str, args: list[str], **kwargs) -> subprocess.Popen:
@@ -48,17 +37,10 @@ def _launch(launcher: str, args: list[str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def single(tiny_model_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("single") / "run"
-    assert main(_args(tiny_model_dir, out, 4)) == 0
-    return out
-
-
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_processes_equal_one(launcher, tiny_model_dir, single, tmp_path):
     out = tmp_path / "run"
-    proc = _launch(launcher, _args(tiny_model_dir, out, 2))
+    proc = _launch(launcher, train_args(tiny_model_dir, out, 2))
     stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
     assert json.loads((out / "run.json").read_text())["world_size"] == 2
@@ -90,12 +72,12 @@ def test_two_processes_equal_one(launcher, tiny_model_dir, single, tmp_path):
 
 def test_resume_after_kill_9_of_one_rank(tiny_model_dir, tmp_path):
     straight = tmp_path / "straight"
-    proc = _launch("torchrun", _args(tiny_model_dir, straight, 2))
+    proc = _launch("torchrun", train_args(tiny_model_dir, straight, 2))
     _, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
 
     killed = tmp_path / "killed"
-    proc = _launch("torchrun", _args(tiny_model_dir, killed, 2))
+    proc = _launch("torchrun", train_args(tiny_model_dir, killed, 2))
     marker = killed / "checkpoint-4" / "modetune-checkpoint-complete.json"
     deadline = time.time() + 600
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -106,7 +88,7 @@ def test_resume_after_kill_9_of_one_rank(tiny_model_dir, tmp_path):
     proc.communicate(timeout=300)
     assert proc.returncode != 0
     assert not (killed / "mode_model.safetensors").exists(), "killed too late to test resuming"
-    proc = _launch("torchrun", _args(tiny_model_dir, killed, 2, "--resume"))
+    proc = _launch("torchrun", train_args(tiny_model_dir, killed, 2, "--resume"))
     _, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
     a, b = run_weights(straight), run_weights(killed)

@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modetune.cli import main
-from tests.training.run_files import run_weights, train_logs
+from tests.training.equivalence import LOSS_RTOL, WEIGHT_ATOL, run_weights, train_args, train_logs
 
 pytestmark = [
     pytest.mark.slow,
@@ -35,23 +34,6 @@ pytestmark = [
 ]
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-COMMON = [
-    "--data", "synthetic:48:1", "--cutoff-len", "96", "--lora-r", "4", "--learning-rate", "5e-3",
-    "--lora-dropout", "0", "--max-steps", "6", "--save-steps", "2", "--loss-implementation", "chunked",
-]  # fmt: skip
-WEIGHT_ATOL = 2e-5
-LOSS_RTOL = 1e-5
-
-
-def _args(model: Path, out: Path, batch: int) -> list[str]:
-    return ["train", "--model", str(model), "--output", str(out), *COMMON, "--batch-size", str(batch)]
-
-
-@pytest.fixture(scope="module")
-def single(tiny_model_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("single") / "run"
-    assert main(_args(tiny_model_dir, out, 4)) == 0
-    return out
 
 
 def _launch(stage: int, args: list[str]) -> subprocess.CompletedProcess:
@@ -66,7 +48,7 @@ def _launch(stage: int, args: list[str]) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_two_processes_equal_one(stage, tiny_model_dir, single, tmp_path):
     out = tmp_path / "run"
-    proc = _launch(stage, _args(tiny_model_dir, out, 2))
+    proc = _launch(stage, train_args(tiny_model_dir, out, 2))
     assert json.loads((out / "run.json").read_text())["world_size"] == 2
     # the same global batch gives the same training
     a, b = train_logs(single), train_logs(out)
@@ -108,7 +90,7 @@ def test_zero_two_processes_equal_one(stage, tiny_model_dir, single, tmp_path):
     info["train_config"]["output"] = str(stopped)
     (stopped / "run.json").write_text(json.dumps(info))
     assert not (stopped / "mode_model.safetensors").exists() and (stopped / "checkpoint-4" / "global_step4").is_dir()
-    _launch(stage, [*_args(tiny_model_dir, stopped, 2), "--resume"])
+    _launch(stage, [*train_args(tiny_model_dir, stopped, 2), "--resume"])
     resumed = run_weights(stopped)
     for name in wb:
         torch.testing.assert_close(resumed[name], wb[name], rtol=0, atol=0, msg=name)

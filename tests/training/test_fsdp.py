@@ -22,11 +22,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tests.training.equivalence import LOSS_RTOL, WEIGHT_ATOL
+
 pytestmark = pytest.mark.slow
 WORLD = 2
 STEPS = 4
-WEIGHT_ATOL = 2e-5
-LOSS_RTOL = 1e-5
 
 
 def _batches() -> list[dict[str, torch.Tensor]]:
