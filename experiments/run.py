@@ -132,6 +132,8 @@ ROWS = [
         ],
         "mode_only",
     ),
+    # the paper's MoDE choices (experiments/PAPER.md: bias-free uniform router, lambda = 1) on the same LoRA
+    Row("paper", "2p. LoRA + MoDE, the paper's configuration (--preset paper)", [*LORA, "--preset", "paper"], "lora"),
     Row("dora", "5a. DoRA (r=32)", ["--peft", "dora", *LORA[2:], *BASELINE], None),
     Row("dora_mode", "5b. DoRA + MoDE (k=3)", ["--peft", "dora", *LORA[2:], *MODE], "dora"),
     *[
