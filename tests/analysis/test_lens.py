@@ -66,9 +66,13 @@ def _direct(base, mode, batches):
             add(f"lens_ce{i}", -lp.sum())
             add(f"lens_acc{i}", ok.sum())
         gold_lps = []
+        final_lp = F.log_softmax(adapted[-1][:, :-1][mask], -1)
         for j, logits in enumerate(adapted):
             lp, ok = stats(logits)
             gold_lps.append(lp)
+            layer_lp = F.log_softmax(logits[:, :-1][mask], -1)
+            add(f"kl{j}", F.kl_div(layer_lp, final_lp, log_target=True, reduction="sum"))
+            add(f"agree{j}", (layer_lp.argmax(-1) == final_lp.argmax(-1)).double().sum())
             add(f"adapter_ce{j}", -lp.sum())
             add(f"adapter_acc{j}", ok.sum())
         lp, ok = stats(ensemble)
@@ -101,6 +105,12 @@ def test_inspect_numbers_match_a_direct_computation(tiny):
         assert math.isclose(row["adapter_acc"], float(want[f"adapter_acc{j}"]), **close)
         assert math.isclose(row["router_mean"], float(want["router"][j]), **close)
         assert math.isclose(row["router_argmax_share"], float(want["argmax"][j]), **close)
+        assert math.isclose(row["kl_from_final"], float(want[f"kl{j}"]), **close)
+        assert math.isclose(row["agree_final"], float(want[f"agree{j}"]), **close)
+    # the final layer is its own reference; the perturbed adapters move the others away from it
+    final_row = result["layers"][result["late_layers"][-1]]
+    assert final_row["kl_from_final"] == 0 and final_row["agree_final"] == 1
+    assert result["layers"][result["late_layers"][0]]["kl_from_final"] > 1e-4
     # the adapters were perturbed: their CE differs from the plain lens of the same layer
     assert abs(result["layers"][1]["adapter_ce"] - result["layers"][1]["lens_ce"]) > 1e-2
     assert math.isclose(result["ensemble"]["ce"], float(want["ens_ce"]), **close)

@@ -8,6 +8,8 @@ For every labelled token (the response tokens of a dataset, or every token of a 
 * the **ensemble**: sum_i g_i * head(N_i(h_i)) with the router's weights g;
 * the **oracle**: how often some non-final late layer gives the gold token a higher probability than the
   final layer, and the cross-entropy if each token could pick its best late layer;
+* **distance to the final layer** of each late layer through its adapter: KL(p_final || p_i), the term MoDE's
+  distillation minimises, and how often its top-1 token is the final layer's (is it a copy of the final layer?);
 * the **router**: mean weight per late layer, how often each layer has the largest weight, the mean
   per-token entropy, and the mean weight per layer by the class of the token being predicted.
 
@@ -62,6 +64,8 @@ class _Accumulator:
         self.lens_acc = torch.zeros(num_layers, dtype=torch.float64)
         self.adapter_ce = torch.zeros(k, dtype=torch.float64)
         self.adapter_acc = torch.zeros(k, dtype=torch.float64)
+        self.kl_from_final = torch.zeros(k, dtype=torch.float64)
+        self.agree_final = torch.zeros(k, dtype=torch.float64)
         self.ens_ce = 0.0
         self.ens_acc = 0.0
         self.oracle_beats = 0.0
@@ -159,6 +163,11 @@ def inspect_batches(
                 acc.adapter_acc[i] += float(correct.sum())
                 gold_lps.append(lp)
                 logps.append(logp)
+            final_logp = logps[-1]
+            for i, logp in enumerate(logps):
+                kl = (final_logp.exp() * (final_logp - logp)).sum(-1)
+                acc.kl_from_final[i] += float(kl.double().sum())
+                acc.agree_final[i] += float((logp.argmax(-1) == final_logp.argmax(-1)).sum())
             ens = sum(g[:, i : i + 1] * logits_k[i] for i in range(k))
             lp, correct, _ = _gold_stats(ens, gold)
             acc.ens_ce += float(-lp.double().sum())
@@ -255,6 +264,8 @@ def _summarize(acc: _Accumulator, late: list[int], num_layers: int, maps: list[d
             "lens_acc": float(acc.lens_acc[i]) / n,
             "adapter_ce": None,
             "adapter_acc": None,
+            "kl_from_final": None,
+            "agree_final": None,
             "router_mean": None,
             "router_argmax_share": None,
         }
@@ -263,6 +274,8 @@ def _summarize(acc: _Accumulator, late: list[int], num_layers: int, maps: list[d
             row.update(
                 adapter_ce=float(acc.adapter_ce[j]) / n,
                 adapter_acc=float(acc.adapter_acc[j]) / n,
+                kl_from_final=float(acc.kl_from_final[j]) / n,
+                agree_final=float(acc.agree_final[j]) / n,
                 router_mean=float(acc.router_sum[j]) / n,
                 router_argmax_share=float(acc.router_argmax[j]) / n,
             )

@@ -40,6 +40,8 @@ def lens_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"{name}_lens_acc"] = layer["lens_acc"]
             row[f"{name}_adapter_ce"] = layer["adapter_ce"]
             row[f"{name}_adapter_acc"] = layer["adapter_acc"]
+            row[f"{name}_kl_from_final"] = layer.get("kl_from_final")
+            row[f"{name}_agree_final"] = layer.get("agree_final")
             row[f"{name}_router_mean"] = layer["router_mean"]
             row[f"{name}_router_argmax_share"] = layer["router_argmax_share"]
         rows.append(row)
@@ -69,7 +71,13 @@ def write_lens_tables(results: dict[str, dict[str, Any]], out_dir: Path) -> list
     lines.append("|" + "---|" * len(header))
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row[h]) for h in header) + " |")
-    lines += ["", "CE in nats per labelled token; acc = top-1 accuracy on the gold token.", ""]
+    lines += [
+        "",
+        "CE in nats per labelled token; acc = top-1 accuracy on the gold token; kl_from_final = KL(p_final || p_layer) "
+        "in nats through the layer's adapter (what distillation minimises); agree_final = share of tokens whose "
+        "top-1 token is the final layer's.",
+        "",
+    ]
     for name, res in results.items():
         o, r = res["oracle"], res["router"]
         lines += [
