@@ -62,6 +62,39 @@ def _paired(cells_a, cells_b, scoring: str) -> dict[str, Any] | None:
         return None
 
 
+def _answer_collapse(track_name: str, rows, track) -> list[str]:
+    """The most common answer per task and its share: a row that gives one label to every question scores the
+    label's base rate, whatever it learned, and its accuracy differences then compare label priors."""
+    names = [scoring if scoring == "generate" else f"ll_{style}" for scoring, style in track.scorings]
+    tasks = list(dict.fromkeys(t for _, cs in rows for name in names for t in _pooled(cs, name)))
+    lines = [
+        f"### {track_name}: most common answer (share of questions)",
+        "",
+        "| row | scoring | " + " | ".join(tasks) + " |",
+        "|---|---|" + "---|" * len(tasks),
+    ]
+    for _row_name, cs in rows:
+        for name in names:
+            counts: dict[str, dict[str, int]] = {}
+            for cell in cs:
+                for pred in _predictions(cell, name):
+                    by_task = counts.setdefault(pred["task"], {})
+                    answer = str(pred.get("prediction"))
+                    by_task[answer] = by_task.get(answer, 0) + 1
+            if not counts:
+                continue
+            texts = []
+            for task in tasks:
+                if task not in counts:
+                    texts.append("–")
+                    continue
+                answer, count = max(counts[task].items(), key=lambda kv: kv[1])
+                texts.append(f"{answer} {_pct(count / sum(counts[task].values()))}")
+            lines.append(f"| {cs[0].row.label} | {name} | " + " | ".join(texts) + " |")
+    lines += ["", "`None`: no answer could be extracted from the generation.", ""]
+    return lines
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -120,6 +153,8 @@ def write_report(cells) -> None:
                 seeds = ",".join(str(c.seed) for c in sorted(cs, key=lambda c: c.seed))
                 lines.append(f"| {row.label} | {seeds} | " + " | ".join(cells_txt) + f" | {average} | {delta} |")
             lines.append("")
+        if any(scoring == "loglikelihood" for scoring, _ in track.scorings):
+            lines += _answer_collapse(track_name, rows, track)
         lines += [f"### {track_name}: cost", "", "| row | trainable params (MoDE router/adapters + PEFT) | step s | peak RSS MB | train min | eval min |",
                   "|---|---|---|---|---|---|"]  # fmt: skip
         for _row_name, cs in rows:

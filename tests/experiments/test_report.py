@@ -1,0 +1,30 @@
+"""experiments/report.py: the answer-collapse table names each row's most common answer and its share."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from tests.experiments.test_grid_runner import _load
+
+
+def _cell(tmp_path, row_name: str, label: str, track, answers: dict[str, list[str]]):
+    result_dir = tmp_path / row_name / "s0"
+    for task, preds in answers.items():
+        out = result_dir / "ll_label" / task
+        out.mkdir(parents=True)
+        lines = [json.dumps({"task": task, "id": f"{task}/{i}", "prediction": p, "correct": False}) for i, p in enumerate(preds)]
+        (out / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    return SimpleNamespace(result_dir=result_dir, seed=0, track=track, row=SimpleNamespace(label=label))
+
+
+def test_answer_collapse_reports_the_most_common_answer_and_its_share(tmp_path):
+    report = _load("report")
+    track = SimpleNamespace(scorings=(("loglikelihood", "label"),))
+    constant = _cell(tmp_path, "lora", "1. LoRA", track, {"arc_easy": ["answer2"] * 4, "boolq": ["true", "false"]})
+    varied = _cell(tmp_path, "mode", "3. MoDE", track, {"arc_easy": ["answer1", "answer3", "answer3", "answer4"]})
+    lines = report._answer_collapse("commonsense", [("lora", [constant]), ("mode", [varied])], track)
+    table = "\n".join(lines)
+    assert "| arc_easy | boolq |" in table
+    assert "| 1. LoRA | ll_label | answer2 100.0 | true 50.0 |" in table
+    assert "| 3. MoDE | ll_label | answer3 50.0 | – |" in table
