@@ -13,7 +13,10 @@ def _cell(tmp_path, row_name: str, label: str, track, answers: dict[str, list[st
     for task, preds in answers.items():
         out = result_dir / "ll_label" / task
         out.mkdir(parents=True)
-        lines = [json.dumps({"task": task, "id": f"{task}/{i}", "prediction": p, "correct": False}) for i, p in enumerate(preds)]
+        lines = [
+            json.dumps({"task": task, "id": f"{task}/{i}", "prediction": p, "correct": False})
+            for i, p in enumerate(preds)
+        ]
         (out / "predictions.jsonl").write_text("\n".join(lines) + "\n")
     return SimpleNamespace(result_dir=result_dir, seed=0, track=track, row=SimpleNamespace(label=label))
 
