@@ -34,7 +34,10 @@ def grid(tmp_path, tiny_model_dir, monkeypatch):
         "--model", str(tiny_model_dir), "--max-steps", "4", "--batch-size", "2", "--learning-rate", "1e-3",
         "--cutoff-len", "64", "--save-steps", "2", "--save-total-limit", "2", "--logging-steps", "1",
     ])  # fmt: skip
-    track = run.Track("arithmetic", ["synthetic:16:1"], [], (), 4, (("generate", "text"),), 4, 6)
+    monkeypatch.setattr(run, "WHY", tmp_path / "why")
+    track = run.Track(
+        "arithmetic", ["synthetic:16:1"], [], (), 4, (("generate", "text"),), 4, 6, ("--data", "synthetic:3:1")
+    )
     monkeypatch.setattr(run, "TRACKS", {"arithmetic": track})
     lora = ["--peft", "lora", "--lora-r", "2", "--target-modules", "q_proj,v_proj"]
     rows = [
@@ -73,6 +76,13 @@ def test_grid_skips_finished_cells_and_resumes_an_interrupted_training(grid, tmp
 
     monkeypatch.setattr(grid, "run_cell", refuse)
     assert grid.main([]) == 0
+
+    # --inspect looks inside the finished cells' runs; the small files land beside the results
+    assert grid.main(["--inspect", "--only", "arithmetic/lora_mode"]) == 0
+    why = tmp_path / "why" / "arithmetic" / "lora_mode" / "s0"
+    assert {p.name for p in why.iterdir()} == set(grid.WHY_FILES)
+    assert "kl_from_final" in (why / "lens.md").read_text()
+    assert not (tmp_path / "why" / "arithmetic" / "lora").exists()
 
 
 def test_an_interrupted_evaluation_leaves_no_finished_cell(grid, monkeypatch):
