@@ -63,35 +63,44 @@ def _paired(cells_a, cells_b, scoring: str) -> dict[str, Any] | None:
 
 
 def _answer_collapse(track_name: str, rows, track) -> list[str]:
-    """The most common answer per task and its share: a row that gives one label to every question scores the
-    label's base rate, whatever it learned, and its accuracy differences then compare label priors."""
+    """The most common answer per task and its share, seed by seed: a model that gives one label to every
+    question scores the label's base rate, whatever it learned, and its accuracy differences then compare
+    label priors."""
     names = [scoring if scoring == "generate" else f"ll_{style}" for scoring, style in track.scorings]
     tasks = list(dict.fromkeys(t for _, cs in rows for name in names for t in _pooled(cs, name)))
     lines = [
-        f"### {track_name}: most common answer (share of questions)",
+        f"### {track_name}: most common answer (share of questions), per seed",
         "",
         "| row | scoring | " + " | ".join(tasks) + " |",
         "|---|---|" + "---|" * len(tasks),
     ]
     for _row_name, cs in rows:
         for name in names:
-            counts: dict[str, dict[str, int]] = {}
-            for cell in cs:
+            per_seed: list[dict[str, dict[str, int]]] = []
+            for cell in sorted(cs, key=lambda c: c.seed):
+                counts: dict[str, dict[str, int]] = {}
                 for pred in _predictions(cell, name):
                     by_task = counts.setdefault(pred["task"], {})
                     answer = str(pred.get("prediction"))
                     by_task[answer] = by_task.get(answer, 0) + 1
-            if not counts:
+                if counts:
+                    per_seed.append(counts)
+            if not per_seed:
                 continue
             texts = []
             for task in tasks:
-                if task not in counts:
-                    texts.append("–")
-                    continue
-                answer, count = max(counts[task].items(), key=lambda kv: kv[1])
-                texts.append(f"{answer} {_pct(count / sum(counts[task].values()))}")
+                shares = []
+                for counts in per_seed:
+                    if task in counts:
+                        answer, count = max(counts[task].items(), key=lambda kv: kv[1])
+                        shares.append(f"{answer} {_pct(count / sum(counts[task].values()))}")
+                texts.append(" · ".join(shares) or "–")
             lines.append(f"| {cs[0].row.label} | {name} | " + " | ".join(texts) + " |")
-    lines += ["", "`None`: no answer could be extracted from the generation.", ""]
+    lines += [
+        "",
+        "`None`: no answer could be extracted from the generation. Seeds in the order of the `seeds` column.",
+        "",
+    ]
     return lines
 
 

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 from tests.experiments.test_grid_runner import _load
 
 
-def _cell(tmp_path, row_name: str, label: str, track, answers: dict[str, list[str]]):
-    result_dir = tmp_path / row_name / "s0"
+def _cell(tmp_path, row_name: str, label: str, track, answers: dict[str, list[str]], seed: int = 0):
+    result_dir = tmp_path / row_name / f"s{seed}"
     for task, preds in answers.items():
         out = result_dir / "ll_label" / task
         out.mkdir(parents=True)
@@ -18,7 +18,7 @@ def _cell(tmp_path, row_name: str, label: str, track, answers: dict[str, list[st
             for i, p in enumerate(preds)
         ]
         (out / "predictions.jsonl").write_text("\n".join(lines) + "\n")
-    return SimpleNamespace(result_dir=result_dir, seed=0, track=track, row=SimpleNamespace(label=label))
+    return SimpleNamespace(result_dir=result_dir, seed=seed, track=track, row=SimpleNamespace(label=label))
 
 
 def test_answer_collapse_reports_the_most_common_answer_and_its_share(tmp_path):
@@ -26,8 +26,10 @@ def test_answer_collapse_reports_the_most_common_answer_and_its_share(tmp_path):
     track = SimpleNamespace(scorings=(("loglikelihood", "label"),))
     constant = _cell(tmp_path, "lora", "1. LoRA", track, {"arc_easy": ["answer2"] * 4, "boolq": ["true", "false"]})
     varied = _cell(tmp_path, "mode", "3. MoDE", track, {"arc_easy": ["answer1", "answer3", "answer3", "answer4"]})
-    lines = report._answer_collapse("commonsense", [("lora", [constant]), ("mode", [varied])], track)
-    table = "\n".join(lines)
+    other_seed = _cell(tmp_path, "lora", "1. LoRA", track, {"arc_easy": ["answer1"] * 3 + ["answer2"]}, seed=1)
+    rows = [("lora", [other_seed, constant]), ("mode", [varied])]
+    table = "\n".join(report._answer_collapse("commonsense", rows, track))
     assert "| arc_easy | boolq |" in table
-    assert "| 1. LoRA | ll_label | answer2 100.0 | true 50.0 |" in table
+    # per seed, in seed order: seed 0 collapsed onto answer2, seed 1 onto answer1 (pooled, neither would show)
+    assert "| 1. LoRA | ll_label | answer2 100.0 · answer1 75.0 | true 50.0 |" in table
     assert "| 3. MoDE | ll_label | answer3 50.0 | – |" in table
