@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -62,40 +63,43 @@ def _paired(cells_a, cells_b, scoring: str) -> dict[str, Any] | None:
         return None
 
 
+def _scoring_name(scoring: str, style: str) -> str:
+    """The results subdirectory of a (scoring, ll_style) pair: generate, ll_text or ll_label."""
+    return scoring if scoring == "generate" else f"ll_{style}"
+
+
 def _answer_collapse(track_name: str, rows, track) -> list[str]:
     """The most common answer per task and its share, seed by seed: a model that gives one label to every
     question scores the label's base rate, whatever it learned, and its accuracy differences then compare
     label priors."""
-    names = [scoring if scoring == "generate" else f"ll_{style}" for scoring, style in track.scorings]
-    tasks = list(dict.fromkeys(t for _, cs in rows for name in names for t in _pooled(cs, name)))
+    # (row label, scoring name) -> one {task: Counter of answers} per finished seed, in seed order
+    counts: dict[tuple[str, str], list[dict[str, Counter]]] = {}
+    for _row_name, cs in rows:
+        for scoring, style in track.scorings:
+            name = _scoring_name(scoring, style)
+            for cell in sorted(cs, key=lambda c: c.seed):
+                by_task: dict[str, Counter] = {}
+                for pred in _predictions(cell, name):
+                    by_task.setdefault(pred["task"], Counter())[str(pred.get("prediction"))] += 1
+                if by_task:
+                    counts.setdefault((cs[0].row.label, name), []).append(by_task)
+    tasks = list(dict.fromkeys(task for per_seed in counts.values() for by_task in per_seed for task in by_task))
     lines = [
         f"### {track_name}: most common answer (share of questions), per seed",
         "",
         "| row | scoring | " + " | ".join(tasks) + " |",
         "|---|---|" + "---|" * len(tasks),
     ]
-    for _row_name, cs in rows:
-        for name in names:
-            per_seed: list[dict[str, dict[str, int]]] = []
-            for cell in sorted(cs, key=lambda c: c.seed):
-                counts: dict[str, dict[str, int]] = {}
-                for pred in _predictions(cell, name):
-                    by_task = counts.setdefault(pred["task"], {})
-                    answer = str(pred.get("prediction"))
-                    by_task[answer] = by_task.get(answer, 0) + 1
-                if counts:
-                    per_seed.append(counts)
-            if not per_seed:
-                continue
-            texts = []
-            for task in tasks:
-                shares = []
-                for counts in per_seed:
-                    if task in counts:
-                        answer, count = max(counts[task].items(), key=lambda kv: kv[1])
-                        shares.append(f"{answer} {_pct(count / sum(counts[task].values()))}")
-                texts.append(" · ".join(shares) or "–")
-            lines.append(f"| {cs[0].row.label} | {name} | " + " | ".join(texts) + " |")
+    for (label, name), per_seed in counts.items():
+        texts = []
+        for task in tasks:
+            shares = []
+            for by_task in per_seed:
+                if task in by_task:
+                    answer, count = by_task[task].most_common(1)[0]
+                    shares.append(f"{answer} {_pct(count / by_task[task].total())}")
+            texts.append(" · ".join(shares) or "–")
+        lines.append(f"| {label} | {name} | " + " | ".join(texts) + " |")
     lines += [
         "",
         "`None`: no answer could be extracted from the generation. Seeds in the order of the `seeds` column.",
@@ -125,7 +129,7 @@ def write_report(cells) -> None:
             continue
         track = rows[0][1][0].track
         for scoring, style in track.scorings:
-            name = scoring if scoring == "generate" else f"ll_{style}"
+            name = _scoring_name(scoring, style)
             tasks = list(dict.fromkeys(t for _, cs in rows for t in _pooled(cs, name)))
             if not tasks:
                 continue

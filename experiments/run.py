@@ -177,6 +177,10 @@ class Cell:
         return RESULTS / self.track.name / self.row.name / f"s{self.seed}"
 
     @property
+    def why_dir(self) -> Path:
+        return WHY / self.track.name / self.row.name / f"s{self.seed}"
+
+    @property
     def run_dir(self) -> Path:
         return WORK / self.track.name / self.row.name / f"s{self.seed}"
 
@@ -347,12 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         for c in cells:
             print(f"# {c.key}\n{' '.join(c.train_command()).replace(sys.executable, 'python')}")
         return 0
-    if args.inspect:
-        return inspect_cells(cells)
 
     def log(message: str) -> None:
         print(time.strftime("%H:%M:%S"), message, flush=True)
 
+    if args.inspect:
+        return inspect_cells(cells, log)
     ran = 0
     if not args.report:
         for cell in cells:
@@ -376,26 +380,20 @@ def inspect_command(cell: Cell, out_dir: Path) -> list[str]:
             "--seed", "0", "--output", str(out_dir)]  # fmt: skip
 
 
-def inspect_cells(cells: list[Cell]) -> int:
+def inspect_cells(cells: list[Cell], log) -> int:
     """Inspect every finished, trained cell not inspected yet. The small files (tables and plots) land in
     experiments/why/<track>/<row>/s<seed>/; lens.json and routing.html (megabytes) stay in the work directory."""
-    todo = [
-        c
-        for c in cells
-        if c.row.train and c.done and not (WHY / c.track.name / c.row.name / f"s{c.seed}" / "lens.md").is_file()
-    ]
-    for cell in todo:
+    for cell in [c for c in cells if c.row.train and c.done and not (c.why_dir / "lens.md").is_file()]:
         if not (cell.run_dir / "run.json").is_file():
             print(f"{cell.key}: its run directory {cell.run_dir} is gone; retrain it to inspect it", file=sys.stderr)
             continue
         work_out = WORK / "inspect" / cell.track.name / cell.row.name / f"s{cell.seed}"
-        print(time.strftime("%H:%M:%S"), f"[{cell.key}] inspecting", flush=True)
+        log(f"[{cell.key}] inspecting")
         subprocess.run(inspect_command(cell, work_out), check=True, env=_child_env())
-        dest = WHY / cell.track.name / cell.row.name / f"s{cell.seed}"
-        dest.mkdir(parents=True, exist_ok=True)
+        cell.why_dir.mkdir(parents=True, exist_ok=True)
         for name in WHY_FILES:
             if (work_out / name).is_file():
-                shutil.copy2(work_out / name, dest / name)
+                shutil.copy2(work_out / name, cell.why_dir / name)
     return 0
 
 

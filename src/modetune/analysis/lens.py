@@ -164,8 +164,9 @@ def inspect_batches(
                 gold_lps.append(lp)
                 logps.append(logp)
             final_logp = logps[-1]
+            final_p = final_logp.exp()
             for i, logp in enumerate(logps):
-                kl = (final_logp.exp() * (final_logp - logp)).sum(-1)
+                kl = (final_p * (final_logp - logp)).sum(-1)
                 acc.kl_from_final[i] += float(kl.double().sum())
                 acc.agree_final[i] += float((logp.argmax(-1) == final_logp.argmax(-1)).sum())
             ens = sum(g[:, i : i + 1] * logits_k[i] for i in range(k))

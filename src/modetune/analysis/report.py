@@ -40,8 +40,8 @@ def lens_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"{name}_lens_acc"] = layer["lens_acc"]
             row[f"{name}_adapter_ce"] = layer["adapter_ce"]
             row[f"{name}_adapter_acc"] = layer["adapter_acc"]
-            row[f"{name}_kl_from_final"] = layer.get("kl_from_final")
-            row[f"{name}_agree_final"] = layer.get("agree_final")
+            row[f"{name}_kl_from_final"] = layer["kl_from_final"]
+            row[f"{name}_agree_final"] = layer["agree_final"]
             row[f"{name}_router_mean"] = layer["router_mean"]
             row[f"{name}_router_argmax_share"] = layer["router_argmax_share"]
         rows.append(row)
