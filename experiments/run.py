@@ -142,6 +142,14 @@ ROWS = [
     Row("paper", "2p. LoRA + MoDE, the paper's configuration (--preset paper)", [*LORA, "--preset", "paper"], "lora"),
     Row("dora", "5a. DoRA (r=32)", ["--peft", "dora", *LORA[2:], *BASELINE], None),
     Row("dora_mode", "5b. DoRA + MoDE (k=3)", ["--peft", "dora", *LORA[2:], *MODE], "dora"),
+    # the variant the "why" analysis suggested (RESULTS.md): the router also reads each late layer's confidence
+    Row(
+        "var_confidence",
+        "7. LoRA + MoDE, the router also reads the late layers' confidence (--router-confidence)",
+        [*LORA, *MODE, "--router-confidence"],
+        "lora_mode",
+        tracks=("arithmetic",),
+    ),
     *[
         Row(f"abl_{name}", f"6. LoRA + MoDE, {desc}", [*LORA, *flags], "lora_mode", (0, 1), 3, tracks=("arithmetic",))
         for name, desc, flags in [

@@ -63,6 +63,13 @@ class MoDEConfig(MethodConfig):
         "g = softmax(x W_g); it needs router_init='uniform' (the 'final' init lives in the bias).",
         default=True,
     )
+    router_confidence: bool = help_field(
+        "Let the router also read how sure each late layer is: x = [y_L; per late layer its prediction's entropy "
+        "and max log-probability; per non-final layer whether its top-1 token is the final layer's], computed "
+        "without gradient (k extra vocabulary projections per forward). Off: x = y_L, the paper's router. The "
+        "variant issue 11's analysis suggested (experiments/RESULTS.md, 'Why MoDE does not help here').",
+        default=False,
+    )
     router_final_weight: float = help_field(
         "With router_init='final': the initial routing weight of the final layer, in (0, 1); the rest is "
         "split evenly over the other late layers.",
@@ -151,6 +158,7 @@ class MoDEConfig(MethodConfig):
                 f"top_k={self.top_k} is larger than num_layers={self.num_layers}; allowed: 1..{self.num_layers}"
             )
         check_bool(self, "router_bias")
+        check_bool(self, "router_confidence")
         if not self.router_bias and self.router_init == "final" and self.num_layers > 1:
             raise ConfigError(
                 "router_bias=False cannot start from router_init='final' (that initial weighting is a bias); "

@@ -10,6 +10,8 @@ MoDE lets the last k layers (the final one included) predict together:
     logits_i = head(y_i)                  the model's own, frozen output path (pre-head projection, LM head,
                                           logit scaling or soft-capping): exactly what the final layer goes through
     g        = softmax(x W_g + b)         per-token router over the k layers; x = y_L, the final normalized state
+                                          (router_confidence=True appends each late layer's entropy, max
+                                          log-prob and top-1 agreement with the final layer, without gradient)
     logits   = sum_i g_i * logits_i       the ensemble; generation decodes from it
     loss     = CE(logits, labels) + lambda * sum_{i<L} D(p_L || p_i)     (see modetune.mode.losses)
 
@@ -93,14 +95,41 @@ class SharedNormAdapter(nn.Module):
         return final_norm(h).float()
 
 
+def confidence_feature_count(k: int) -> int:
+    """Entropy and max log-prob of each of the k late layers, plus top-1 agreement of the k - 1 others."""
+    return 3 * k - 1 if k > 1 else 0
+
+
+@torch.no_grad()
+def confidence_features(ys: list[torch.Tensor], project: Any, chunk_size: int) -> torch.Tensor:
+    """[..., 3k - 1]: each late layer's prediction entropy and max log-prob, then whether each non-final layer's
+    top-1 token is the final layer's; chunk by chunk over positions, so at most [chunk, vocab] logits per layer
+    are alive. Without gradient: the router learns to read how sure each layer is, not to change it."""
+    lead = ys[0].shape[:-1]
+    flat = [y.reshape(-1, y.shape[-1]) for y in ys]
+    out = []
+    for start in range(0, flat[0].shape[0], chunk_size):
+        entropies, max_logps, tops = [], [], []
+        for y in flat:
+            logp = F.log_softmax(project(y[start : start + chunk_size]).float(), dim=-1)
+            entropies.append(-(logp.exp() * logp).sum(-1))
+            top = logp.max(-1)
+            max_logps.append(top.values)
+            tops.append(top.indices)
+        agree = [(top == tops[-1]).float() for top in tops[:-1]]
+        out.append(torch.stack(entropies + max_logps + agree, dim=-1))
+    return torch.cat(out).reshape(*lead, -1)
+
+
 class Router(nn.Module):
     """g = softmax(x W_g + b) over the k late layers, per token (b absent with router_bias=False, the paper's
-    form); optionally keep only the top_k weights."""
+    form); optionally keep only the top_k weights. With router_confidence, x = [y_L; features]."""
 
     def __init__(self, hidden_size: int, config: MoDEConfig):
         super().__init__()
         k = config.num_layers
-        self.gate = nn.Linear(hidden_size, k, bias=config.router_bias)
+        extra = confidence_feature_count(k) if config.router_confidence else 0
+        self.gate = nn.Linear(hidden_size + extra, k, bias=config.router_bias)
         self.top_k = config.top_k if config.router == "topk" else None
         with torch.no_grad():
             self.gate.weight.zero_()
@@ -111,7 +140,9 @@ class Router(nn.Module):
                 w = config.router_final_weight
                 self.gate.bias[-1] = torch.log(torch.tensor(w * (k - 1) / (1.0 - w)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        if features is not None:
+            x = torch.cat([x.float(), features.float()], dim=-1)
         gates = F.softmax(self.gate(x.float()), dim=-1)
         if self.top_k is not None and self.top_k < gates.shape[-1]:
             top = gates.topk(self.top_k, dim=-1)
@@ -330,7 +361,7 @@ class MoDEModel(MethodModel):
             states = {slot: _keep_positions(h, logits_to_keep) for slot, h in states.items()}
             logits_to_keep = 0
         ys = self._normalized_states(states)  # k x [B, T, d]
-        gates = self.router(ys[-1])  # [B, T, k]
+        gates = self.route(ys)  # [B, T, k]
 
         loss, parts = None, None
         aux_loss = None
@@ -361,6 +392,13 @@ class MoDEModel(MethodModel):
             router_entropy=router_entropy,
             aux_loss=aux_loss,
         )
+
+    def route(self, ys: list[torch.Tensor]) -> torch.Tensor:
+        """[B, T, k] routing weights from y_L (and, with router_confidence, the late layers' confidence)."""
+        if not self.mode_config.router_confidence or len(ys) == 1:
+            return self.router(ys[-1])
+        chunk = auto_chunk_size(self.fingerprint()["vocab_size"], len(ys))
+        return self.router(ys[-1], confidence_features(ys, self._project, chunk))
 
     def ensemble_logits(
         self, ys: list[torch.Tensor], gates: torch.Tensor, logits_to_keep: int | torch.Tensor = 0
