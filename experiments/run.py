@@ -379,13 +379,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-WHY_FILES = ("lens.md", "lens.csv", "lens.png", "routing.png", "routing_by_class.png", "training_curves.png")
+WHY_FILES = (
+    "lens.md",
+    "lens.csv",
+    "lens.png",
+    "routing.png",
+    "routing_by_class.png",
+    "training_curves.png",
+    "router_probe.md",
+    "router_probe.json",
+)
 
 
 def inspect_command(cell: Cell, out_dir: Path) -> list[str]:
-    """`modetune inspect` on a finished cell's run, on the track's fixed inspection data."""
+    """`modetune inspect` on a finished cell's run, on the track's fixed inspection data (with the router
+    probe when the run routes between k >= 2 layers)."""
+    probe = [] if _flag_value(cell.row.flags, "--num-layers") == "1" else ["--router-probe"]
     return [sys.executable, "-m", "modetune", "inspect", "--run", str(cell.run_dir), *cell.track.inspect_data,
-            "--seed", "0", "--output", str(out_dir)]  # fmt: skip
+            "--seed", "0", *probe, "--output", str(out_dir)]  # fmt: skip
+
+
+def _flag_value(flags: list[str], name: str) -> str | None:
+    """The value after the last `name` in `flags` (None when absent)."""
+    values = [flags[i + 1] for i, flag in enumerate(flags[:-1]) if flag == name]
+    return values[-1] if values else None
 
 
 def inspect_cells(cells: list[Cell], log) -> int:

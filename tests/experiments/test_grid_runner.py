@@ -82,6 +82,8 @@ def test_grid_skips_finished_cells_and_resumes_an_interrupted_training(grid, tmp
     why = tmp_path / "why" / "arithmetic" / "lora_mode" / "s0"
     assert {p.name for p in why.iterdir()} == set(grid.WHY_FILES)
     assert "kl_from_final" in (why / "lens.md").read_text()
+    assert "| probe: confidence |" in (why / "router_probe.md").read_text()
+    assert "--router-probe" not in grid.inspect_command(first, tmp_path)  # k = 1: nothing to route
     assert not (tmp_path / "why" / "arithmetic" / "lora").exists()
 
 

@@ -23,7 +23,12 @@ data:  --data FILE (any format `modetune train` reads), --data synthetic[:N[:LEV
        LLM-Adapters' arithmetic test files; records without one are scored on their gold answer), or
        --prompt TEXT (raw text, no template: every token after the first is scored; repeatable).
 files: lens.json (everything), lens.csv / lens.md (per-layer table), lens.png, routing.png,
-       routing_by_class.png, routing.html, training_curves.png (--run with metrics).
+       routing_by_class.png, routing.html, training_curves.png (--run with metrics);
+       router_probe.json / .md with --router-probe.
+router probe (--router-probe): on half of the examples, fit fresh routers that read y_L (the paper's input),
+       every late layer's state, or each layer's confidence (entropy, max log-prob, agreement with the final
+       layer); report their cross-entropy on the other half next to the final layer alone and the oracle:
+       how much of the oracle's headroom a router could reach (modetune.analysis.probe).
 examples:
   modetune inspect --run runs/demo --data synthetic:50:1 --output out/inspect-demo
   modetune inspect --model smollm2-135m --task gsm8k --limit 50 --output out/inspect-base
@@ -77,9 +82,40 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="examples per forward pass (default: 8)")
     parser.add_argument("--top-n", type=int, default=5, help="top predictions per layer in the HTML page (default: 5)")
     parser.add_argument("--map-examples", type=int, default=20, help="examples shown in the routing maps (default: 20)")
+    parser.add_argument(
+        "--router-probe",
+        action="store_true",
+        help="also fit held-out probe routers on richer inputs (router_probe.md; see the epilog)",
+    )
+    parser.add_argument(
+        "--probe-tokens",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="labelled tokens the probe keeps (whole examples; their logits are held in memory: "
+        "N x k x vocab x 4 bytes) (default: 2048)",
+    )
     parser.add_argument("--dtype", default="auto", help="model dtype (auto, float32, bfloat16, float16)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
     parser.set_defaults(run=run)
+
+
+def _router_probe(model: Any, batches: list[Any], max_tokens: int, out: Path, console: Any) -> list[Path]:
+    from modetune.analysis.probe import collect_late_logits, probe_markdown, probe_router
+    from modetune.analysis.report import write_json
+
+    if len(model.layer_indices) < 2:
+        raise ConfigError("--router-probe needs k >= 2 late layers to route between; give a run or --num-layers 2+")
+    console.print(f"router probe: collecting up to {max_tokens} labelled tokens, fitting probes ...")
+    try:
+        result = probe_router(collect_late_logits(model, batches, max_tokens=max_tokens))
+    except ValueError as err:
+        raise ConfigError(f"--router-probe: {err}; give more data (--limit) or more --probe-tokens") from None
+    table = probe_markdown(result)
+    console.print(table)
+    md = out / "router_probe.md"
+    md.write_text("# Router probe\n\n" + table)
+    return [write_json(result, out / "router_probe.json"), md]
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -90,6 +126,7 @@ def _check_args(args: argparse.Namespace) -> None:
         ("batch_size", 1),
         ("top_n", 1),
         ("map_examples", 0),
+        ("probe_tokens", 1),
     ):
         value = getattr(args, name)
         if value < low:
@@ -241,6 +278,8 @@ def run(args: argparse.Namespace) -> int:
             main, out / "routing.html", f"modetune inspect: routing map of {main_name}", f"{subject}, {data_desc}"
         ),
     ]
+    if args.router_probe:
+        files += _router_probe(models[main_name][0], batches, args.probe_tokens, out, console)
     if info is not None:
         metrics = Path(info["run_dir"]) / "metrics.jsonl"
         if metrics.is_file():
