@@ -405,10 +405,17 @@ def _flag_value(flags: list[str], name: str) -> str | None:
     return values[-1] if values else None
 
 
+def _inspected(cell: Cell) -> bool:
+    """Its lens table is there, and its router probe too when it routes (cells inspected before the probe
+    existed are inspected again)."""
+    wanted = ["lens.md"] + (["router_probe.md"] if "--router-probe" in inspect_command(cell, cell.why_dir) else [])
+    return all((cell.why_dir / name).is_file() for name in wanted)
+
+
 def inspect_cells(cells: list[Cell], log) -> int:
     """Inspect every finished, trained cell not inspected yet. The small files (tables and plots) land in
     experiments/why/<track>/<row>/s<seed>/; lens.json and routing.html (megabytes) stay in the work directory."""
-    for cell in [c for c in cells if c.row.train and c.done and not (c.why_dir / "lens.md").is_file()]:
+    for cell in [c for c in cells if c.row.train and c.done and not _inspected(c)]:
         if not (cell.run_dir / "run.json").is_file():
             print(f"{cell.key}: its run directory {cell.run_dir} is gone; retrain it to inspect it", file=sys.stderr)
             continue

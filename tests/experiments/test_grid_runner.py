@@ -84,6 +84,9 @@ def test_grid_skips_finished_cells_and_resumes_an_interrupted_training(grid, tmp
     assert "kl_from_final" in (why / "lens.md").read_text()
     assert "| probe: confidence |" in (why / "router_probe.md").read_text()
     assert "--router-probe" not in grid.inspect_command(first, tmp_path)  # k = 1: nothing to route
+    assert grid._inspected(second)
+    (why / "router_probe.md").unlink()
+    assert not grid._inspected(second)  # inspected before the probe existed: --inspect runs it again
     assert not (tmp_path / "why" / "arithmetic" / "lora").exists()
 
 
