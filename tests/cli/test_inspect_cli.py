@@ -64,6 +64,8 @@ def test_inspect_a_run_compares_it_to_its_base(tmp_path, tiny_model_dir):
             "0",
             "--layer-metrics-every",
             "1",
+            "--router-init",
+            "uniform",
         ]
     )
     assert code == 0
@@ -78,6 +80,8 @@ def test_inspect_a_run_compares_it_to_its_base(tmp_path, tiny_model_dir):
     results = json.loads((out / "lens.json").read_text())["results"]
     assert set(results) == {"base", "run"}
     assert results["base"]["tokens"] == results["run"]["tokens"]
+    # the "before" columns start where the run's training started (here a uniform router over k = 3)
+    assert all(w == pytest.approx(1 / 3) for w in results["base"]["router"]["mean"].values())
     # training moved the run away from its base
     assert results["run"]["ensemble"]["ce"] != pytest.approx(results["base"]["ensemble"]["ce"], abs=1e-4)
     header = (out / "lens.csv").read_text().splitlines()[0]

@@ -245,8 +245,9 @@ def run(args: argparse.Namespace) -> int:
                 else (base_spec.get("spec"))
             )
             base, _ = load_model_and_tokenizer(spec, dtype=args.dtype, device=args.device)
-            k = tuned.mode_config.num_layers
-            models["base"] = (get_mode_model(base, MoDEConfig(num_layers=k)), tokenizer)
+            # "before" = where the run's training started: its own MoDE configuration, freshly initialised
+            start = MoDEConfig.from_dict(tuned.mode_config.to_dict())
+            models["base"] = (get_mode_model(base, start), tokenizer)
         models["run"] = (tuned, tokenizer)
     else:
         base, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
