@@ -394,7 +394,7 @@ WHY_FILES = (
 def inspect_command(cell: Cell, out_dir: Path) -> list[str]:
     """`modetune inspect` on a finished cell's run, on the track's fixed inspection data (with the router
     probe when the run routes between k >= 2 layers)."""
-    probe = [] if _flag_value(cell.row.flags, "--num-layers") == "1" else ["--router-probe"]
+    probe = ["--router-probe"] if _routes(cell) else []
     return [sys.executable, "-m", "modetune", "inspect", "--run", str(cell.run_dir), *cell.track.inspect_data,
             "--seed", "0", *probe, "--output", str(out_dir)]  # fmt: skip
 
@@ -405,10 +405,15 @@ def _flag_value(flags: list[str], name: str) -> str | None:
     return values[-1] if values else None
 
 
+def _routes(cell: Cell) -> bool:
+    """Its run mixes k >= 2 late layers (a baseline's `--num-layers 1` is the final layer alone)."""
+    return _flag_value(cell.row.flags, "--num-layers") != "1"
+
+
 def _inspected(cell: Cell) -> bool:
     """Its lens table is there, and its router probe too when it routes (cells inspected before the probe
     existed are inspected again)."""
-    wanted = ["lens.md"] + (["router_probe.md"] if "--router-probe" in inspect_command(cell, cell.why_dir) else [])
+    wanted = ["lens.md"] + (["router_probe.md"] if _routes(cell) else [])
     return all((cell.why_dir / name).is_file() for name in wanted)
 
 

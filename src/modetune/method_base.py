@@ -367,14 +367,19 @@ def fingerprint_of(causal_lm: PreTrainedModel) -> dict[str, Any]:
     partition that keeps its whole shape in `ds_shape` (reading 0 there made a saved run refuse its own base).
     """
     located = locate(causal_lm)
-    head = located.head.weight
     return {
         "architecture": type(causal_lm).__name__,
         "model_type": causal_lm.config.model_type,
         "num_hidden_layers": len(located.layers),
         "hidden_size": causal_lm.config.get_text_config().hidden_size,
-        "vocab_size": int(getattr(head, "ds_shape", head.shape)[0]),
+        "vocab_size": vocab_size_of(located),
     }
+
+
+def vocab_size_of(located: LocatedModel) -> int:
+    """The head's full row count, also under DeepSpeed ZeRO-3 (a rank's partition keeps it in `ds_shape`)."""
+    head = located.head.weight
+    return int(getattr(head, "ds_shape", head.shape)[0])
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +88,35 @@ def _gold_stats(logits: torch.Tensor, gold: torch.Tensor) -> tuple[torch.Tensor,
     return gold_lp, correct, logp
 
 
+@contextmanager
+def capture_late_states(model: Any, *, every_layer: bool = False) -> Iterator[dict[Any, torch.Tensor]]:
+    """Eval mode and forward hooks on a `MoDEModel`: each forward fills the dict with ("adapter", i) = N_i(h_i),
+    "final_y" = y_L (the router's input), "gates" = the router's weights and, with `every_layer`,
+    ("layer", i) = h_i of every decoder layer. Hooks are removed and training modes restored exactly afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    states: dict[Any, torch.Tensor] = {}
+
+    def store(key: Any):
+        def hook(_module, _args, output):
+            states[key] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    layers = model._located.layers if every_layer else []
+    handles = [layer.register_forward_hook(store(("layer", i))) for i, layer in enumerate(layers)]
+    handles += [adapter.register_forward_hook(store(("adapter", i))) for i, adapter in enumerate(model.adapters)]
+    handles.append(model.router.register_forward_hook(store("gates")))
+    handles.append(model.router.register_forward_pre_hook(lambda _m, args: states.__setitem__("final_y", args[0])))
+    try:
+        yield states
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes:
+            module.training = training
+
+
 @torch.no_grad()
 def inspect_batches(
     model: Any,
@@ -113,21 +143,7 @@ def inspect_batches(
 
     acc = _Accumulator(num_layers, k)
     maps: list[dict[str, Any]] = []
-    modes = [(module, module.training) for module in model.modules()]  # restored exactly afterwards
-    model.eval()
-    states: dict[Any, torch.Tensor] = {}
-
-    def store(key: Any):
-        def hook(_module, _args, output):
-            states[key] = output[0] if isinstance(output, tuple) else output
-
-        return hook
-
-    handles = [layer.register_forward_hook(store(("layer", i))) for i, layer in enumerate(layers)]
-    handles += [adapter.register_forward_hook(store(("adapter", i))) for i, adapter in enumerate(model.adapters)]
-    handles.append(model.router.register_forward_hook(store("gates")))
-    handles.append(model.router.register_forward_pre_hook(lambda _m, args: states.__setitem__("final_y", args[0])))
-    try:
+    with capture_late_states(model, every_layer=True) as states:
         for batch in batches:
             states.clear()
             batch = {key: value.to(model.device) for key, value in batch.items()}
@@ -194,11 +210,6 @@ def inspect_batches(
                 maps.extend(
                     _maps_for_batch(tokenizer, batch, labels, gates, mask, logps, gold, top_n, map_examples - len(maps))
                 )
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in modes:
-            module.training = training
     return _summarize(acc, late, num_layers, maps)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from modetune.analysis.lens import capture_late_states
 from modetune.mode.model import confidence_features
 
 PROBE_INPUTS = ("constant", "final_state", "all_states", "confidence", "final_state+confidence")
@@ -39,19 +40,10 @@ def collect_late_logits(
     """Per labelled token (at most `max_tokens`, whole examples): the late layers' normalized states
     `ys` [n, k, d] and logits [n, k, V] (float32: n * k * V * 4 bytes), gold [n], example index [n] and the
     trained router's weights [n, k]."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
     k = len(model.layer_indices)
-    states: dict[Any, torch.Tensor] = {}
-    handles = [
-        adapter.register_forward_hook(lambda _m, _a, out, i=i: states.__setitem__(i, out))
-        for i, adapter in enumerate(model.adapters)
-    ]
-    handles.append(model.router.register_forward_pre_hook(lambda _m, args: states.__setitem__("y", args[0])))
-    handles.append(model.router.register_forward_hook(lambda _m, _a, out: states.__setitem__("gates", out)))
     parts: dict[str, list[torch.Tensor]] = {"ys": [], "logits": [], "gold": [], "example": [], "gates": []}
     tokens = examples = 0
-    try:
+    with capture_late_states(model) as states:
         for batch in batches:
             if tokens >= max_tokens:
                 break
@@ -61,7 +53,7 @@ def collect_late_logits(
             model(**batch, skip_logits=True)
             mask = labels[:, 1:] != -100
             rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(mask)
-            ys = [states[i] for i in range(k - 1)] + [states["y"]]
+            ys = [states[("adapter", i)] for i in range(k - 1)] + [states["final_y"]]
             ys = torch.stack([y[:, :-1][mask].float() for y in ys], dim=1)
             parts["ys"].append(ys.cpu())
             parts["logits"].append(torch.stack([model._project(ys[:, i]).float() for i in range(k)], 1).cpu())
@@ -70,11 +62,6 @@ def collect_late_logits(
             parts["gates"].append(states["gates"][:, :-1][mask].float().cpu())
             tokens += int(mask.sum())
             examples += labels.shape[0]
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in modes:
-            module.training = training
     return {name: torch.cat(values) for name, values in parts.items()}
 
 
@@ -103,25 +90,29 @@ def mixture_ce(gates: torch.Tensor, logits: torch.Tensor, gold: torch.Tensor) ->
     return F.cross_entropy((gates[:, :, None] * logits).sum(1), gold, reduction="none")
 
 
+def candidate_logits(logits: torch.Tensor, logp: torch.Tensor, gold: torch.Tensor, candidates: int) -> torch.Tensor:
+    """[n, k, C] logits of each token's `candidates` most likely tokens under any late layer (`logp`: the
+    log-softmax of `logits`), the gold token first: the fitting's shortcut vocabulary."""
+    n, k, vocab = logits.shape
+    score = logp.amax(1)
+    score[torch.arange(n), gold] = float("inf")
+    cand = score.topk(min(candidates, vocab), -1).indices  # [n, C], gold first
+    return logits.gather(-1, cand[:, None, :].expand(n, k, cand.shape[-1]))
+
+
 def fit_router(
     x: torch.Tensor,
-    logits: torch.Tensor,
-    gold: torch.Tensor,
+    small: torch.Tensor,
     *,
     steps: int = 300,
     lr: float = 1e-2,
     weight_decay: float = 1e-3,
     final_weight: float = 0.9,
-    candidates: int = 128,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W, b) of softmax(x W + b) minimising the mixture CE on these tokens; starts from W = 0 and the final
-    layer at `final_weight` (MoDE's default start)."""
-    n, k, vocab = logits.shape
-    with torch.no_grad():
-        score = F.log_softmax(logits, -1).amax(1)
-        score[torch.arange(n), gold] = float("inf")
-        cand = score.topk(min(candidates, vocab), -1).indices  # [n, C], gold first
-        small = logits.gather(-1, cand[:, None, :].expand(n, k, cand.shape[-1]))
+    """(W, b) of softmax(x W + b) minimising the mixture CE on these tokens, over their candidate logits
+    `small` [n, k, C] (gold first, see `candidate_logits`); starts from W = 0 and the final layer at
+    `final_weight` (MoDE's default start)."""
+    n, k, _ = small.shape
     weight = torch.zeros(x.shape[1], k, requires_grad=True)
     start = [0.0] * k
     if k > 1:
@@ -154,14 +145,22 @@ def _bootstrap_ci(
 
 
 def probe_router(
-    collected: dict[str, torch.Tensor], inputs: Sequence[str] = PROBE_INPUTS, *, steps: int = 300, seed: int = 0
+    collected: dict[str, torch.Tensor],
+    inputs: Sequence[str] = PROBE_INPUTS,
+    *,
+    steps: int = 300,
+    seed: int = 0,
+    candidates: int = 128,
 ) -> dict[str, Any]:
     """Held-out CE of a router fitted on each input (2-fold by example), next to the final layer alone, the
     trained router and the oracle; each probe's per-token difference to the final layer with a bootstrap CI."""
     logits, gold, example = collected["logits"], collected["gold"], collected["example"]
     n, k, _ = logits.shape
     final_ce = F.cross_entropy(logits[:, -1], gold, reduction="none")
-    gold_lp = F.log_softmax(logits, -1).gather(-1, gold[:, None, None].expand(n, k, 1))[..., 0]
+    logp = F.log_softmax(logits, -1)
+    gold_lp = logp.gather(-1, gold[:, None, None].expand(n, k, 1))[..., 0]
+    small = candidate_logits(logits, logp, gold, candidates)  # once: it does not depend on the router input
+    del logp
     result: dict[str, Any] = {
         "tokens": n,
         "examples": int(example.unique().numel()),
@@ -177,7 +176,7 @@ def probe_router(
         held_out = torch.empty(n)
         for fit_on, test_on in (folds, folds[::-1]):
             torch.manual_seed(seed)
-            weight, bias = fit_router(x[fit_on], logits[fit_on], gold[fit_on], steps=steps)
+            weight, bias = fit_router(x[fit_on], small[fit_on], steps=steps)
             gates = F.softmax(x[test_on] @ weight + bias, -1)
             held_out[test_on] = mixture_ce(gates, logits[test_on], gold[test_on])
         delta, lo, hi = _bootstrap_ci(held_out - final_ce, example, seed=seed)

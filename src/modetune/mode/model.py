@@ -36,7 +36,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from modetune.architectures import first_tensor, verify_located
 from modetune.errors import ConfigError, ModetuneError
-from modetune.method_base import CACHE_FIELD, MethodModel
+from modetune.method_base import CACHE_FIELD, MethodModel, vocab_size_of
 from modetune.mode.config import MoDEConfig
 from modetune.mode.losses import (
     LossParts,
@@ -275,6 +275,7 @@ class MoDEModel(MethodModel):
         backbone_parameters = inspect.signature(self._located.backbone.forward).parameters
         self._cache_argument = "cache" if "cache" in backbone_parameters else "past_key_values"
         self._resolved_loss: dict[tuple[str, str], str] = {}  # 'auto' / 'liger', resolved per device
+        self._vocab_size = vocab_size_of(self._located)  # sizes the loss and routing chunks (not per forward)
 
     # -- capturing the late layers' hidden states ----------------------------------------------------
     @contextmanager
@@ -397,7 +398,7 @@ class MoDEModel(MethodModel):
         """[B, T, k] routing weights from y_L (and, with router_confidence, the late layers' confidence)."""
         if not self.mode_config.router_confidence or len(ys) == 1:
             return self.router(ys[-1])
-        chunk = auto_chunk_size(self.fingerprint()["vocab_size"], len(ys))
+        chunk = auto_chunk_size(self._vocab_size, len(ys))
         return self.router(ys[-1], confidence_features(ys, self._project, chunk))
 
     def ensemble_logits(
@@ -440,7 +441,7 @@ class MoDEModel(MethodModel):
         if implementation == "liger":
             head, _ = self._located.linear_head()
             return mode_loss_liger(ys, gates, labels, head, plan, num_items_in_batch)
-        chunk = cfg.loss_chunk_size or auto_chunk_size(self.fingerprint()["vocab_size"], cfg.num_layers)
+        chunk = cfg.loss_chunk_size or auto_chunk_size(self._vocab_size, cfg.num_layers)
         head_params = tuple(p for p in self._located.head_path_parameters() if p.requires_grad)
         return mode_loss_chunked(ys, gates, labels, self._project, plan, chunk, num_items_in_batch, head_params)
 
