@@ -150,6 +150,14 @@ ROWS = [
         "lora_mode",
         tracks=("arithmetic",),
     ),
+    # the next variant: the router hardly trains at this budget (W_g moves < 0.02), so give it MoD's router rate
+    Row(
+        "var_router_lr",
+        "8. LoRA + MoDE, the router at 10x the learning rate (--router-lr-scale 10)",
+        [*LORA, *MODE, "--router-lr-scale", "10"],
+        "lora_mode",
+        tracks=("arithmetic",),
+    ),
     *[
         Row(f"abl_{name}", f"6. LoRA + MoDE, {desc}", [*LORA, *flags], "lora_mode", (0, 1), 3, tracks=("arithmetic",))
         for name, desc, flags in [

@@ -242,6 +242,15 @@ class MethodModel(nn.Module):
         """Name -> module of everything the method adds (saved in `weights_name`)."""
         raise NotImplementedError
 
+    def router_parameters(self) -> list[nn.Parameter]:
+        """The routers' parameters: the Trainer gives them their own optimizer group at `router_lr_scale` x the
+        learning rate (a method without routers has none)."""
+        return []
+
+    @property
+    def router_lr_scale(self) -> float:
+        return float(getattr(self.method_config, "router_lr_scale", 1.0))
+
     @property
     def state_prefixes(self) -> tuple[str, ...]:
         """Key prefixes of the method's weights in this module's `state_dict()` (what a gathered FSDP/ZeRO-3

@@ -109,6 +109,7 @@ def test_mode_only_and_dora(tmp_path, tiny_model_dir):
         (["--peft", "prefix"], "peft='prefix' is not supported"),
         (["--resume"], "is not a run directory"),
         (["--data", "synthetic:abc"], "N must be a whole number"),
+        (["--router-lr-scale", "0"], "router_lr_scale=0.0 must be positive"),
         pytest.param(
             ["--loss-implementation", "liger"],
             "loss_implementation='liger' cannot be used",  # no CUDA here (or liger-kernel not installed)

@@ -56,20 +56,3 @@ def test_train_method_mod_writes_a_resumable_run(tmp_path, tiny_model_dir, capsy
     assert main(["inspect", "--run", str(out), "--prompt", "hi", "--output", str(tmp_path / "inspect")]) == 2
     assert not (tmp_path / "inspect").exists()
     assert "is a MoD (MoDification) run" in capsys.readouterr().err
-
-
-def test_routers_get_their_own_learning_rate(tmp_path):
-    from transformers import TrainingArguments
-
-    from modetune.mod import MoDConfig, get_mod_model
-    from modetune.mod.trainer import MoDTrainer
-    from tests.conftest import build_tiny_model
-
-    mod = get_mod_model(build_tiny_model("llama", num_hidden_layers=5), MoDConfig(router_lr_scale=20.0, skip_first=1))
-    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, use_cpu=True, report_to=[])
-    optimizer = MoDTrainer(model=mod, args=args).create_optimizer()
-    routers = {id(p) for p in mod.routers.parameters()}
-    group = next(g for g in optimizer.param_groups if g.get("modetune_routers"))
-    assert {id(p) for p in group["params"]} == routers and group["lr"] == 2e-2
-    others = [p for g in optimizer.param_groups if not g.get("modetune_routers") for p in g["params"]]
-    assert not routers & {id(p) for p in others}

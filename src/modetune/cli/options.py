@@ -26,10 +26,21 @@ def _base_type(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str, skip: tuple[str, ...] = ()) -> None:
+def add_dataclass_options(
+    parser: argparse.ArgumentParser, cls: type, title: str, skip: tuple[str, ...] = (), shared: tuple[str, ...] = ()
+) -> None:
+    """One option per field of `cls`, its help from the field's `help_field` text.
+
+    `shared` names fields that an earlier config already added as options (two methods' same setting, e.g.
+    `--router-lr-scale`): the one option then serves both, defaults to None so each config keeps its own
+    default when it is not given, and its help lists each method's default.
+    """
     group = parser.add_argument_group(title)
     for f in fields(cls):
         if f.name in skip:
+            continue
+        if f.name in shared:
+            _share_option(parser, f, title)
             continue
         flag = "--" + f.name.replace("_", "-")
         typ, is_list = _base_type(f.type)
@@ -48,12 +59,28 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str
             )
 
 
+def _share_option(parser: argparse.ArgumentParser, f: Any, title: str) -> None:
+    flag = "--" + f.name.replace("_", "-")
+    action = parser._option_string_actions.get(flag)
+    if action is None:
+        raise ValueError(f"shared option {flag} must be added by an earlier config first")
+    first_default, action.default = action.default, None
+    note = f"{f.default} in {title}"
+    if "(default: " in (action.help or ""):
+        head, _, _ = action.help.rpartition(" (default: ")
+        action.help = f"{head} (default: {first_default}; {note})"
+    else:
+        action.help = f"{action.help} ({note})"
+
+
 def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """`cls` from the parsed options; an option left at None keeps the field's own default (list options not
+    given, and shared options whose configs differ in default)."""
     values = {}
     for f in fields(cls):
         if hasattr(args, f.name):
             value = getattr(args, f.name)
-            if value is None and f.default_factory is not MISSING:  # list options not given
+            if value is None and (f.default_factory is not MISSING or f.default not in (MISSING, None)):
                 continue
             values[f.name] = value
     try:

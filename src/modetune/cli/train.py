@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_dataclass_options(parser, TrainConfig, "run")
     add_dataclass_options(parser, MoDEConfig, "MoDE")
-    add_dataclass_options(parser, MoDConfig, "MoD (with --method mod)")
+    add_dataclass_options(parser, MoDConfig, "MoD (with --method mod)", shared=("router_lr_scale",))
     parser.add_argument(
         "--preset",
         choices=PRESETS,

@@ -202,6 +202,9 @@ class MoDModel(MethodModel):
     def method_modules(self) -> dict[str, nn.Module]:
         return {"routers": self.routers}
 
+    def router_parameters(self) -> list[nn.Parameter]:
+        return list(self.routers.parameters())
+
     # -- routing one layer ---------------------------------------------------------------------------
     def _select(self, layer_idx: int, g: torch.Tensor, positions: torch.Tensor, cache: MoDCache | None) -> torch.Tensor:
         """[B, T] bool: the tokens layer `layer_idx` processes (never batch padding; always the sink tokens)."""

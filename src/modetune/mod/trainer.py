@@ -24,29 +24,6 @@ class MoDTrainer(MoDETrainer):
             raise TypeError(f"MoDTrainer needs a MoDModel, got {type(model).__name__}")
         return model
 
-    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
-        """The Trainer's optimizer, with the routers in their own group at `router_lr_scale` x the learning rate.
-
-        Routers start from w = 0 and must move their scores by several units within a short conversion, which
-        a LoRA-sized learning rate does not do; the schedule scales both groups alike.
-        """
-        optimizer = super().create_optimizer(model)
-        mod = self.mode_model
-        scale = mod.mod_config.router_lr_scale
-        routers = {id(p) for p in mod.routers.parameters()}
-        if scale != 1.0 and not any(group.get("modetune_routers") for group in optimizer.param_groups):
-            for group in optimizer.param_groups:
-                group["params"] = [p for p in group["params"] if id(p) not in routers]
-            optimizer.add_param_group(
-                {
-                    "params": list(mod.routers.parameters()),
-                    "lr": self.args.learning_rate * scale,
-                    "weight_decay": 0.0,
-                    "modetune_routers": True,
-                }
-            )
-        return optimizer
-
     def _accumulate(self, outputs: Any, inputs: dict[str, torch.Tensor]) -> None:
         values: dict[str, float] = {}
         if outputs.lm_loss is not None:  # a share of the step's mean, as MoDE's parts (see compute_loss)

@@ -268,6 +268,9 @@ class MoDEModel(MethodModel):
     def method_modules(self) -> dict[str, nn.Module]:
         return {"adapters": self.adapters, "router": self.router}
 
+    def router_parameters(self) -> list[nn.Parameter]:
+        return list(self.router.parameters())
+
     # -- where things live ---------------------------------------------------------------------------
     def _locate(self) -> None:
         super()._locate()

@@ -49,6 +49,27 @@ class MoDETrainer(Trainer):
             raise TypeError(f"MoDETrainer needs a MoDEModel, got {type(model).__name__}")
         return model
 
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer, with the routers in their own group at `router_lr_scale` x the learning rate.
+
+        A router starts from W = 0 and, at a LoRA-sized learning rate, barely moves in a short run (MoD's
+        routers must move their scores by several units within a conversion; MoDE's W_g moved < 0.02 in issue
+        11's runs). The schedule scales both groups alike; at scale 1 the optimizer is the Trainer's own.
+        """
+        optimizer = super().create_optimizer(model)
+        method = self.mode_model
+        scale = method.router_lr_scale
+        routers = method.router_parameters()
+        if scale == 1.0 or not routers or any(g.get("modetune_routers") for g in optimizer.param_groups):
+            return optimizer
+        ids = {id(p) for p in routers}
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
+        optimizer.add_param_group(
+            {"params": routers, "lr": self.args.learning_rate * scale, "weight_decay": 0.0, "modetune_routers": True}
+        )
+        return optimizer
+
     # -- loss and metrics ----------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:

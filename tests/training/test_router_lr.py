@@ -1,0 +1,80 @@
+"""The routers' own learning rate (`router_lr_scale`): one optimizer group for MoDE's and MoD's routers alike,
+one `--router-lr-scale` option whose default is each method's own, and a router that really moves faster."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+from transformers import TrainingArguments
+
+from modetune.cli import main
+from modetune.mod import MoDConfig, get_mod_model
+from modetune.mod.trainer import MoDTrainer
+from modetune.mode import MoDEConfig, get_mode_model
+from modetune.training.trainer import MoDETrainer
+from tests.conftest import TINY_TRAIN_ARGS, build_tiny_model
+
+
+def _optimizer(trainer_cls, model, tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, use_cpu=True, report_to=[])
+    return trainer_cls(model=model, args=args).create_optimizer()
+
+
+@pytest.mark.parametrize("method", ["mode", "mod"])
+def test_routers_get_their_own_group_at_the_scaled_rate(tmp_path, method):
+    base = build_tiny_model("llama", num_hidden_layers=5)
+    if method == "mode":
+        model, trainer_cls = get_mode_model(base, MoDEConfig(router_lr_scale=20.0)), MoDETrainer
+    else:
+        model, trainer_cls = get_mod_model(base, MoDConfig(router_lr_scale=20.0, skip_first=1)), MoDTrainer
+    optimizer = _optimizer(trainer_cls, model, tmp_path)
+    routers = {id(p) for p in model.router_parameters()}
+    assert routers
+    group = next(g for g in optimizer.param_groups if g.get("modetune_routers"))
+    assert {id(p) for p in group["params"]} == routers and group["lr"] == pytest.approx(2e-2)
+    others = [p for g in optimizer.param_groups if not g.get("modetune_routers") for p in g["params"]]
+    assert not routers & {id(p) for p in others}  # every other trainable parameter keeps the base rate
+    assert bool(others) == (method == "mode")  # MoDE's per-layer norms (MoD without PEFT trains routers only)
+    assert all(g["lr"] == pytest.approx(1e-3) for g in optimizer.param_groups if not g.get("modetune_routers"))
+
+
+def test_scale_one_leaves_the_trainers_optimizer_as_it_is(tmp_path):
+    model = get_mode_model(build_tiny_model("llama", num_hidden_layers=5), MoDEConfig())
+    optimizer = _optimizer(MoDETrainer, model, tmp_path)
+    assert MoDEConfig().router_lr_scale == 1.0
+    assert not any(g.get("modetune_routers") for g in optimizer.param_groups)
+    assert {id(p) for p in model.router_parameters()} <= {id(p) for g in optimizer.param_groups for p in g["params"]}
+
+
+def _router_shift(tmp_path, model_dir, *extra: str) -> tuple[float, dict]:
+    out = tmp_path / ("run" + "".join(extra).replace("-", "_"))
+    args = ["train", "--model", str(model_dir), "--output", str(out), *TINY_TRAIN_ARGS, "--max-steps", "4", *extra]
+    assert main(args) == 0
+    weights = load_file(out / "mode_model.safetensors")
+    info = json.loads((out / "run.json").read_text())
+    return float(weights["router.gate.weight"].abs().max()), info
+
+
+def test_the_option_moves_the_router_further_end_to_end(tmp_path, tiny_model_dir):
+    shift_1, info_1 = _router_shift(tmp_path, tiny_model_dir)
+    shift_20, info_20 = _router_shift(tmp_path, tiny_model_dir, "--router-lr-scale", "20")
+    assert info_1["mode_config"]["router_lr_scale"] == 1.0 and info_20["mode_config"]["router_lr_scale"] == 20.0
+    assert shift_20 > 5 * shift_1 > 0  # W_g starts at 0: how far it moved
+
+
+def test_one_option_serves_both_methods_with_their_own_defaults():
+    from modetune.cli import build_parser
+    from modetune.cli.options import dataclass_from_args
+    from modetune.cli.train import mode_config_from_args
+
+    parser = build_parser()
+    given = parser.parse_args(["train", "--model", "m", "--router-lr-scale", "3"])
+    assert mode_config_from_args(given).router_lr_scale == 3.0
+    assert dataclass_from_args(MoDConfig, given).router_lr_scale == 3.0
+    default = parser.parse_args(["train", "--model", "m"])
+    assert mode_config_from_args(default).router_lr_scale == MoDEConfig().router_lr_scale == 1.0
+    assert dataclass_from_args(MoDConfig, default).router_lr_scale == MoDConfig().router_lr_scale == 10.0
+    paper = parser.parse_args(["train", "--model", "m", "--preset", "paper", "--router-lr-scale", "5"])
+    assert mode_config_from_args(paper).router_lr_scale == 5.0 and mode_config_from_args(paper).router_bias is False
