@@ -63,6 +63,43 @@ def _paired(cells_a, cells_b, scoring: str) -> dict[str, Any] | None:
         return None
 
 
+def _paired_by_task(track_name: str, name: str, rows, by_row, tasks: list[str]) -> list[str]:
+    """Each row's paired difference to its baseline task by task, the seeds they share pooled: where a
+    difference on one set hides inside the all-sets figure. p values are per set, uncorrected (multiply by
+    the number of sets for a Bonferroni bound)."""
+    lines = [
+        f"Paired Δ vs baseline per set ({name}; percentage points [95% bootstrap CI], exact McNemar p, "
+        f"uncorrected for the {len(tasks)} sets; seeds both rows finished, pooled):",
+        "",
+        "| row | vs | " + " | ".join(tasks) + " |",
+        "|---|---|" + "---|" * len(tasks),
+    ]
+    shown = 0
+    for _row_name, cs in rows:
+        row = cs[0].row
+        if not row.baseline or (track_name, row.baseline) not in by_row:
+            continue
+        report = _paired(by_row[(track_name, row.baseline)], cs, name)
+        if not report:
+            continue
+        texts = []
+        for task in tasks:
+            t = report["tasks"].get(task)
+            texts.append(
+                f"{100 * t['diff']:+.1f} [{100 * t['diff_ci95'][0]:+.1f}, {100 * t['diff_ci95'][1]:+.1f}], "
+                + _p_text(t["p_value"])
+                if t
+                else "–"
+            )
+        lines.append(f"| {row.label} | {row.baseline} | " + " | ".join(texts) + " |")
+        shown += 1
+    return [*lines, ""] if shown else []
+
+
+def _p_text(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
 def _scoring_name(scoring: str, style: str) -> str:
     """The results subdirectory of a (scoring, ll_style) pair: generate, ll_text or ll_label."""
     return scoring if scoring == "generate" else f"ll_{style}"
@@ -166,6 +203,7 @@ def write_report(cells) -> None:
                 seeds = ",".join(str(c.seed) for c in sorted(cs, key=lambda c: c.seed))
                 lines.append(f"| {row.label} | {seeds} | " + " | ".join(cells_txt) + f" | {average} | {delta} |")
             lines.append("")
+            lines += _paired_by_task(track_name, name, rows, by_row, tasks)
         if any(scoring == "loglikelihood" for scoring, _ in track.scorings):
             lines += _answer_collapse(track_name, rows, track)
         lines += [f"### {track_name}: cost", "", "| row | trainable params (MoDE router/adapters + PEFT) | step s | peak RSS MB | train min | eval min |",

@@ -33,3 +33,33 @@ def test_answer_collapse_reports_the_most_common_answer_and_its_share(tmp_path):
     # per seed, in seed order: seed 0 collapsed onto answer2, seed 1 onto answer1 (pooled, neither would show)
     assert "| 1. LoRA | ll_label | answer2 100.0 · answer1 75.0 | true 50.0 |" in table
     assert "| 3. MoDE | ll_label | answer3 50.0 | – |" in table
+
+
+def _scored(tmp_path, row_name: str, seed: int, correct: dict[str, list[bool]], baseline: str | None):
+    result_dir = tmp_path / row_name / f"s{seed}"
+    for task, flags in correct.items():
+        out = result_dir / "generate" / task
+        out.mkdir(parents=True)
+        lines = [json.dumps({"task": task, "id": f"{task}/{i}", "correct": c}) for i, c in enumerate(flags)]
+        (out / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    row = SimpleNamespace(label=row_name, baseline=baseline)
+    return SimpleNamespace(result_dir=result_dir, seed=seed, row=row)
+
+
+def test_paired_by_task_pools_the_shared_seeds_task_by_task(tmp_path):
+    from scipy.stats import binomtest
+
+    report = _load("report")
+    # easy: equal in both rows; hard: the variant loses 6 questions and wins 0 over two seeds
+    base = {"easy": [True, False] * 5, "hard": [True] * 6 + [False] * 4}
+    worse = {"easy": [True, False] * 5, "hard": [True] * 3 + [False] * 7}
+    lora = [_scored(tmp_path, "lora", s, base, None) for s in (0, 1)]
+    variant = [_scored(tmp_path, "variant", s, worse, "lora") for s in (0, 1, 2)]  # seed 2 has no partner
+    by_row = {("t", "lora"): lora, ("t", "variant"): variant}
+    lines = report._paired_by_task("t", "generate", [("lora", lora), ("variant", variant)], by_row, ["easy", "hard"])
+    row = next(line for line in lines if line.startswith("| variant | lora |"))
+    easy, hard = row.split(" | ")[2:4]
+    assert easy.startswith("+0.0 [+0.0, +0.0]") and easy.endswith("p = 1.000")
+    p = binomtest(0, 6, 0.5).pvalue  # exact McNemar: 0 wins against 6 losses on the 20 paired questions
+    assert hard.startswith("-30.0 [") and hard.endswith(f"p = {p:.3f} |")
+    assert "uncorrected for the 2 sets" in lines[0]
