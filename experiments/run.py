@@ -158,6 +158,14 @@ ROWS = [
         "lora_mode",
         tracks=("arithmetic",),
     ),
+    # the same on the paper's configuration, where the probe found the most a router could gain from y_L
+    Row(
+        "var_paper_router_lr",
+        "8p. the paper's configuration, the router at 10x the learning rate (--preset paper --router-lr-scale 10)",
+        [*LORA, "--preset", "paper", "--router-lr-scale", "10"],
+        "paper",
+        tracks=("arithmetic",),
+    ),
     *[
         Row(f"abl_{name}", f"6. LoRA + MoDE, {desc}", [*LORA, *flags], "lora_mode", (0, 1), 3, tracks=("arithmetic",))
         for name, desc, flags in [

@@ -124,6 +124,13 @@ def test_inspect_numbers_match_a_direct_computation(tiny):
     for layer in map(str, result["late_layers"]):
         total = sum(c["router_mean"][layer] * c["tokens"] for c in by_class.values() if c["tokens"])
         assert math.isclose(total / n, result["router"]["mean"][layer], **close)
+    # how far the gate moved: the perturbed W_g's size and the bias, per late layer
+    params, gate = result["router"]["parameters"], mode.router.gate
+    assert (
+        math.isclose(params["weight_max_abs"], float(gate.weight.abs().max()), **close) and params["weight_max_abs"] > 0
+    )
+    assert list(params["bias"]) == [str(i) for i in result["late_layers"]]
+    assert [round(v, 5) for v in params["bias"].values()] == [round(float(b), 5) for b in gate.bias]
 
 
 def test_routing_maps_hold_weights_and_top_predictions(tiny):

@@ -86,6 +86,10 @@ def test_inspect_a_run_compares_it_to_its_base(tmp_path, tiny_model_dir):
     assert results["run"]["ensemble"]["ce"] != pytest.approx(results["base"]["ensemble"]["ce"], abs=1e-4)
     header = (out / "lens.csv").read_text().splitlines()[0]
     assert "base_lens_ce" in header and "run_adapter_ce" in header
+    # and lens.md says how far the router's gate moved from its start (W_g = 0)
+    assert results["base"]["router"]["parameters"]["weight_max_abs"] == 0
+    assert results["run"]["router"]["parameters"]["weight_max_abs"] > 0
+    assert (out / "lens.md").read_text().count("- router gate (W_g starts at 0): max |W_g| ") == 2
 
 
 @pytest.mark.parametrize(

@@ -90,6 +90,7 @@ def write_lens_tables(results: dict[str, dict[str, Any]], out_dir: Path) -> list
             f"{o['late_beats_final_share']:.1%} of tokens; best-late-layer-per-token CE {o['oracle_ce']:.4f}",
             f"- router: mean weight {_dict_fmt(r['mean'])}; argmax share {_dict_fmt(r['argmax_share'])}; "
             f"entropy {r['entropy']:.3f} nats (max {r['max_entropy']:.3f})",
+            *_router_parameter_lines(r.get("parameters")),
             "",
             "| token class | tokens | mean weight per late layer | entropy |",
             "|---|---|---|---|",
@@ -100,6 +101,16 @@ def write_lens_tables(results: dict[str, dict[str, Any]], out_dir: Path) -> list
         lines.append("")
     md_path.write_text("\n".join(lines) + "\n")
     return [csv_path, md_path]
+
+
+def _router_parameter_lines(params: dict[str, Any] | None) -> list[str]:
+    if not params:
+        return []
+    bias = "none" if params["bias"] is None else ", ".join(f"L{k}: {v:.4f}" for k, v in params["bias"].items())
+    return [
+        f"- router gate (W_g starts at 0): max |W_g| {params['weight_max_abs']:.4f}, "
+        f"norm {params['weight_norm']:.4f}; bias {bias}"
+    ]
 
 
 def _dict_fmt(d: dict[str, Any]) -> str:
