@@ -63,7 +63,7 @@ def _paired(cells_a, cells_b, scoring: str) -> dict[str, Any] | None:
         return None
 
 
-def _paired_by_task(track_name: str, name: str, rows, by_row, tasks: list[str]) -> list[str]:
+def _paired_by_task(rows, reports: dict[str, dict[str, Any]], name: str, tasks: list[str]) -> list[str]:
     """Each row's paired difference to its baseline task by task, the seeds they share pooled: where a
     difference on one set hides inside the all-sets figure. p values are per set, uncorrected (multiply by
     the number of sets for a Bonferroni bound)."""
@@ -75,11 +75,8 @@ def _paired_by_task(track_name: str, name: str, rows, by_row, tasks: list[str]) 
         "|---|---|" + "---|" * len(tasks),
     ]
     shown = 0
-    for _row_name, cs in rows:
-        row = cs[0].row
-        if not row.baseline or (track_name, row.baseline) not in by_row:
-            continue
-        report = _paired(by_row[(track_name, row.baseline)], cs, name)
+    for row_name, cs in rows:
+        row, report = cs[0].row, reports.get(row_name)
         if not report:
             continue
         texts = []
@@ -178,7 +175,8 @@ def write_report(cells) -> None:
                 "| row | seeds | " + " | ".join(tasks) + " | average | Δ vs baseline [95% CI], McNemar p |",
                 "|---|---|" + "---|" * len(tasks) + "---|---|",
             ]
-            for _row_name, cs in rows:
+            reports: dict[str, dict[str, Any]] = {}  # row -> its paired comparison with its baseline
+            for row_name, cs in rows:
                 pooled = _pooled(cs, name)
                 cells_txt = []
                 for task in tasks:
@@ -195,6 +193,7 @@ def write_report(cells) -> None:
                 if row.baseline and (track_name, row.baseline) in by_row:
                     report = _paired(by_row[(track_name, row.baseline)], cs, name)
                     if report:
+                        reports[row_name] = report
                         p = report["pooled"]
                         delta = (
                             f"{100 * p['diff']:+.1f} [{100 * p['diff_ci95'][0]:+.1f}, {100 * p['diff_ci95'][1]:+.1f}], "
@@ -203,7 +202,7 @@ def write_report(cells) -> None:
                 seeds = ",".join(str(c.seed) for c in sorted(cs, key=lambda c: c.seed))
                 lines.append(f"| {row.label} | {seeds} | " + " | ".join(cells_txt) + f" | {average} | {delta} |")
             lines.append("")
-            lines += _paired_by_task(track_name, name, rows, by_row, tasks)
+            lines += _paired_by_task(rows, reports, name, tasks)
         if any(scoring == "loglikelihood" for scoring, _ in track.scorings):
             lines += _answer_collapse(track_name, rows, track)
         lines += [f"### {track_name}: cost", "", "| row | trainable params (MoDE router/adapters + PEFT) | step s | peak RSS MB | train min | eval min |",

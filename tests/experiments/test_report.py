@@ -55,8 +55,8 @@ def test_paired_by_task_pools_the_shared_seeds_task_by_task(tmp_path):
     worse = {"easy": [True, False] * 5, "hard": [True] * 3 + [False] * 7}
     lora = [_scored(tmp_path, "lora", s, base, None) for s in (0, 1)]
     variant = [_scored(tmp_path, "variant", s, worse, "lora") for s in (0, 1, 2)]  # seed 2 has no partner
-    by_row = {("t", "lora"): lora, ("t", "variant"): variant}
-    lines = report._paired_by_task("t", "generate", [("lora", lora), ("variant", variant)], by_row, ["easy", "hard"])
+    reports = {"variant": report._paired(lora, variant, "generate")}
+    lines = report._paired_by_task([("lora", lora), ("variant", variant)], reports, "generate", ["easy", "hard"])
     row = next(line for line in lines if line.startswith("| variant | lora |"))
     easy, hard = row.split(" | ")[2:4]
     assert easy.startswith("+0.0 [+0.0, +0.0]") and easy.endswith("p = 1.000")

@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -156,6 +156,10 @@ def _claim_output(out: Path) -> _Claim:
     return claim
 
 
+def _field_defaults(config: Any) -> dict[str, Any]:
+    return {f.name: f.default for f in fields(config) if f.default is not MISSING}
+
+
 def _check_output(cfg: TrainConfig, mode_cfg: Any, is_main: bool) -> Path | None:
     """Check the run directory (read only); returns the checkpoint to resume from (None: start at step 0)."""
     out = Path(cfg.output)
@@ -163,11 +167,12 @@ def _check_output(cfg: TrainConfig, mode_cfg: Any, is_main: bool) -> Path | None
         if not (out / RUN_FILE).is_file():
             raise ModetuneError(f"--resume: {out} is not a run directory (no {RUN_FILE}); start it without --resume")
         previous = read_run_info(out)
-        for key, now in (("train_config", cfg.to_dict()), (f"{cfg.method}_config", mode_cfg.to_dict())):
-            before = dict(previous.get(key, {}))
+        for key, config in (("train_config", cfg), (f"{cfg.method}_config", mode_cfg)):
+            # a setting the run predates (saved by an older modetune) had its field's default then
+            before = {**_field_defaults(config), **previous.get(key, {})}
             changed = {
                 k: (before.get(k), v)
-                for k, v in now.items()
+                for k, v in config.to_dict().items()
                 if k not in ("resume", "overwrite", "max_steps", "save_steps", "method") and before.get(k) != v
             }
             if changed:

@@ -40,6 +40,7 @@ class MoDETrainer(Trainer):
         self._tokens = 0
         self._window_start = time.perf_counter()
         self.tokens_seen = 0
+        self._refuse_a_deepspeed_optimizer_with_router_scale()
 
     @property
     def mode_model(self) -> MoDEModel:
@@ -49,25 +50,51 @@ class MoDETrainer(Trainer):
             raise TypeError(f"MoDETrainer needs a MoDEModel, got {type(model).__name__}")
         return model
 
+    def _refuse_a_deepspeed_optimizer_with_router_scale(self) -> None:
+        """A DeepSpeed config with its own optimizer (or scheduler) bypasses `create_optimizer` (or sets every
+        group's rate), which would drop `router_lr_scale` without a word."""
+        scale = self.mode_model.router_lr_scale
+        if scale == 1.0 or not self.is_deepspeed_enabled:
+            return
+        config = self.accelerator.state.deepspeed_plugin.hf_ds_config.config
+        owned = [name for name in ("optimizer", "scheduler") if name in config]
+        if owned:
+            raise ModetuneError(
+                f"router_lr_scale={scale} cannot be applied: the DeepSpeed config defines its own "
+                f"{' and '.join(owned)}; remove that section (the Trainer's AdamW and schedule then carry the router "
+                "group) or use router_lr_scale=1"
+            )
+
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
-        """The Trainer's optimizer, with the routers in their own group at `router_lr_scale` x the learning rate.
+        """The Trainer's optimizer, with the routers in their own groups at `router_lr_scale` x the learning rate.
 
         A router starts from W = 0 and, at a LoRA-sized learning rate, barely moves in a short run (MoD's
         routers must move their scores by several units within a conversion; MoDE's W_g moved < 0.02 in issue
-        11's runs). The schedule scales both groups alike; at scale 1 the optimizer is the Trainer's own.
+        11's runs). Each router parameter keeps the weight decay the Trainer gave it; the schedule scales every
+        group alike. At scale 1 the optimizer is the Trainer's own.
         """
         optimizer = super().create_optimizer(model)
         method = self.mode_model
         scale = method.router_lr_scale
-        routers = method.router_parameters()
-        if scale == 1.0 or not routers or any(g.get("modetune_routers") for g in optimizer.param_groups):
+        if scale == 1.0 or any(g.get("modetune_routers") for g in optimizer.param_groups):
             return optimizer
-        ids = {id(p) for p in routers}
+        ids = {id(p) for p in method.router_parameters() if p.requires_grad}
+        moved: dict[float, list[torch.nn.Parameter]] = {}
         for group in optimizer.param_groups:
+            moved.setdefault(group.get("weight_decay", 0.0), []).extend(p for p in group["params"] if id(p) in ids)
             group["params"] = [p for p in group["params"] if id(p) not in ids]
-        optimizer.add_param_group(
-            {"params": routers, "lr": self.args.learning_rate * scale, "weight_decay": 0.0, "modetune_routers": True}
-        )
+        if sum(len(ps) for ps in moved.values()) != len(ids):  # e.g. FSDP's flattened parameters
+            raise ModetuneError(
+                f"router_lr_scale={scale} needs the routers' own parameters in the optimizer, but this setup hands it "
+                "flattened or wrapped ones; use router_lr_scale=1, or FSDP with use_orig_params=True / FSDP2"
+            )
+        for decay, params in moved.items():
+            if params:
+                optimizer.add_param_group(
+                    {"params": params, "lr": self.args.learning_rate * scale, "weight_decay": decay,
+                     "modetune_routers": True}
+                )  # fmt: skip
+        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
         return optimizer
 
     # -- loss and metrics ----------------------------------------------------------------------------
