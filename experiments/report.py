@@ -215,7 +215,14 @@ def write_report(cells) -> None:
                 f"{info.get('train_peak_rss_mb', '–')} | {round(info.get('train_wall_seconds', 0) / 60, 1)} | "
                 f"{round(info.get('eval_seconds', 0) / 60, 1)} |"
             )
-        lines.append("")
+        lines += [
+            "",
+            "A baseline's MoDE count (577 on SmolLM2-135M) is the router of a one-layer ensemble (`--num-layers 1`): "
+            "a softmax over one layer is 1 whatever its input, so it gets zero gradient and never changes. Step "
+            "seconds and wall times are as the grid ran: most cells shared the machine's two cores with another "
+            "cell, so they compare rows only roughly.",
+            "",
+        ]
         _plot(track_name, rows, track)
     lines += [
         f"Cells finished: {len(finished)} of {len(cells)}. Plots: `experiments/figures/results_<track>.png`.",
