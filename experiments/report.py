@@ -197,7 +197,7 @@ def write_report(cells) -> None:
                         p = report["pooled"]
                         delta = (
                             f"{100 * p['diff']:+.1f} [{100 * p['diff_ci95'][0]:+.1f}, {100 * p['diff_ci95'][1]:+.1f}], "
-                            f"p = {p['p_value']:.2f} (n = {p['n_paired']}, vs {row.baseline})"
+                            f"{_p_text(p['p_value'])} (n = {p['n_paired']}, vs {row.baseline})"
                         )
                 seeds = ",".join(str(c.seed) for c in sorted(cs, key=lambda c: c.seed))
                 lines.append(f"| {row.label} | {seeds} | " + " | ".join(cells_txt) + f" | {average} | {delta} |")
