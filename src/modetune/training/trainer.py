@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from modetune.errors import ModetuneError
-from modetune.method_base import _is_peft
+from modetune.method_base import MethodModel, _is_peft
 from modetune.mode import MoDEModel
 from modetune.runs import CHECKPOINT_MARKER
 
@@ -50,10 +50,15 @@ class MoDETrainer(Trainer):
             raise TypeError(f"MoDETrainer needs a MoDEModel, got {type(model).__name__}")
         return model
 
+    def _router_lr_scale(self) -> float:
+        """The wrapped method's router rate multiple (1 for a model that is not a method wrapper, e.g. MoM)."""
+        model = self.mode_model
+        return model.router_lr_scale if isinstance(model, MethodModel) else 1.0
+
     def _refuse_a_deepspeed_optimizer_with_router_scale(self) -> None:
         """A DeepSpeed config with its own optimizer (or scheduler) bypasses `create_optimizer` (or sets every
         group's rate), which would drop `router_lr_scale` without a word."""
-        scale = self.mode_model.router_lr_scale
+        scale = self._router_lr_scale()
         if scale == 1.0 or not self.is_deepspeed_enabled:
             return
         config = self.accelerator.state.deepspeed_plugin.hf_ds_config.config
@@ -74,11 +79,10 @@ class MoDETrainer(Trainer):
         group alike. At scale 1 the optimizer is the Trainer's own.
         """
         optimizer = super().create_optimizer(model)
-        method = self.mode_model
-        scale = method.router_lr_scale
+        scale = self._router_lr_scale()
         if scale == 1.0 or any(g.get("modetune_routers") for g in optimizer.param_groups):
             return optimizer
-        ids = {id(p) for p in method.router_parameters() if p.requires_grad}
+        ids = {id(p) for p in self.mode_model.router_parameters() if p.requires_grad}
         moved: dict[float, list[torch.nn.Parameter]] = {}
         for group in optimizer.param_groups:
             moved.setdefault(group.get("weight_decay", 0.0), []).extend(p for p in group["params"] if id(p) in ids)
