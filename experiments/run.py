@@ -427,10 +427,14 @@ def _routes(cell: Cell) -> bool:
 
 
 def _inspected(cell: Cell) -> bool:
-    """Its lens table is there, and its router probe too when it routes (cells inspected before the probe
-    existed are inspected again)."""
-    wanted = ["lens.md"] + (["router_probe.md"] if _routes(cell) else [])
-    return all((cell.why_dir / name).is_file() for name in wanted)
+    """Its lens table is there, and when it routes, its router probe and the router gate line too (cells
+    inspected before those existed are inspected again)."""
+    lens = cell.why_dir / "lens.md"
+    if not lens.is_file():
+        return False
+    if not _routes(cell):
+        return True
+    return (cell.why_dir / "router_probe.md").is_file() and "- router gate (" in lens.read_text()
 
 
 def inspect_cells(cells: list[Cell], log) -> int:

@@ -85,6 +85,12 @@ def test_grid_skips_finished_cells_and_resumes_an_interrupted_training(grid, tmp
     assert "| probe: confidence |" in (why / "router_probe.md").read_text()
     assert "--router-probe" not in grid.inspect_command(first, tmp_path)  # k = 1: nothing to route
     assert grid._inspected(second)
+    lens = (why / "lens.md").read_text()
+    (why / "lens.md").write_text(
+        "\n".join(line for line in lens.splitlines() if not line.startswith("- router gate ("))
+    )
+    assert not grid._inspected(second)  # inspected before the gate line existed: --inspect runs it again
+    (why / "lens.md").write_text(lens)
     (why / "router_probe.md").unlink()
     assert not grid._inspected(second)  # inspected before the probe existed: --inspect runs it again
     assert not (tmp_path / "why" / "arithmetic" / "lora").exists()
