@@ -74,6 +74,13 @@ def check_number(cfg: Any, name: str) -> None:
         raise ConfigError(f"{name}={value!r} must be a finite number")
 
 
+def check_positive(cfg: Any, name: str) -> None:
+    check_number(cfg, name)
+    value = getattr(cfg, name)
+    if value <= 0:
+        raise ConfigError(f"{name}={value!r} must be positive; allowed: a number > 0")
+
+
 def check_bool(cfg: Any, name: str) -> None:
     value = getattr(cfg, name)
     if not isinstance(value, bool):

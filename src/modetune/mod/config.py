@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from modetune.errors import ConfigError
-from modetune.method_base import MethodConfig, check_choice, check_int, check_number, help_field
+from modetune.method_base import MethodConfig, check_choice, check_int, check_number, check_positive, help_field
 
 CONFIG_NAME = "mod_config.json"
 
@@ -113,9 +113,7 @@ class MoDConfig(MethodConfig):
             raise ConfigError(f"threshold={self.threshold!r} is out of range; allowed: 0 <= p < 1")
         if not 0.0 < self.capacity <= 1.0:
             raise ConfigError(f"capacity={self.capacity!r} is out of range; allowed: 0 < capacity <= 1")
-        check_number(self, "router_lr_scale")
-        if self.router_lr_scale <= 0:
-            raise ConfigError(f"router_lr_scale={self.router_lr_scale!r} must be positive; allowed: a number > 0")
+        check_positive(self, "router_lr_scale")
         if self.load_weight < 0:
             raise ConfigError(f"load_weight={self.load_weight!r} is negative; allowed: a number >= 0")
         if not 0.0 <= self.load_target <= 1.0:

@@ -9,7 +9,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from modetune.errors import ConfigError
-from modetune.method_base import MethodConfig, check_bool, check_choice, check_int, check_number, help_field
+from modetune.method_base import (
+    MethodConfig,
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    check_positive,
+    help_field,
+)
 
 CONFIG_NAME = "mode_config.json"
 
@@ -170,9 +178,7 @@ class MoDEConfig(MethodConfig):
                 "router_bias=False cannot start from router_init='final' (that initial weighting is a bias); "
                 "allowed: router_init='uniform' with router_bias=False, or router_bias=True"
             )
-        check_number(self, "router_lr_scale")
-        if self.router_lr_scale <= 0:
-            raise ConfigError(f"router_lr_scale={self.router_lr_scale!r} must be positive; allowed: a number > 0")
+        check_positive(self, "router_lr_scale")
         check_number(self, "router_final_weight")
         if not 0.0 < self.router_final_weight < 1.0:
             raise ConfigError(
@@ -181,11 +187,7 @@ class MoDEConfig(MethodConfig):
         check_number(self, "distill_weight")
         if self.distill_weight < 0:
             raise ConfigError(f"distill_weight={self.distill_weight!r} is negative; allowed: a number >= 0")
-        check_number(self, "distill_temperature")
-        if self.distill_temperature <= 0:
-            raise ConfigError(
-                f"distill_temperature={self.distill_temperature!r} must be positive; allowed: a number > 0"
-            )
+        check_positive(self, "distill_temperature")
         check_bool(self, "distill_detach_teacher")
         check_bool(self, "mix_in_hidden_space")
         check_int(self, "distill_every", low=1)
