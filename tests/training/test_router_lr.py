@@ -39,6 +39,10 @@ def test_routers_get_their_own_group_at_the_scaled_rate(tmp_path, method):
     assert routers
     group = next(g for g in optimizer.param_groups if g.get("modetune_routers"))
     assert {id(p) for p in group["params"]} == routers and group["lr"] == pytest.approx(2e-2)
+    # the layout MoD runs have always saved (their checkpoints resume): the Trainer's decay and no-decay groups,
+    # kept even when emptied, then one router group in the routers' own parameter order
+    assert len(optimizer.param_groups) == 3 and optimizer.param_groups[-1] is group
+    assert [id(p) for p in group["params"]] == [id(p) for p in model.router_parameters()]
     others = [p for g in optimizer.param_groups if not g.get("modetune_routers") for p in g["params"]]
     assert not routers & {id(p) for p in others}  # every other trainable parameter keeps the base rate
     assert bool(others) == (method == "mode")  # MoDE's per-layer norms (MoD without PEFT trains routers only)

@@ -82,23 +82,24 @@ class MoDETrainer(Trainer):
         scale = self._router_lr_scale()
         if scale == 1.0 or any(g.get("modetune_routers") for g in optimizer.param_groups):
             return optimizer
-        ids = {id(p) for p in self.mode_model.router_parameters() if p.requires_grad}
-        moved: dict[float, list[torch.nn.Parameter]] = {}
+        routers = [p for p in self.mode_model.router_parameters() if p.requires_grad]
+        ids = {id(p) for p in routers}
+        decay_of: dict[int, float] = {}  # router parameter -> the weight decay of the group the Trainer put it in
         for group in optimizer.param_groups:
-            moved.setdefault(group.get("weight_decay", 0.0), []).extend(p for p in group["params"] if id(p) in ids)
-            group["params"] = [p for p in group["params"] if id(p) not in ids]
-        if sum(len(ps) for ps in moved.values()) != len(ids):  # e.g. FSDP's flattened parameters
+            decay_of.update((id(p), group.get("weight_decay", 0.0)) for p in group["params"] if id(p) in ids)
+            group["params"] = [p for p in group["params"] if id(p) not in decay_of]
+        if len(decay_of) != len(routers):  # e.g. FSDP's flattened parameters
             raise ModetuneError(
                 f"router_lr_scale={scale} needs the routers' own parameters in the optimizer, but this setup hands it "
                 "flattened or wrapped ones; use router_lr_scale=1, or FSDP with use_orig_params=True / FSDP2"
             )
-        for decay, params in moved.items():
-            if params:
-                optimizer.add_param_group(
-                    {"params": params, "lr": self.args.learning_rate * scale, "weight_decay": decay,
-                     "modetune_routers": True}
-                )  # fmt: skip
-        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+        # in the routers' own order, one group per weight decay, emptied Trainer groups kept: with one decay
+        # value this is the group layout MoD's runs have always saved, so their checkpoints still resume
+        for decay in dict.fromkeys(decay_of[id(p)] for p in routers):
+            optimizer.add_param_group(
+                {"params": [p for p in routers if decay_of[id(p)] == decay], "lr": self.args.learning_rate * scale,
+                 "weight_decay": decay, "modetune_routers": True}
+            )  # fmt: skip
         return optimizer
 
     # -- loss and metrics ----------------------------------------------------------------------------
