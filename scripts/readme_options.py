@@ -1,34 +1,72 @@
-"""Print the README's option tables from the CLI parsers (paste between the OPTIONS markers in README.md).
+"""Print the README's option tables from the CLI parsers; `--write` puts them between the OPTIONS markers.
 
-    python scripts/readme_options.py > /tmp/options.md
-tests/test_readme.py fails when an option is missing from the README.
+    python scripts/readme_options.py --write
+tests/test_readme.py fails when the README's tables are not this script's output, so a new or changed option
+cannot go undocumented and a hand edit to a table cannot drift from the CLI.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from modetune.cli import build_parser
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+START, END = "<!-- OPTIONS -->", "<!-- /OPTIONS -->"
 
-def main() -> None:
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name, sp in sub.choices.items():
-        print(f"\n#### `modetune {name}`\n")
-        for group in sp._action_groups:
-            options = [a for a in group._group_actions if a.option_strings and a.dest != "help"]
-            positional = [a for a in group._group_actions if not a.option_strings]
-            if not options and not positional:
+
+def options_markdown() -> str:
+    """Every subcommand's options (nested ones such as `data fetch` included), one table per option group."""
+    lines: list[str] = []
+    for name, parser in _subcommands(build_parser(), "modetune"):
+        lines.append(f"#### `{name}`")
+        for group in parser._action_groups:
+            actions = [a for a in group._group_actions if a.dest != "help" and not _is_subcommands(a)]
+            if not actions:
                 continue
-            print(f"\n*{group.title}*\n\n| option | what it does |\n|---|---|")
-            for a in positional:
-                print(f"| `{a.metavar or a.dest}` | {_text(a.help)} |")
-            for a in options:
-                text = _text(a.help)
-                if a.default not in (None, "", argparse.SUPPRESS, False) and "default" not in text:
-                    text += f" (default: `{a.default}`)"
-                print(f"| {', '.join(f'`{o}`' for o in a.option_strings)} | {text} |")
+            lines += ["", f"*{group.title}*", "", "| option | what it does |", "|---|---|"]
+            lines += [_row(a) for a in actions if not a.option_strings]
+            lines += [_row(a) for a in actions if a.option_strings]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_readme(readme: Path = README) -> None:
+    text = readme.read_text()
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    readme.write_text(f"{head}{START}\n\n{options_markdown()}\n{END}{tail}")
+
+
+def readme_block(readme: Path = README) -> str:
+    """The README's text between the OPTIONS markers, as `write_readme` puts it there."""
+    return readme.read_text().partition(START)[2].partition(END)[0].strip("\n")
+
+
+def _subcommands(parser: argparse.ArgumentParser, prefix: str):
+    for action in parser._actions:
+        if _is_subcommands(action):
+            for name, sub in action.choices.items():
+                if any(_is_subcommands(a) for a in sub._actions):
+                    yield from _subcommands(sub, f"{prefix} {name}")
+                else:
+                    yield f"{prefix} {name}", sub
+
+
+def _is_subcommands(action: argparse.Action) -> bool:
+    return isinstance(action, argparse._SubParsersAction)
+
+
+def _row(action: argparse.Action) -> str:
+    text = _text(action.help)
+    if action.choices is not None:
+        text += f" (one of: {', '.join(f'`{c}`' for c in action.choices)})"
+    if action.option_strings and action.default not in (None, "", argparse.SUPPRESS, False) and "default" not in text:
+        text += f" (default: `{action.default}`)"
+    name = ", ".join(f"`{o}`" for o in action.option_strings) or f"`{action.metavar or action.dest}`"
+    return f"| {name} | {text} |"
 
 
 def _text(help_text: str | None) -> str:
@@ -36,4 +74,8 @@ def _text(help_text: str | None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--write"]:
+        write_readme()
+        print(f"wrote the option tables into {README}")
+    else:
+        print(options_markdown())

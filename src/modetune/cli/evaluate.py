@@ -110,16 +110,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--preset",
         choices=["greedy", "llm-adapters"],
         default="greedy",
-        help="greedy (default) or LLM-Adapters' GenerationConfig (4-beam search); flags below override it",
+        help="greedy (default) or llm-adapters: LLM-Adapters' GenerationConfig (4-beam search); flags below "
+        "override it",
     )
     gen.add_argument("--max-new-tokens", type=int, default=None, help="default: 256 arithmetic, 32 commonsense")
-    gen.add_argument("--num-beams", type=int, default=None)
+    gen.add_argument("--num-beams", type=int, default=None, help="beams (default: the --preset's; greedy 1)")
     gen.add_argument(
         "--do-sample", action=argparse.BooleanOptionalAction, default=None, help="sample instead of greedy/beam"
     )
-    gen.add_argument("--temperature", type=float, default=None)
-    gen.add_argument("--top-p", type=float, default=None)
-    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--temperature", type=float, default=None, help="with --do-sample (default: the --preset's)")
+    gen.add_argument("--top-p", type=float, default=None, help="with --do-sample (default: the --preset's)")
+    gen.add_argument("--top-k", type=int, default=None, help="with --do-sample (default: the --preset's)")
 
     ll = parser.add_argument_group("log-likelihood (--scoring loglikelihood)")
     ll.add_argument(
@@ -135,7 +136,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--ll-norm",
         choices=["auto", "char", "token", "none"],
         default="auto",
-        help="rank by the summed log-prob (none), per token, or per character (lm-eval acc_norm); "
+        help="rank by the summed log-prob (none), per token (token), or per character (char, lm-eval acc_norm); "
         "auto (default): char for --ll-style text, none for label and partial",
     )
 
