@@ -118,3 +118,23 @@ def test_malformed_record_exits_2(tiny_model_dir, tmp_path, capsys):
 def test_model_or_run_is_required(tmp_path):
     with pytest.raises(SystemExit):
         main(["eval", "--task", "gsm8k", "--output", str(tmp_path)])
+
+
+def test_dora_cache_is_on_unless_no_dora_cache(tiny_model_dir, shared, tmp_path, monkeypatch):
+    import contextlib
+
+    import modetune.evaluation.pipeline as pipeline
+
+    seen = []
+
+    @contextlib.contextmanager
+    def recording(model, enabled=True):
+        seen.append(enabled)
+        yield
+
+    monkeypatch.setattr(pipeline, "dora_caching", recording)
+    args = ["eval", "--model", str(tiny_model_dir), "--task", "gsm8k", "--data", str(shared), "--limit", "1",
+            "--max-new-tokens", "1", "--no-progress"]  # fmt: skip
+    assert main([*args, "--output", str(tmp_path / "a")]) == 0
+    assert main([*args, "--output", str(tmp_path / "b"), "--no-dora-cache"]) == 0
+    assert seen == [True, False]

@@ -108,3 +108,51 @@ def test_loglikelihood_truncates_long_contexts(tiny_tokenizer):
     short = build_tiny_model("llama", vocab_size=len(tiny_tokenizer), max_position_embeddings=16)
     ((lp, n, _),) = loglikelihoods(short, tiny_tokenizer, [("word " * 40, " end")])
     assert n > 0 and lp < 0
+
+
+def _dora_model(tiny_lm):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        copy.deepcopy(tiny_lm), LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj"])
+    )
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero: give the adapter an effect to cache
+            p.data.normal_(0, 0.5)
+    return model.eval()
+
+
+def test_dora_caching_computes_once_and_changes_nothing(tiny_lm, tiny_tokenizer, monkeypatch):
+    from modetune.evaluation.runner import dora_caching
+
+    model = _dora_model(tiny_lm)
+    layers = [m for m in model.modules() if isinstance(getattr(m, "_dora_cache", None), dict)]
+    assert len(layers) == 2 * tiny_lm.config.num_hidden_layers
+    norms = []
+    real_norm = torch.linalg.norm
+    monkeypatch.setattr(torch.linalg, "norm", lambda *a, **k: norms.append(1) or real_norm(*a, **k))
+    settings = GenerationSettings(stop_strings=())
+    ids = tiny_tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]
+
+    plain_texts = generate_texts(model, tiny_tokenizer, PROMPTS, max_new_tokens=5, settings=settings, batch_size=2)
+    plain_logits = model(input_ids=ids).logits
+    uncached = len(norms)
+    norms.clear()
+    with dora_caching(model):
+        cached_texts = generate_texts(model, tiny_tokenizer, PROMPTS, max_new_tokens=5, settings=settings, batch_size=2)
+        cached_logits = model(input_ids=ids).logits
+        assert all(layer._dora_cache for layer in layers)
+    assert cached_texts == plain_texts
+    assert torch.equal(cached_logits, plain_logits)  # the same numbers, not merely close
+    assert len(norms) == len(layers) < uncached  # each weight norm computed once for the whole evaluation
+    assert not any(layer._dora_cache for layer in layers)  # freed on exit
+
+    norms.clear()
+    with dora_caching(model, enabled=False):
+        model(input_ids=ids)
+    assert len(norms) == len(layers)  # off: recomputed on the forward pass
+    with dora_caching(tiny_lm):  # no DoRA layers: nothing to do
+        tiny_lm(input_ids=ids)

@@ -55,7 +55,7 @@ from typing import Any
 from modetune.errors import ConfigError, DataError, ModetuneError
 from modetune.evaluation.contamination import check_contamination
 from modetune.evaluation.extraction import score_generation
-from modetune.evaluation.runner import GenerationSettings, generate_texts, loglikelihoods
+from modetune.evaluation.runner import GenerationSettings, dora_caching, generate_texts, loglikelihoods
 from modetune.evaluation.stats import wilson_interval
 from modetune.evaluation.tasks import (
     EvalExample,
@@ -323,6 +323,7 @@ def evaluate_model(
     output_dir: str | Path | None = None,
     model_info: Mapping[str, Any] | None = None,
     progress: bool = True,
+    dora_cache: bool = True,
 ) -> EvalReport:
     """Evaluate an HF-style causal LM (or a `MoDEModel`) on benchmark tasks.
 
@@ -342,6 +343,8 @@ def evaluate_model(
         output_dir: if given, write results.json and predictions.jsonl there.
         model_info: JSON-able description of the model, stored under ``"model"`` in results.json.
         progress: show a progress bar per task (stderr).
+        dora_cache: cache DoRA's B·A and weight norms while scoring (`dora_caching`: same outputs, faster,
+            one extra copy of each DoRA-adapted matrix in memory); False saves that memory.
 
     Raises:
         ModetuneError: unknown task, missing file, malformed record, numeric task in
@@ -395,44 +398,45 @@ def evaluate_model(
     started = time.time()
     task_results: dict[str, dict[str, Any]] = {}
     predictions: list[dict[str, Any]] = []
-    for spec in specs:
-        examples = selected[spec.name]
-        prompts = [build_prompt_text(ex, template, tokenizer) for ex in examples]
-        t0 = time.time()
-        if scoring == "generate":
-            rows, extra = _evaluate_generate(
-                model, tokenizer, spec, examples, prompts, settings, batch_size, seed, progress
-            )
-        else:
-            rows, extra = _evaluate_loglikelihood(
-                model,
-                tokenizer,
-                spec,
-                examples,
-                prompts,
-                styles[spec.name],
-                norms[spec.name],
-                template,
-                batch_size,
-                progress,
-            )
-            extra = {**extra, "ll_style": styles[spec.name], "ll_norm": norms[spec.name]}
-        n = len(rows)
-        correct = sum(r["correct"] for r in rows)
-        lo, hi = wilson_interval(correct, n)
-        task_results[spec.name] = {
-            "accuracy": correct / n if n else 0.0,
-            "n": n,
-            "correct": correct,
-            "ci95": [lo, hi],
-            "n_total": n_total[spec.name],
-            "file": str(files[spec.name]),
-            "category": spec.category,
-            "scoring": scoring,
-            "seconds": round(time.time() - t0, 2),
-            **extra,
-        }
-        predictions.extend(rows)
+    with dora_caching(model, dora_cache):
+        for spec in specs:
+            examples = selected[spec.name]
+            prompts = [build_prompt_text(ex, template, tokenizer) for ex in examples]
+            t0 = time.time()
+            if scoring == "generate":
+                rows, extra = _evaluate_generate(
+                    model, tokenizer, spec, examples, prompts, settings, batch_size, seed, progress
+                )
+            else:
+                rows, extra = _evaluate_loglikelihood(
+                    model,
+                    tokenizer,
+                    spec,
+                    examples,
+                    prompts,
+                    styles[spec.name],
+                    norms[spec.name],
+                    template,
+                    batch_size,
+                    progress,
+                )
+                extra = {**extra, "ll_style": styles[spec.name], "ll_norm": norms[spec.name]}
+            n = len(rows)
+            correct = sum(r["correct"] for r in rows)
+            lo, hi = wilson_interval(correct, n)
+            task_results[spec.name] = {
+                "accuracy": correct / n if n else 0.0,
+                "n": n,
+                "correct": correct,
+                "ci95": [lo, hi],
+                "n_total": n_total[spec.name],
+                "file": str(files[spec.name]),
+                "category": spec.category,
+                "scoring": scoring,
+                "seconds": round(time.time() - t0, 2),
+                **extra,
+            }
+            predictions.extend(rows)
 
     average = sum(r["accuracy"] for r in task_results.values()) / len(task_results)
     results: dict[str, Any] = {
