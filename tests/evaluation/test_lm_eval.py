@@ -171,6 +171,8 @@ def test_bad_model_args(tiny_tokenizer):
         ModetuneLM()
     with pytest.raises(ModetuneError, match="tokenizer"):
         ModetuneLM(model=torch.nn.Linear(2, 2))
+    with pytest.raises(ModetuneError, match="dora_cache=True or dora_cache=False"):
+        ModetuneLM(model=torch.nn.Linear(2, 2), dora_cache="maybe")
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
@@ -182,3 +184,26 @@ def test_run_on_an_explicit_base(mode_run_dir):
     assert lm.modetune_info["base_override"].endswith("base")
     with pytest.raises(Exception, match="either run=RUN_DIR or model=SPEC"):
         ModetuneLM(run=str(mode_run_dir), model="smollm2-135m")
+
+
+def test_every_request_type_runs_with_the_dora_cache(mode_model, tiny_tokenizer, task_dir, monkeypatch):
+    import contextlib
+
+    import modetune.evaluation.lm_eval_model as lm_eval_model
+
+    seen = []
+
+    @contextlib.contextmanager
+    def recording(model, enabled=True):
+        seen.append((model is mode_model, enabled))
+        yield
+
+    monkeypatch.setattr(lm_eval_model, "dora_caching", recording)
+    _evaluate(
+        ModetuneLM(model=mode_model, tokenizer=tiny_tokenizer), task_dir, ["modetune_tiny_mc", "modetune_tiny_gen"]
+    )
+    assert seen == [(True, True), (True, True)]  # loglikelihood, then generate_until
+    seen.clear()
+    lm = ModetuneLM(model=mode_model, tokenizer=tiny_tokenizer, dora_cache="False")  # as --model_args passes it
+    lm.loglikelihood_rolling([])  # the third request type, with no requests
+    assert seen == [(True, False)]

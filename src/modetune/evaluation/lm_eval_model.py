@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from modetune.errors import ModetuneError
+from modetune.evaluation.runner import dora_caching
 
 try:
     from lm_eval.api.registry import register_model
@@ -79,8 +80,10 @@ class ModetuneLM(HFLM):
         dtype: str = "auto",
         device: str | None = "auto",
         batch_size: int | str = 1,
+        dora_cache: bool | str = True,
         **kwargs: Any,
     ) -> None:
+        self.dora_cache = _flag(dora_cache, "dora_cache")
         if model is None and pretrained is not None:
             model = pretrained
         if model is not None and not isinstance(model, (str, Path)):
@@ -96,6 +99,31 @@ class ModetuneLM(HFLM):
             object.__setattr__(instance, "tie_weights", lambda *a, **k: None)
         self.modetune_info = info
         super().__init__(pretrained=instance, tokenizer=tokenizer, backend="causal", batch_size=batch_size, **kwargs)
+
+    # lm-eval's three request types, each scored with DoRA's B·A and weight norms computed once (as `modetune
+    # eval` does; model_args dora_cache=False turns it off)
+    def loglikelihood(self, requests: list[Any], *args: Any, **kwargs: Any) -> list[tuple[float, bool]]:
+        with dora_caching(self.model, self.dora_cache):
+            return super().loglikelihood(requests, *args, **kwargs)
+
+    def loglikelihood_rolling(self, requests: list[Any], *args: Any, **kwargs: Any) -> list[float]:
+        with dora_caching(self.model, self.dora_cache):
+            return super().loglikelihood_rolling(requests, *args, **kwargs)
+
+    def generate_until(self, requests: list[Any], *args: Any, **kwargs: Any) -> list[str]:
+        with dora_caching(self.model, self.dora_cache):
+            return super().generate_until(requests, *args, **kwargs)
+
+
+def _flag(value: bool | str, name: str) -> bool:
+    """A model_args switch: lm-eval passes True/False, or the text when it could not convert it."""
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise ModetuneError(f"--model_args {name}={value!r}: use {name}=True or {name}=False")
 
 
 def register() -> None:
