@@ -3,9 +3,9 @@
 DoRA recomputes B·A and ||W + s·B·A|| on every forward pass; during evaluation the weights are fixed, so
 `modetune eval` caches both by default (`--no-dora-cache` turns it off). This measures what that buys:
 greedy generation of GSM8K-style prompts with DoRA r=32 on q, k, v, up, down (the grid's row 5 setting,
-B drawn at random so the adapter does something), timed cold and cached, and checks the texts are identical.
+B drawn at random so the adapter does something), timed after a warm-up, alternating, median of --repeats runs each, and checks the texts are identical.
 
-    python benchmarks/dora_cache.py [--prompts 8] [--new-tokens 64] [--threads 2]
+    python benchmarks/dora_cache.py [--prompts 8] [--new-tokens 64] [--threads 2] [--repeats 3]
 
 Run it on a quiet machine; prints one markdown row.
 """
@@ -13,6 +13,7 @@ Run it on a quiet machine; prints one markdown row.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each, alternating; the median counts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model_and_tokenizer("smollm2-135m")
@@ -52,10 +54,18 @@ def main() -> None:
         )
         return time.perf_counter() - start, texts
 
-    plain_s, plain = timed()
-    with dora_caching(model):
-        cached_s, cached = timed()
-    print("| prompts x new tokens | threads | without cache s | with cache s | speed-up | identical texts |")
+    timed()  # warm-up: one-time costs (allocation, kernels) land on neither side
+    plain_times, cached_times = [], []
+    for _ in range(args.repeats):
+        seconds, plain = timed()
+        plain_times.append(seconds)
+        with dora_caching(model):
+            seconds, cached = timed()
+        cached_times.append(seconds)
+    plain_s, cached_s = statistics.median(plain_times), statistics.median(cached_times)
+    print(
+        "| prompts x new tokens | threads | without cache s (median) | with cache s (median) | speed-up | identical texts |"
+    )
     print("|---|---|---|---|---|---|")
     print(
         f"| {args.prompts} x {args.new_tokens} | {args.threads} | {plain_s:.1f} | {cached_s:.1f} | "

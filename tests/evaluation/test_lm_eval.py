@@ -207,3 +207,29 @@ def test_every_request_type_runs_with_the_dora_cache(mode_model, tiny_tokenizer,
     lm = ModetuneLM(model=mode_model, tokenizer=tiny_tokenizer, dora_cache="False")  # as --model_args passes it
     lm.loglikelihood_rolling([])  # the third request type, with no requests
     assert seen == [(True, False)]
+
+
+def test_dora_cache_gives_lm_eval_the_same_scores(mode_model, tiny_tokenizer, task_dir):
+    """The real cache, through lm-eval and a MoDE ensemble over DoRA: the same log-likelihoods and generations."""
+    from peft import LoraConfig, get_peft_model
+
+    from modetune.mode import get_mode_model
+
+    try:
+        from peft.helpers import DoraCaching  # noqa: F401
+    except ImportError:
+        pytest.skip("PEFT < 0.19 has no DoRA cache")
+    base = get_peft_model(
+        mode_model.causal_lm, LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj"])
+    )
+    torch.manual_seed(0)
+    for name, p in base.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+    model = get_mode_model(base, num_layers=3).eval()
+    tasks = ["modetune_tiny_mc", "modetune_tiny_gen"]
+    cached = _evaluate(ModetuneLM(model=model, tokenizer=tiny_tokenizer), task_dir, tasks)["samples"]
+    assert not any(m._dora_cache for m in model.modules() if hasattr(m, "_dora_cache"))  # freed
+    plain = _evaluate(ModetuneLM(model=model, tokenizer=tiny_tokenizer, dora_cache=False), task_dir, tasks)["samples"]
+    for task in tasks:
+        assert [s["resps"] for s in cached[task]] == [s["resps"] for s in plain[task]]

@@ -110,6 +110,17 @@ def test_loglikelihood_truncates_long_contexts(tiny_tokenizer):
     assert n > 0 and lp < 0
 
 
+def _peft_has_dora_cache() -> bool:
+    try:
+        from peft.helpers import DoraCaching  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_dora_cache = pytest.mark.skipif(not _peft_has_dora_cache(), reason="PEFT < 0.19 has no DoRA cache")
+
+
 def _dora_model(tiny_lm):
     import copy
 
@@ -125,6 +136,7 @@ def _dora_model(tiny_lm):
     return model.eval()
 
 
+@needs_dora_cache
 def test_dora_caching_computes_once_and_changes_nothing(tiny_lm, tiny_tokenizer, monkeypatch):
     from modetune.evaluation.runner import dora_caching
 
@@ -156,3 +168,35 @@ def test_dora_caching_computes_once_and_changes_nothing(tiny_lm, tiny_tokenizer,
     assert len(norms) == len(layers)  # off: recomputed on the forward pass
     with dora_caching(tiny_lm):  # no DoRA layers: nothing to do
         tiny_lm(input_ids=ids)
+
+
+@needs_dora_cache
+def test_dora_caching_through_a_mode_ensemble(tiny_lm, tiny_tokenizer):
+    from modetune.evaluation.runner import _dora_layers, dora_caching
+    from modetune.mode import get_mode_model
+
+    mode = get_mode_model(_dora_model(tiny_lm), num_layers=2).eval()
+    dora = _dora_layers(mode)
+    attn = tiny_lm.model.layers[0].self_attn
+    per_layer = attn.q_proj.weight.numel() + attn.v_proj.weight.numel()
+    assert dora and sum(n for n, _ in dora) == per_layer * tiny_lm.config.num_hidden_layers
+    assert {dtype for _, dtype in dora} == {torch.float32}
+    requests = [(p, " 8") for p in PROMPTS]
+    plain = loglikelihoods(mode, tiny_tokenizer, requests, batch_size=2)
+    with dora_caching(mode):
+        cached = loglikelihoods(mode, tiny_tokenizer, requests, batch_size=2)
+        assert any(m._dora_cache for m in mode.modules() if hasattr(m, "_dora_cache"))
+    assert cached == plain
+
+
+@needs_dora_cache
+def test_dora_cache_skipped_when_it_would_not_fit(tiny_lm, monkeypatch, caplog):
+    import modetune.evaluation.runner as runner
+
+    model = _dora_model(tiny_lm)
+    monkeypatch.setattr(runner, "_free_accelerator_memory", lambda model: 1024)  # a nearly full GPU
+    ids = torch.tensor([[1, 2, 3]])
+    with caplog.at_level("WARNING"), runner.dora_caching(model):
+        model(input_ids=ids)
+        assert not any(m._dora_cache for m in model.modules() if hasattr(m, "_dora_cache"))
+    assert "DoRA cache skipped" in caplog.text and "--no-dora-cache" in caplog.text

@@ -156,7 +156,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--no-dora-cache",
         action="store_true",
         help="recompute DoRA's B·A and weight norms on every forward pass instead of once (the same scores, "
-        "about 2x slower; saves one extra copy of each DoRA-adapted weight matrix in memory)",
+        "slower; saves one B·A per DoRA-adapted matrix, in the adapter's dtype, fp32 by default)",
     )
     parser.set_defaults(run=run)
 

@@ -8,6 +8,7 @@ way, so a MoDE run is scored through its ensemble logits and decodes from the en
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,6 +28,8 @@ __all__ = [
 
 #: Alpaca markers a model may run on into; nothing after them belongs to the answer. LLM-Adapters
 #: keeps the text between the first and second "### Response:", which this reproduces.
+logger = logging.getLogger(__name__)
+
 DEFAULT_STOP_STRINGS = ("### Instruction:", "### Response:", "### Input:")
 
 
@@ -172,22 +175,74 @@ def dora_caching(model: Any, enabled: bool = True) -> Iterator[None]:
     """Compute each DoRA layer's B·A and weight norm once instead of on every forward pass.
 
     PEFT's DoRA recomputes both per call; while evaluation holds the weights fixed, PEFT's own `DoraCaching`
-    keeps them, which gives the same outputs bit for bit and about twice the generation speed on CPU here
-    (README, "Evaluation"; `benchmarks/dora_cache.py`), at the memory of one extra copy of each DoRA-adapted weight matrix. The caches
-    are freed on exit. Models without DoRA layers are untouched.
+    (PEFT >= 0.19) keeps them, which gives the same outputs bit for bit and faster scoring (README,
+    "Evaluation"; `benchmarks/dora_cache.py`). It holds one B·A per DoRA-adapted matrix, in the adapter's
+    dtype (fp32 by default, even on a bf16 model): on CUDA the cache is skipped, with a warning, when that
+    would not fit in free memory. The caches are freed on exit. Inside the context the weights, the adapter
+    scale, device and dtype must not change (PEFT's cache does not key on them). Models without DoRA are
+    untouched; `enabled=False` turns PEFT's process-wide switch off for the duration.
     """
-    layers = [m for m in model.modules() if isinstance(getattr(m, "_dora_cache", None), dict)] if enabled else []
-    if not layers:
+    dora = _dora_layers(model)
+    if enabled and not dora:
         yield
         return
-    from peft.helpers import DoraCaching
-
     try:
-        with DoraCaching():
+        from peft.helpers import DoraCaching
+    except ImportError:  # PEFT < 0.19: no cache to turn on
+        if enabled:
+            logger.warning("this PEFT version has no DoRA cache (PEFT >= 0.19); DoRA is evaluated without it")
+        yield
+        return
+    if enabled:
+        extra = sum(numel * dtype.itemsize for numel, dtype in dora)
+        free = _free_accelerator_memory(model)
+        if free is not None and extra > 0.9 * free:
+            logger.warning(
+                "DoRA cache skipped: it needs %.0f MB and %.0f MB are free (--no-dora-cache / dora_cache=False silences this)",
+                extra / 2**20,
+                free / 2**20,
+            )
+            enabled = False
+        else:
+            logger.info(
+                "DoRA cache: %.0f MB for %d adapted matrices (--no-dora-cache / dora_cache=False saves it)",
+                extra / 2**20,
+                len(dora),
+            )
+    caches = [m._dora_cache for m in _modules(model) if isinstance(getattr(m, "_dora_cache", None), dict)]
+    try:
+        with DoraCaching(enabled=enabled):
             yield
     finally:
-        for layer in layers:
-            layer._dora_cache.clear()
+        for cache in caches:
+            cache.clear()
+
+
+def _modules(model: Any) -> list[Any]:
+    modules = getattr(model, "modules", None)
+    return list(modules()) if callable(modules) else []
+
+
+def _dora_layers(model: Any) -> list[tuple[int, torch.dtype]]:
+    """(elements, dtype) of the B·A that PEFT caches for each DoRA-adapted matrix of `model`."""
+    out = []
+    for module in _modules(model):
+        magnitudes = getattr(module, "lora_magnitude_vector", None)
+        if not magnitudes or not hasattr(module, "get_base_layer"):
+            continue
+        weight = getattr(module.get_base_layer(), "weight", None)
+        for adapter in magnitudes:
+            lora_a = module.lora_A[adapter] if adapter in getattr(module, "lora_A", {}) else None
+            dtype = lora_a.weight.dtype if lora_a is not None and hasattr(lora_a, "weight") else torch.float32
+            if weight is not None:
+                out.append((weight.numel(), dtype))
+    return out
+
+
+def _free_accelerator_memory(model: Any) -> int | None:
+    """Free bytes on the model's CUDA device; None elsewhere (CPU memory is not checked)."""
+    device = _device_of(model)
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
 
 
 # --------------------------------------------------------------------------------------------------
