@@ -14,10 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_readme_option_tables_are_the_generated_ones():
     """The tables are scripts/readme_options.py's output, so every option (sub-subcommands included) is there
     with its current help, choices and default."""
-    generated = _readme_options().options_markdown().strip("\n")
-    assert _readme_options().readme_block() == generated, (
-        "option tables are stale: python scripts/readme_options.py --write"
-    )
+    module = _readme_options()
+    generated = module.options_markdown().strip("\n")
+    assert module.readme_block() == generated, "option tables are stale: python scripts/readme_options.py --write"
 
 
 def test_the_generated_tables_name_every_option_and_choice():

@@ -179,8 +179,8 @@ def test_dora_caching_through_a_mode_ensemble(tiny_lm, tiny_tokenizer):
     dora = _dora_layers(mode)
     attn = tiny_lm.model.layers[0].self_attn
     per_layer = attn.q_proj.weight.numel() + attn.v_proj.weight.numel()
-    assert dora and sum(n for n, _ in dora) == per_layer * tiny_lm.config.num_hidden_layers
-    assert {dtype for _, dtype in dora} == {torch.float32}
+    assert dora and sum(n for n, _, _ in dora) == per_layer * tiny_lm.config.num_hidden_layers
+    assert {dtype for _, dtype, _ in dora} == {torch.float32}
     requests = [(p, " 8") for p in PROMPTS]
     plain = loglikelihoods(mode, tiny_tokenizer, requests, batch_size=2)
     with dora_caching(mode):

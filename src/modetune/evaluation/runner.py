@@ -194,7 +194,7 @@ def dora_caching(model: Any, enabled: bool = True) -> Iterator[None]:
         yield
         return
     if enabled:
-        extra = sum(numel * dtype.itemsize for numel, dtype in dora)
+        extra = sum(numel * dtype.itemsize for numel, dtype, _ in dora)
         free = _free_accelerator_memory(model)
         if free is not None and extra > 0.9 * free:
             logger.warning(
@@ -209,33 +209,29 @@ def dora_caching(model: Any, enabled: bool = True) -> Iterator[None]:
                 extra / 2**20,
                 len(dora),
             )
-    caches = [m._dora_cache for m in _modules(model) if isinstance(getattr(m, "_dora_cache", None), dict)]
     try:
         with DoraCaching(enabled=enabled):
             yield
     finally:
-        for cache in caches:
+        for _, _, cache in dora:
             cache.clear()
 
 
-def _modules(model: Any) -> list[Any]:
+def _dora_layers(model: Any) -> list[tuple[int, torch.dtype, dict | None]]:
+    """For each DoRA-adapted matrix of `model`: the elements and dtype of the B·A that PEFT caches, and the
+    cache itself (the `_dora_cache` of the DoRA module PEFT keeps in `lora_magnitude_vector`; None before
+    PEFT 0.19)."""
     modules = getattr(model, "modules", None)
-    return list(modules()) if callable(modules) else []
-
-
-def _dora_layers(model: Any) -> list[tuple[int, torch.dtype]]:
-    """(elements, dtype) of the B·A that PEFT caches for each DoRA-adapted matrix of `model`."""
     out = []
-    for module in _modules(model):
+    for module in modules() if callable(modules) else ():
         magnitudes = getattr(module, "lora_magnitude_vector", None)
-        if not magnitudes or not hasattr(module, "get_base_layer"):
+        weight = getattr(module.get_base_layer(), "weight", None) if magnitudes else None
+        if weight is None:
             continue
-        weight = getattr(module.get_base_layer(), "weight", None)
-        for adapter in magnitudes:
-            lora_a = module.lora_A[adapter] if adapter in getattr(module, "lora_A", {}) else None
-            dtype = lora_a.weight.dtype if lora_a is not None and hasattr(lora_a, "weight") else torch.float32
-            if weight is not None:
-                out.append((weight.numel(), dtype))
+        for adapter, dora in magnitudes.items():
+            lora_a = getattr(module, "lora_A", {})  # an embedding's lives elsewhere: PEFT's default fp32 then
+            dtype = lora_a[adapter].weight.dtype if adapter in lora_a else torch.float32
+            out.append((weight.numel(), dtype, getattr(dora, "_dora_cache", None)))
     return out
 
 
