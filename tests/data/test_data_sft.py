@@ -178,3 +178,13 @@ def test_batch_trains_a_tiny_model(tiny_tokenizer) -> None:
     loss = model(**batch).loss
     assert torch.isfinite(loss)
     loss.backward()
+
+
+def test_lazy_exports_are_the_sft_module_s() -> None:
+    """`modetune.data` re-exports `sft` lazily by a name list; it must stay the module's `__all__`."""
+    import modetune.data as data
+    from modetune.data import sft
+
+    assert set(data._SFT_NAMES) == set(sft.__all__)
+    for name in sft.__all__:
+        assert getattr(data, name) is getattr(sft, name)
