@@ -146,6 +146,13 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _train_minutes(info: dict[str, Any]) -> str:
+    """Training wall minutes; for a resumed training (whose wall clock saw only the last segment) an estimate."""
+    if info.get("train_resumed") and info.get("step_seconds") and info.get("global_step"):
+        return f"≈{info['step_seconds'] * info['global_step'] / 60:.1f}"
+    return str(round(info.get("train_wall_seconds", 0) / 60, 1))
+
+
 def write_report(cells) -> None:
     from modetune.evaluation.stats import wilson_interval
 
@@ -212,7 +219,7 @@ def write_report(cells) -> None:
             tp = info.get("trainable_parameters") or {}
             lines.append(
                 f"| {cs[0].row.label} | {tp.get('mode', 0):,} + {tp.get('peft', 0):,} | {info.get('step_seconds', '–')} | "
-                f"{info.get('train_peak_rss_mb', '–')} | {round(info.get('train_wall_seconds', 0) / 60, 1)} | "
+                f"{info.get('train_peak_rss_mb', '–')} | {_train_minutes(info)} | "
                 f"{round(info.get('eval_seconds', 0) / 60, 1)} |"
             )
         lines += [
@@ -220,7 +227,8 @@ def write_report(cells) -> None:
             "A baseline's MoDE count (577 on SmolLM2-135M) is the router of a one-layer ensemble (`--num-layers 1`): "
             "a softmax over one layer is 1 whatever its input, so it gets zero gradient and never changes. Step "
             "seconds and wall times are as the grid ran: most cells shared the machine's two cores with another "
-            "cell, so they compare rows only roughly.",
+            "cell, so they compare rows only roughly. ≈: the training was interrupted and resumed, so the wall "
+            "clock saw only its last part; the figure is the median step time × steps.",
             "",
         ]
         _plot(track_name, rows, track)

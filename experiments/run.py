@@ -245,7 +245,11 @@ def _train(cell: Cell, log) -> dict[str, Any]:
         _, status, usage = os.wait4(child.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"training of {cell.key} failed (exit {status}); see {run.parent / run.name}.train.log")
-    stats = {"train_wall_seconds": round(time.time() - started, 1), "train_peak_rss_mb": usage.ru_maxrss // 1024}
+    stats = {
+        "train_wall_seconds": round(time.time() - started, 1),  # of this segment only, when resumed
+        "train_peak_rss_mb": usage.ru_maxrss // 1024,
+        "train_resumed": resume,
+    }
     (run / "cell_train.json").write_text(json.dumps(stats))
     return stats
 

@@ -66,9 +66,12 @@ def test_grid_skips_finished_cells_and_resumes_an_interrupted_training(grid, tmp
     assert json.loads((second.run_dir / "run.json").read_text())["resumed"]  # continued from checkpoint-2
     resumed = json.loads((second.result_dir / "cell.json").read_text())
     assert resumed["global_step"] == 4 and "synthetic_l23" in resumed["scores"]["generate"]
+    assert resumed["train_resumed"] and not json.loads((first.result_dir / "cell.json").read_text())["train_resumed"]
     assert (second.result_dir / "generate" / "synthetic_l23" / "predictions.jsonl").is_file()
     report = (tmp_path / "RESULTS.md").read_text()
     assert "2. LoRA + MoDE" in report and "vs lora" in report and "Cells finished: 2 of 2" in report
+    # the resumed training's wall clock saw only its last segment: the cost table estimates it instead
+    assert f"≈{resumed['step_seconds'] * 4 / 60:.1f} |" in report
 
     # finished cells are skipped: nothing trains or evaluates again
     def refuse(*args, **kwargs):
