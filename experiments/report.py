@@ -44,22 +44,17 @@ def _pooled(cells, scoring: str) -> dict[str, tuple[int, int]]:
 
 def _paired(cells_a, cells_b, scoring: str) -> dict[str, Any] | None:
     """B - A on the questions both answered, seed by seed (same seed = same data order), pooled."""
-    from modetune.evaluation.compare import EvalOutput, compare_outputs
+    from modetune.errors import ModetuneError
+    from modetune.evaluation.compare import compare_outputs, load_eval_output, pool_outputs
 
-    pa: list[dict[str, Any]] = []
-    pb: list[dict[str, Any]] = []
     seeds_b = {c.seed: c for c in cells_b}
-    for a in cells_a:
-        b = seeds_b.get(a.seed)
-        if b is None:
-            continue
-        pa += [{**r, "id": f"s{a.seed}:{r.get('id', r.get('index'))}"} for r in _predictions(a, scoring)]
-        pb += [{**r, "id": f"s{a.seed}:{r.get('id', r.get('index'))}"} for r in _predictions(b, scoring)]
-    if not pa or not pb:
-        return None
+    shared = [(a, seeds_b[a.seed]) for a in cells_a if a.seed in seeds_b]
     try:
-        return compare_outputs(EvalOutput(Path("A"), {}, pa), EvalOutput(Path("B"), {}, pb), n_resamples=2000)
-    except Exception:  # nothing pairs up yet
+        pairs = [
+            (load_eval_output(a.result_dir / scoring), load_eval_output(b.result_dir / scoring)) for a, b in shared
+        ]
+        return compare_outputs(*pool_outputs(pairs), n_resamples=2000) if pairs else None
+    except ModetuneError:  # not evaluated with this scoring, or nothing pairs up yet
         return None
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from modetune.cli import main
 from tests.evaluation.test_compare import rows, write_output
 
@@ -27,3 +29,19 @@ def test_compare_cli_errors(tmp_path, capsys):
     assert "share no evaluated question" in capsys.readouterr().err
     assert main(["compare", str(a), str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_compare_cli_pools_pairs(tmp_path, capsys):
+    a0 = write_output(tmp_path / "A0", rows("gsm8k", [False] * 4))
+    b0 = write_output(tmp_path / "B0", rows("gsm8k", [True] * 4))
+    a1 = write_output(tmp_path / "A1", rows("gsm8k", [False] * 4))
+    b1 = write_output(tmp_path / "B1", rows("gsm8k", [True] * 2 + [False] * 2))
+    out = tmp_path / "cmp.json"
+    assert (
+        main(["compare", str(a0), str(b0), "--pool", str(a1), str(b1), "--output", str(out), "--bootstrap", "200"]) == 0
+    )
+    report = json.loads(out.read_text())
+    assert report["tasks"]["gsm8k"]["n_paired"] == 8 and report["tasks"]["gsm8k"]["only_b_correct"] == 6
+    assert "+75.0" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # --pool takes a pair (argparse's usage message)
+        main(["compare", str(a0), str(b0), "--pool", str(a1)])

@@ -110,3 +110,34 @@ def test_render(two_runs):
     console.print(render_comparison(compare_runs(*two_runs, n_resamples=200)))
     text = console.export_text()
     assert "gsm8k" in text and "+30.0" in text and "pooled" in text
+
+
+def test_a_directory_of_per_task_outputs_reads_as_one(tmp_path):
+    # the grid's layout: <cell>/<scoring>/<task>/predictions.jsonl, one `modetune eval` per task
+    for name, g, b in (("A", [True, False, False], [True, True]), ("B", [True, True, True], [True, False])):
+        write_output(tmp_path / name / "generate" / "gsm8k", rows("gsm8k", g))
+        write_output(tmp_path / name / "generate" / "boolq", rows("boolq", b))
+    report = compare_runs(tmp_path / "A" / "generate", tmp_path / "B" / "generate", n_resamples=200)
+    assert report["tasks"]["gsm8k"]["only_b_correct"] == 2 and report["tasks"]["boolq"]["only_a_correct"] == 1
+    assert report["pooled"]["n_paired"] == 5
+    # one level too high (several scorings below): the message names the directories to pass
+    with pytest.raises(ModetuneError, match=r"one level down: pass one of .*A/generate"):
+        compare_runs(tmp_path / "A", tmp_path / "B")
+    # the same task twice below one directory cannot be merged
+    write_output(tmp_path / "A" / "generate" / "gsm8k_again", rows("gsm8k", [True]))
+    with pytest.raises(DataError, match="task gsm8k is in both"):
+        compare_runs(tmp_path / "A" / "generate", tmp_path / "B" / "generate")
+
+
+def test_pooled_pairs_pair_questions_within_their_own_pair(tmp_path):
+    # the same 4 questions in two seeds: seed 0 B gains 2, seed 1 B loses 1 -> pooled 8 pairs, +1 net
+    s0a = write_output(tmp_path / "s0A", rows("gsm8k", [False, False, True, True]))
+    s0b = write_output(tmp_path / "s0B", rows("gsm8k", [True, True, True, True]))
+    s1a = write_output(tmp_path / "s1A", rows("gsm8k", [True, True, False, False]))
+    s1b = write_output(tmp_path / "s1B", rows("gsm8k", [True, False, False, False]))
+    report = compare_runs(s0a, s0b, pool=[(s1a, s1b)], n_resamples=200)
+    g = report["tasks"]["gsm8k"]
+    assert g["n_paired"] == 8  # the same ids in both seeds stay apart (merged, they would pair 4)
+    assert (g["both_correct"], g["only_a_correct"], g["only_b_correct"], g["neither_correct"]) == (3, 1, 2, 2)
+    assert g["p_value"] == pytest.approx(mcnemar_exact(1, 2))
+    assert "s0A + " in report["a"] and "s1B" in report["b"]

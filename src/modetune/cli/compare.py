@@ -1,4 +1,5 @@
-"""`modetune compare RUN_A RUN_B`: paired per-task accuracy differences of two `modetune eval` outputs.
+"""`modetune compare RUN_A RUN_B [--pool RUN_A2 RUN_B2 ...]`: paired per-task accuracy differences of
+`modetune eval` outputs.
 
 Questions are paired by (task, id, question text); the test is exact McNemar on the discordant
 pairs, with a paired-bootstrap 95% CI of B - A. Logic lives in `modetune.evaluation.compare`.
@@ -18,8 +19,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Per-task accuracy of A and B on the questions both evaluated, B - A with a paired "
         "bootstrap 95% CI, and the exact McNemar p-value (* marks p < 0.05).",
     )
-    parser.add_argument("run_a", metavar="RUN_A", help="eval output directory (results.json + predictions.jsonl)")
+    parser.add_argument(
+        "run_a",
+        metavar="RUN_A",
+        help="eval output directory (results.json + predictions.jsonl), or a directory of them, one per task",
+    )
     parser.add_argument("run_b", metavar="RUN_B", help="eval output directory to compare against RUN_A")
+    parser.add_argument(
+        "--pool",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("RUN_A", "RUN_B"),
+        help="pool another pair into the comparison, e.g. the next seed's (repeatable); questions pair within "
+        "their own pair",
+    )
     parser.add_argument("--output", metavar="FILE", default=None, help="also write the comparison as JSON")
     parser.add_argument(
         "--bootstrap", type=int, default=10000, metavar="N", help="bootstrap resamples (default: 10000)"
@@ -36,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 100:
         raise ConfigError(f"--bootstrap must be at least 100 resamples, got {args.bootstrap}")
-    report = compare_runs(args.run_a, args.run_b, n_resamples=args.bootstrap, seed=args.seed)
+    report = compare_runs(
+        args.run_a, args.run_b, pool=[tuple(pair) for pair in args.pool], n_resamples=args.bootstrap, seed=args.seed
+    )
     console = Console()
     console.print(render_comparison(report))
     for side in ("a", "b"):

@@ -4,13 +4,17 @@ Two evaluation outputs (directories with ``results.json`` + ``predictions.jsonl`
 question by (task, id, question text), so a subset picked with the same ``--limit``/``--seed`` pairs
 up and a question that changed between files never does. Per task we report both accuracies on the
 paired questions, the difference B - A, the exact McNemar p-value and a paired-bootstrap 95% CI.
+
+A directory whose sub-directories are evaluation outputs of different tasks (one ``modetune eval`` per
+task, as ``experiments/run.py`` writes them) is read as one output. Several pairs (A, B), for example one
+per seed, can be pooled: each question is paired within its own pair, then all pairs count together.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,7 @@ from typing import Any
 from modetune.errors import DataError, ModetuneError
 from modetune.evaluation.stats import mcnemar_exact, paired_bootstrap
 
-__all__ = ["EvalOutput", "compare_outputs", "compare_runs", "load_eval_output", "render_comparison"]
+__all__ = ["EvalOutput", "compare_outputs", "compare_runs", "load_eval_output", "pool_outputs", "render_comparison"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,25 +36,50 @@ class EvalOutput:
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _find_output_dir(path: Path) -> Path:
-    """The directory holding predictions.jsonl: ``path`` itself, or ``path/eval`` for a run dir."""
+def _find_output_dirs(path: Path) -> list[Path]:
+    """The directories holding predictions.jsonl: ``path`` itself, ``path/eval`` for a run dir, or else
+    every direct sub-directory that holds one (one evaluation per task)."""
     if path.is_file() and path.name == "predictions.jsonl":
-        return path.parent
+        return [path.parent]
     for candidate in (path, path / "eval"):
         if (candidate / "predictions.jsonl").is_file():
-            return candidate
-    raise ModetuneError(
-        f"'{path}' is not an evaluation output: no predictions.jsonl in it "
-        "(pass the --output directory of a `modetune eval` run)"
+            return [candidate]
+    parts = sorted(p.parent for p in path.glob("*/predictions.jsonl"))
+    if parts:
+        return parts
+    deeper = sorted({p.parent.parent.name for p in path.glob("*/*/predictions.jsonl")})
+    hint = (
+        f"; it holds evaluation outputs one level down: pass one of {', '.join(f'{path}/{d}' for d in deeper)}"
+        if deeper
+        else " (pass the --output directory of a `modetune eval` run)"
     )
+    raise ModetuneError(f"'{path}' is not an evaluation output: no predictions.jsonl in it{hint}")
 
 
 def load_eval_output(path: str | Path) -> EvalOutput:
-    """Read results.json (optional) and predictions.jsonl of a `modetune eval` output directory."""
+    """Read a `modetune eval` output directory (results.json, optional, and predictions.jsonl), or a
+    directory of such outputs for different tasks, merged into one."""
     path = Path(path)
     if not path.exists():
         raise ModetuneError(f"'{path}' does not exist (pass the --output directory of a `modetune eval` run)")
-    directory = _find_output_dir(path)
+    directories = _find_output_dirs(path)
+    if len(directories) == 1:
+        return _load_one(directories[0])
+    parts = [_load_one(d) for d in directories]
+    owner: dict[str, Path] = {}
+    for part in parts:
+        for task in {r["task"] for r in part.predictions}:
+            if task in owner:
+                raise DataError(
+                    f"'{path}': task {task} is in both {owner[task]} and {part.path}; pass one of them, not the "
+                    "directory holding both"
+                )
+            owner[task] = part.path
+    tasks = {t: r for part in parts for t, r in part.results.get("tasks", {}).items()}
+    return EvalOutput(path, {"tasks": tasks}, [r for part in parts for r in part.predictions])
+
+
+def _load_one(directory: Path) -> EvalOutput:
     results: dict[str, Any] = {}
     results_file = directory / "results.json"
     if results_file.is_file():
@@ -75,12 +104,16 @@ def load_eval_output(path: str | Path) -> EvalOutput:
     return EvalOutput(directory, results, predictions)
 
 
-def _key(row: Mapping[str, Any], position: int) -> tuple[str, str, str]:
+def _identity(row: Mapping[str, Any], position: int) -> Any:
     ident = row.get("id", row.get("index"))
-    question = row.get("question") or row.get("prompt") or ""
-    if ident is None and not question:
+    if ident is None and not (row.get("question") or row.get("prompt")):
         ident = position  # last resort: file order
-    return (str(row["task"]), str(ident), str(question))
+    return ident
+
+
+def _key(row: Mapping[str, Any], position: int) -> tuple[str, str, str]:
+    question = row.get("question") or row.get("prompt") or ""
+    return (str(row["task"]), str(_identity(row, position)), str(question))
 
 
 def compare_outputs(a: EvalOutput, b: EvalOutput, *, n_resamples: int = 10000, seed: int = 0) -> dict[str, Any]:
@@ -150,9 +183,31 @@ def _summarise(pairs: list[tuple[bool, bool]], n_resamples: int, seed: int) -> d
     }
 
 
-def compare_runs(run_a: str | Path, run_b: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """Load two evaluation directories and compare them (see `compare_outputs`)."""
-    return compare_outputs(load_eval_output(run_a), load_eval_output(run_b), **kwargs)
+def compare_runs(
+    run_a: str | Path, run_b: str | Path, *, pool: Sequence[tuple[str | Path, str | Path]] = (), **kwargs: Any
+) -> dict[str, Any]:
+    """Load two evaluation directories and compare them (see `compare_outputs`); ``pool`` adds more pairs
+    (A, B), for example the other seeds, whose questions pair only within their own pair."""
+    if not pool:
+        return compare_outputs(load_eval_output(run_a), load_eval_output(run_b), **kwargs)
+    pairs = [(load_eval_output(a), load_eval_output(b)) for a, b in [(run_a, run_b), *pool]]
+    return compare_outputs(*pool_outputs(pairs), **kwargs)
+
+
+def pool_outputs(pairs: Sequence[tuple[EvalOutput, EvalOutput]]) -> tuple[EvalOutput, EvalOutput]:
+    """Several (A, B) pairs as one: each prediction's id is prefixed with its pair's number, so a question
+    pairs only within its own pair (seed 0's A with seed 0's B) however often it recurs across pairs."""
+    pooled: list[EvalOutput] = []
+    for side in (0, 1):
+        outputs = [pair[side] for pair in pairs]
+        predictions = [
+            {**r, "id": f"pair{n}:{_identity(r, position)}"}
+            for n, out in enumerate(outputs)
+            for position, r in enumerate(out.predictions)
+        ]
+        tasks = {t: r for out in outputs for t, r in out.results.get("tasks", {}).items()}
+        pooled.append(EvalOutput(Path(" + ".join(str(out.path) for out in outputs)), {"tasks": tasks}, predictions))
+    return pooled[0], pooled[1]
 
 
 def render_comparison(report: Mapping[str, Any]) -> Any:
