@@ -1,8 +1,11 @@
 """Regenerate experiments/RESULTS.md (the generated part) and its plots from the finished cells of run.py.
 
-Per track: accuracy per task and average (pooled over the finished seeds, Wilson 95% CIs), the paired
-difference to the row's baseline on the same questions and seeds (paired bootstrap 95% CI, exact McNemar p;
-`modetune.evaluation.compare`), trainable parameters, step time, peak memory, wall time.
+Per track: accuracy per task and average (pooled over the finished seeds), the paired difference to the
+row's baseline on the same questions and seeds (`modetune.evaluation.compare.compare_pooled`), trainable
+parameters, step time, peak memory, wall time. The seeds share one test set, so a question recurs once per
+seed: accuracy CIs are Wilson at the effective sample size, Δ's CI bootstraps questions and the pooled test
+is the exact sign-flip test over questions (exact McNemar for one seed), not methods that would count a
+question's repeats as independent evidence.
 """
 
 from __future__ import annotations
@@ -31,21 +34,28 @@ def _predictions(cell, scoring: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _pooled(cells, scoring: str) -> dict[str, tuple[int, int]]:
-    """task -> (correct, n) over every finished seed of a row."""
-    totals: dict[str, list[int]] = {}
+def _pooled(cells, scoring: str) -> dict[str, list[tuple[str, bool]]]:
+    """task -> (question id, correct) for every answer over every finished seed of a row."""
+    answers: dict[str, list[tuple[str, bool]]] = {}
     for cell in cells:
         for row in _predictions(cell, scoring):
-            t = totals.setdefault(row["task"], [0, 0])
-            t[0] += bool(row["correct"])
-            t[1] += 1
-    return {task: (c, n) for task, (c, n) in totals.items()}
+            answers.setdefault(row["task"], []).append((str(row.get("id", row.get("index"))), bool(row["correct"])))
+    return answers
+
+
+def _accuracy(answers: list[tuple[str, bool]]) -> tuple[float, float, float]:
+    """Accuracy and its 95% CI; the questions repeat across seeds, so the interval counts questions, not answers."""
+    from modetune.evaluation.stats import accuracy_interval
+
+    correct = [c for _, c in answers]
+    lo, hi = accuracy_interval(correct, [q for q, _ in answers])
+    return sum(correct) / len(correct), lo, hi
 
 
 def _paired(cells_a, cells_b, scoring: str) -> dict[str, Any] | None:
     """B - A on the questions both answered, seed by seed (same seed = same data order), pooled."""
     from modetune.errors import ModetuneError
-    from modetune.evaluation.compare import compare_outputs, load_eval_output, pool_outputs
+    from modetune.evaluation.compare import compare_pooled, load_eval_output
 
     seeds_b = {c.seed: c for c in cells_b}
     shared = [(a, seeds_b[a.seed]) for a in cells_a if a.seed in seeds_b]
@@ -53,7 +63,7 @@ def _paired(cells_a, cells_b, scoring: str) -> dict[str, Any] | None:
         pairs = [
             (load_eval_output(a.result_dir / scoring), load_eval_output(b.result_dir / scoring)) for a, b in shared
         ]
-        return compare_outputs(*pool_outputs(pairs), n_resamples=2000) if pairs else None
+        return compare_pooled(pairs, n_resamples=2000) if pairs else None
     except ModetuneError:  # not evaluated with this scoring, or nothing pairs up yet
         return None
 
@@ -63,8 +73,8 @@ def _paired_by_task(rows, reports: dict[str, dict[str, Any]], name: str, tasks: 
     difference on one set hides inside the all-sets figure. p values are per set, uncorrected (multiply by
     the number of sets for a Bonferroni bound)."""
     lines = [
-        f"Paired Δ vs baseline per set ({name}; percentage points [95% bootstrap CI], exact McNemar p, "
-        f"uncorrected for the {len(tasks)} sets; seeds both rows finished, pooled):",
+        f"Paired Δ vs baseline per set ({name}; percentage points [95% CI], p as above, uncorrected for the "
+        f"{len(tasks)} sets; seeds both rows finished, pooled):",
         "",
         "| row | vs | " + " | ".join(tasks) + " |",
         "|---|---|" + "---|" * len(tasks),
@@ -149,8 +159,6 @@ def _train_minutes(info: dict[str, Any]) -> str:
 
 
 def write_report(cells) -> None:
-    from modetune.evaluation.stats import wilson_interval
-
     finished = [c for c in cells if _load(c) is not None]
     by_row: dict[tuple[str, str], list] = {}
     for c in finished:
@@ -174,7 +182,7 @@ def write_report(cells) -> None:
                 "",
             ]
             lines += [
-                "| row | seeds | " + " | ".join(tasks) + " | average | Δ vs baseline [95% CI], McNemar p |",
+                "| row | seeds | " + " | ".join(tasks) + " | average | Δ vs baseline [95% CI], p |",
                 "|---|---|" + "---|" * len(tasks) + "---|---|",
             ]
             reports: dict[str, dict[str, Any]] = {}  # row -> its paired comparison with its baseline
@@ -183,12 +191,11 @@ def write_report(cells) -> None:
                 cells_txt = []
                 for task in tasks:
                     if task in pooled:
-                        c, n = pooled[task]
-                        lo, hi = wilson_interval(c, n)
-                        cells_txt.append(f"{_pct(c / n)} [{_pct(lo)}, {_pct(hi)}]")
+                        acc, lo, hi = _accuracy(pooled[task])
+                        cells_txt.append(f"{_pct(acc)} [{_pct(lo)}, {_pct(hi)}]")
                     else:
                         cells_txt.append("–")
-                accs = [pooled[t][0] / pooled[t][1] for t in tasks if t in pooled]
+                accs = [_accuracy(pooled[t])[0] for t in tasks if t in pooled]
                 average = _pct(sum(accs) / len(accs)) if accs else "–"
                 row = cs[0].row
                 delta = "–"
@@ -203,7 +210,16 @@ def write_report(cells) -> None:
                         )
                 seeds = ",".join(str(c.seed) for c in sorted(cs, key=lambda c: c.seed))
                 lines.append(f"| {row.label} | {seeds} | " + " | ".join(cells_txt) + f" | {average} | {delta} |")
-            lines.append("")
+            lines += [
+                "",
+                "Accuracy in % [95% CI]: Wilson; for several seeds at the effective sample size (the answers "
+                "divided by the design effect of a question's repeats, between the number of questions and of "
+                "answers). Δ: percentage points, B − A on the "
+                "questions and seeds both rows answered, pooled; its CI bootstraps questions, and p is exact "
+                "McNemar for one seed, for several the exact sign-flip test on each question's net difference "
+                "over the seeds (McNemar with the question, not the answer, as the unit).",
+                "",
+            ]
             lines += _paired_by_task(rows, reports, name, tasks)
         if any(scoring == "loglikelihood" for scoring, _ in track.scorings):
             lines += _answer_collapse(track_name, rows, track)
@@ -251,11 +267,9 @@ def _plot(track_name: str, rows, track) -> None:
         pooled = _pooled(cs, name)
         if not pooled:
             continue
-        accs = [c / n for c, n in pooled.values()]
-        total_c, total_n = sum(c for c, _ in pooled.values()), sum(n for _, n in pooled.values())
-        from modetune.evaluation.stats import wilson_interval
-
-        lo, hi = wilson_interval(total_c, total_n)
+        accs = [_accuracy(answers)[0] for answers in pooled.values()]
+        everything = [(f"{task}:{q}", c) for task, answers in pooled.items() for q, c in answers]
+        _, lo, hi = _accuracy(everything)  # the CI of all answers together, placed around the mean of the sets
         mean = sum(accs) / len(accs)
         labels.append(cs[0].row.label.split(". ", 1)[-1][:28])
         means.append(100 * mean)

@@ -45,3 +45,9 @@ def test_compare_cli_pools_pairs(tmp_path, capsys):
     assert "+75.0" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # --pool takes a pair (argparse's usage message)
         main(["compare", str(a0), str(b0), "--pool", str(a1)])
+
+
+def test_compare_cli_output_path_that_cannot_be_written(tmp_path, capsys):
+    a = write_output(tmp_path / "A", rows("gsm8k", [True, False]))
+    assert main(["compare", str(a), str(a), "--output", str(tmp_path), "--bootstrap", "200"]) == 2
+    assert "cannot write the comparison" in capsys.readouterr().err

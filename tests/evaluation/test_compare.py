@@ -9,7 +9,7 @@ import pytest
 
 from modetune.errors import DataError, ModetuneError
 from modetune.evaluation.compare import compare_runs, render_comparison
-from modetune.evaluation.stats import mcnemar_exact
+from modetune.evaluation.stats import mcnemar_exact, sign_flip_exact
 
 
 def write_output(directory: Path, rows: list[dict], scoring: str = "generate") -> Path:
@@ -100,7 +100,22 @@ def test_scoring_mismatch_is_flagged(tmp_path):
     a = write_output(tmp_path / "A", rows("boolq", [True, False]), scoring="generate")
     b = write_output(tmp_path / "B", rows("boolq", [True, True]), scoring="loglikelihood")
     report = compare_runs(a, b, n_resamples=200)
-    assert "different scoring" in report["tasks"]["boolq"]["warning"]
+    assert "scored differently: generate vs loglikelihood" in report["tasks"]["boolq"]["warning"]
+
+
+def test_log_likelihood_style_mismatch_is_flagged_in_any_pooled_pair(tmp_path):
+    def ll_output(name: str, style: str) -> Path:
+        out = write_output(tmp_path / name, rows("boolq", [True, False]), scoring="loglikelihood")
+        results = json.loads((out / "results.json").read_text())
+        results["tasks"]["boolq"].update(ll_style=style, ll_norm="char")
+        (out / "results.json").write_text(json.dumps(results))
+        return out
+
+    text_a, label_b = ll_output("A0", "text"), ll_output("B0", "label")
+    assert "text/char vs loglikelihood/label/char" in compare_runs(text_a, label_b)["tasks"]["boolq"]["warning"]
+    # a mismatch in the first pair is not hidden by a matching last pair
+    pooled = compare_runs(text_a, label_b, pool=[(ll_output("A1", "text"), ll_output("B1", "text"))])
+    assert "(pair 1)" in pooled["tasks"]["boolq"]["warning"]
 
 
 def test_render(two_runs):
@@ -129,6 +144,42 @@ def test_a_directory_of_per_task_outputs_reads_as_one(tmp_path):
         compare_runs(tmp_path / "A" / "generate", tmp_path / "B" / "generate")
 
 
+def test_rows_without_any_identity_pair_by_position_in_their_own_file(tmp_path):
+    def bare(correct: list[bool], task: str) -> list[dict]:
+        return [{"task": task, "correct": c} for c in correct]
+
+    for name, first, second in (("A", [True, True], [True, False, True]), ("B", [True], [True, True, False])):
+        write_output(tmp_path / name / "t1", bare(first, "t1"))
+        write_output(tmp_path / name / "t2", bare(second, "t2"))
+    t2 = compare_runs(tmp_path / "A", tmp_path / "B", n_resamples=200)["tasks"]["t2"]
+    assert t2["n_paired"] == 3 and (t2["both_correct"], t2["only_a_correct"], t2["only_b_correct"]) == (1, 1, 1)
+
+
+def test_pooling_refuses_a_repeated_pair_and_a_pair_sharing_nothing(tmp_path):
+    a = write_output(tmp_path / "A", rows("gsm8k", [True, False]))
+    b = write_output(tmp_path / "B", rows("gsm8k", [True, True]))
+    with pytest.raises(ModetuneError, match="given twice"):
+        compare_runs(a, b, pool=[(a, b)])
+    other = write_output(tmp_path / "C", rows("boolq", [True]))
+    with pytest.raises(ModetuneError, match="share no evaluated question"):
+        compare_runs(a, b, pool=[(write_output(tmp_path / "A1", rows("gsm8k", [True])), other)])
+
+
+def test_malformed_results_and_predictions_are_data_errors(tmp_path):
+    good = write_output(tmp_path / "good", rows("gsm8k", [True]))
+    bad = write_output(tmp_path / "bad", rows("gsm8k", [True]))
+    (bad / "results.json").write_text('{"tasks": []}')
+    with pytest.raises(DataError, match="'tasks' must map"):
+        compare_runs(good, bad)
+    (bad / "results.json").unlink()
+    (bad / "predictions.jsonl").write_text('{"task": ["gsm8k"], "correct": true}\n')
+    with pytest.raises(DataError, match="'task' must be a name"):
+        compare_runs(good, bad)
+    (bad / "predictions.jsonl").write_bytes(b'{"task": "gsm8k", "correct": true, "question": "\xff"}\n')
+    with pytest.raises(DataError, match="not UTF-8"):
+        compare_runs(good, bad)
+
+
 def test_pooled_pairs_pair_questions_within_their_own_pair(tmp_path):
     # the same 4 questions in two seeds: seed 0 B gains 2, seed 1 B loses 1 -> pooled 8 pairs, +1 net
     s0a = write_output(tmp_path / "s0A", rows("gsm8k", [False, False, True, True]))
@@ -139,5 +190,7 @@ def test_pooled_pairs_pair_questions_within_their_own_pair(tmp_path):
     g = report["tasks"]["gsm8k"]
     assert g["n_paired"] == 8  # the same ids in both seeds stay apart (merged, they would pair 4)
     assert (g["both_correct"], g["only_a_correct"], g["only_b_correct"], g["neither_correct"]) == (3, 1, 2, 2)
-    assert g["p_value"] == pytest.approx(mcnemar_exact(1, 2))
-    assert "s0A + " in report["a"] and "s1B" in report["b"]
+    # the question is the unit: q0, q1 gain +1 in seed 0 and q1 loses 1 in seed 1 -> nets (+1, 0, 0, 0)
+    assert g["n_questions"] == 4 and g["p_value"] == pytest.approx(sign_flip_exact([1, 0, 0, 0])) == 1.0
+    assert "s0A + " in report["a"] and "s1B" in report["b"] and report["pairs"] == 2
+    assert "sign-flip" in report["test"]

@@ -6,7 +6,13 @@ import math
 
 import pytest
 
-from modetune.evaluation.stats import mcnemar_exact, paired_bootstrap, wilson_interval
+from modetune.evaluation.stats import (
+    accuracy_interval,
+    mcnemar_exact,
+    paired_bootstrap,
+    sign_flip_exact,
+    wilson_interval,
+)
 
 
 def test_wilson_known_values():
@@ -53,3 +59,62 @@ def test_paired_bootstrap():
     assert paired_bootstrap(a, b, n_resamples=4000, seed=3) == res  # seeded
     with pytest.raises(ValueError):
         paired_bootstrap([True], [True, False])
+
+
+def test_sign_flip_is_exact_mcnemar_for_questions_asked_once():
+    for only_a, only_b in [(5, 18), (0, 3), (2, 14), (10, 10), (100, 130)]:
+        diffs = [-1] * only_a + [1] * only_b + [0] * 9
+        assert sign_flip_exact(diffs) == pytest.approx(mcnemar_exact(only_a, only_b), rel=1e-9)
+    assert sign_flip_exact([0, 0]) == 1.0
+
+
+def test_sign_flip_enumerates_the_signs_of_repeated_questions():
+    diffs = [2, -1, 3, 0, 1]  # nets over seeds; the 16 sign patterns of (2, 1, 3, 1) by brute force
+    import itertools
+
+    observed = abs(sum(diffs))
+    sizes = [abs(d) for d in diffs if d]
+    hits = sum(
+        abs(sum(s * d for s, d in zip(signs, sizes, strict=True))) >= observed
+        for signs in itertools.product((1, -1), repeat=len(sizes))
+    )
+    assert sign_flip_exact(diffs) == pytest.approx(hits / 2 ** len(sizes)) == pytest.approx(6 / 16)
+    # three seeds agreeing on 6 questions is 6 pieces of evidence, not 18: p = 2/2^6, not McNemar's 2/2^18
+    assert sign_flip_exact([3] * 6) == pytest.approx(2 / 2**6)
+    assert mcnemar_exact(0, 18) == pytest.approx(2 / 2**18)
+
+
+def test_clustered_bootstrap_counts_questions_not_answers():
+    a = [True] * 30 + [False] * 70
+    b = [True] * 30 + [True] * 20 + [False] * 50
+    plain = paired_bootstrap(a, b, n_resamples=4000, seed=3)
+    singletons = paired_bootstrap(a, b, n_resamples=4000, seed=3, clusters=list(range(100)))
+    assert singletons["diff"] == plain["diff"]
+    assert singletons["ci_low"] == pytest.approx(plain["ci_low"], abs=0.03)
+    assert singletons["ci_high"] == pytest.approx(plain["ci_high"], abs=0.03)
+    # the same 100 answers three times over (three seeds agreeing): the CI is that of 100 questions, not 300
+    tripled = paired_bootstrap(a * 3, b * 3, n_resamples=4000, seed=3, clusters=list(range(100)) * 3)
+    naive = paired_bootstrap(a * 3, b * 3, n_resamples=4000, seed=3)
+    assert tripled["ci_high"] - tripled["ci_low"] == pytest.approx(plain["ci_high"] - plain["ci_low"], abs=0.03)
+    assert naive["ci_high"] - naive["ci_low"] < 0.7 * (tripled["ci_high"] - tripled["ci_low"])
+    with pytest.raises(ValueError, match="one label per pair"):
+        paired_bootstrap(a, b, clusters=[0])
+
+
+def test_accuracy_interval_uses_the_questions_as_the_sample_size():
+    correct = [True] * 12 + [False] * 28
+    assert accuracy_interval(correct) == wilson_interval(12, 40)
+    assert accuracy_interval(correct, list(range(40))) == wilson_interval(12, 40)
+    # every seed gives the same answers: 120 answers carry the information of 40 questions
+    assert accuracy_interval(correct * 3, list(range(40)) * 3) == pytest.approx(wilson_interval(12, 40))
+    # seeds that disagree independently carry more: the interval lies between 40 and 120 questions' widths
+    import random
+
+    rng = random.Random(0)
+    noisy = [rng.random() < 0.3 for _ in range(120)]
+    lo, hi = accuracy_interval(noisy, list(range(40)) * 3)
+    p = sum(noisy)
+    width_40, width_120 = (wilson_interval(p / 3, 40), wilson_interval(p, 120))
+    assert width_120[1] - width_120[0] - 1e-12 <= hi - lo <= width_40[1] - width_40[0] + 1e-12
+    # 0 of 120: no variance to measure, so the questions are the sample (not a degenerate [0, 0])
+    assert accuracy_interval([False] * 120, list(range(40)) * 3) == pytest.approx(wilson_interval(0, 40))

@@ -24,15 +24,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="RUN_A",
         help="eval output directory (results.json + predictions.jsonl), or a directory of them, one per task",
     )
-    parser.add_argument("run_b", metavar="RUN_B", help="eval output directory to compare against RUN_A")
+    parser.add_argument(
+        "run_b", metavar="RUN_B", help="eval output directory (or a directory of them) to compare against RUN_A"
+    )
     parser.add_argument(
         "--pool",
         nargs=2,
         action="append",
         default=[],
         metavar=("RUN_A", "RUN_B"),
-        help="pool another pair into the comparison, e.g. the next seed's (repeatable); questions pair within "
-        "their own pair",
+        help="pool another pair into the comparison, e.g. the next seed's (one --pool per pair); questions pair "
+        "within their own pair, and the test and CI count each question once",
     )
     parser.add_argument("--output", metavar="FILE", default=None, help="also write the comparison as JSON")
     parser.add_argument(
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     )
     console = Console()
     console.print(render_comparison(report))
+    console.print(f"test: {report['test']}")
     for side in ("a", "b"):
         only = report[f"tasks_only_in_{side}"]
         if only:
@@ -67,7 +70,10 @@ def run(args: argparse.Namespace) -> int:
                 )
     if args.output:
         out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2) + "\n")
+        except OSError as exc:
+            raise ConfigError(f"--output {out}: cannot write the comparison there ({exc.strerror})") from exc
         console.print(f"wrote {out}")
     return 0

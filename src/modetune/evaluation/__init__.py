@@ -4,14 +4,21 @@
     report = evaluate_model(model, tokenizer, ["gsm8k", "boolq"], limit=200, output_dir="out/eval")
     report.results["tasks"]["gsm8k"]["accuracy"], report.average
 
-`compare_runs` pairs two evaluation outputs question by question (McNemar + paired bootstrap).
+`compare_runs` pairs two evaluation outputs question by question (McNemar + paired bootstrap), or several
+pairs pooled (one per seed: the question is then the unit of the test and the bootstrap).
 lm-evaluation-harness users: ``modetune.evaluation.lm_eval_model`` registers the ``modetune`` model
 type (imported on demand, since lm-eval is an optional extra).
 """
 
 from __future__ import annotations
 
-from modetune.evaluation.compare import compare_outputs, compare_runs, load_eval_output, render_comparison
+from modetune.evaluation.compare import (
+    compare_outputs,
+    compare_pooled,
+    compare_runs,
+    load_eval_output,
+    render_comparison,
+)
 from modetune.evaluation.contamination import check_contamination
 from modetune.evaluation.extraction import (
     extract_answer,
@@ -30,7 +37,13 @@ from modetune.evaluation.pipeline import (
     render_table,
 )
 from modetune.evaluation.runner import PRESETS, GenerationSettings, generate_texts, loglikelihoods
-from modetune.evaluation.stats import mcnemar_exact, paired_bootstrap, wilson_interval
+from modetune.evaluation.stats import (
+    accuracy_interval,
+    mcnemar_exact,
+    paired_bootstrap,
+    sign_flip_exact,
+    wilson_interval,
+)
 from modetune.evaluation.tasks import (
     GROUPS,
     TASKS,
@@ -57,8 +70,10 @@ __all__ = [
     "EvalReport",
     "GenerationSettings",
     "TaskSpec",
+    "accuracy_interval",
     "check_contamination",
     "compare_outputs",
+    "compare_pooled",
     "compare_runs",
     "evaluate_model",
     "extract_answer",
@@ -80,5 +95,6 @@ __all__ = [
     "resolve_task_names",
     "score_generation",
     "select_subset",
+    "sign_flip_exact",
     "wilson_interval",
 ]

@@ -7,7 +7,8 @@ paired questions, the difference B - A, the exact McNemar p-value and a paired-b
 
 A directory whose sub-directories are evaluation outputs of different tasks (one ``modetune eval`` per
 task, as ``experiments/run.py`` writes them) is read as one output. Several pairs (A, B), for example one
-per seed, can be pooled: each question is paired within its own pair, then all pairs count together.
+per seed, can be pooled: each question is paired within its own pair, and since a question then recurs,
+the test and the bootstrap treat the question as the unit (see `modetune.evaluation.stats`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from modetune.errors import DataError, ModetuneError
-from modetune.evaluation.stats import mcnemar_exact, paired_bootstrap
+from modetune.evaluation.stats import mcnemar_exact, paired_bootstrap, sign_flip_exact
 
-__all__ = ["EvalOutput", "compare_outputs", "compare_runs", "load_eval_output", "pool_outputs", "render_comparison"]
+__all__ = ["EvalOutput", "compare_outputs", "compare_pooled", "compare_runs", "load_eval_output", "render_comparison"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +86,18 @@ def _load_one(directory: Path) -> EvalOutput:
     if results_file.is_file():
         try:
             results = json.loads(results_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{results_file}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{results_file}: not valid JSON ({exc})") from exc
+        tasks = results.get("tasks", {}) if isinstance(results, dict) else None
+        if not isinstance(tasks, dict) or not all(isinstance(t, dict) for t in tasks.values()):
+            raise DataError(f"{results_file}: not a `modetune eval` results file (its 'tasks' must map names to dicts)")
     predictions = []
     pred_file = directory / "predictions.jsonl"
-    for lineno, line in enumerate(pred_file.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        lines = pred_file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{pred_file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -98,86 +106,151 @@ def _load_one(directory: Path) -> EvalOutput:
             raise DataError(f"{pred_file}, line {lineno}: not valid JSON ({exc.msg})") from exc
         if not isinstance(row, dict) or "task" not in row or "correct" not in row:
             raise DataError(f"{pred_file}, line {lineno}: a prediction needs at least 'task' and 'correct'")
+        if not isinstance(row["task"], str):
+            raise DataError(f"{pred_file}, line {lineno}: 'task' must be a name, got {row['task']!r}")
+        if _identity(row) is None:
+            row = {**row, "index": len(predictions)}  # last resort: the position in its own file
         predictions.append(row)
     if not predictions:
         raise DataError(f"{pred_file}: no predictions")
     return EvalOutput(directory, results, predictions)
 
 
-def _identity(row: Mapping[str, Any], position: int) -> Any:
+def _identity(row: Mapping[str, Any]) -> Any:
+    """What names a question besides its task: its id (or index), else its text; None if it has neither."""
     ident = row.get("id", row.get("index"))
-    if ident is None and not (row.get("question") or row.get("prompt")):
-        ident = position  # last resort: file order
-    return ident
+    return ident if ident is not None or row.get("question") or row.get("prompt") else None
 
 
 def _key(row: Mapping[str, Any], position: int) -> tuple[str, str, str]:
     question = row.get("question") or row.get("prompt") or ""
-    return (str(row["task"]), str(_identity(row, position)), str(question))
+    ident = _identity(row)
+    return (str(row["task"]), str(position if ident is None and not question else ident), str(question))
+
+
+def _setup(out: EvalOutput, task: str) -> tuple[Any, ...] | None:
+    """How a task was scored (scoring, log-likelihood style and normalisation), from results.json."""
+    info = out.results.get("tasks", {}).get(task)
+    return tuple(info.get(k) for k in ("scoring", "ll_style", "ll_norm")) if info else None
 
 
 def compare_outputs(a: EvalOutput, b: EvalOutput, *, n_resamples: int = 10000, seed: int = 0) -> dict[str, Any]:
     """Per-task paired comparison of two evaluation outputs (B - A). Raises if nothing pairs up."""
-    index_a = {_key(r, i): r for i, r in enumerate(a.predictions)}
-    index_b = {_key(r, i): r for i, r in enumerate(b.predictions)}
-    shared = [k for k in index_a if k in index_b]
-    if not shared:
-        tasks_a = sorted({r["task"] for r in a.predictions})
-        tasks_b = sorted({r["task"] for r in b.predictions})
-        raise ModetuneError(
-            f"'{a.path}' and '{b.path}' share no evaluated question (tasks {', '.join(tasks_a)} vs "
-            f"{', '.join(tasks_b)}); evaluate both on the same tasks with the same --limit/--seed"
-        )
-    by_task: dict[str, list[tuple[bool, bool]]] = {}
-    for key in shared:
-        by_task.setdefault(key[0], []).append((bool(index_a[key]["correct"]), bool(index_b[key]["correct"])))
+    return compare_pooled([(a, b)], n_resamples=n_resamples, seed=seed)
 
+
+def compare_pooled(
+    pairs: Sequence[tuple[EvalOutput, EvalOutput]], *, n_resamples: int = 10000, seed: int = 0
+) -> dict[str, Any]:
+    """Per-task comparison (B - A) of one or more pairs of evaluation outputs, e.g. one pair per seed.
+
+    A question pairs only within its own pair. With several pairs the same question recurs, so the unit
+    of the test and of the bootstrap is the question (`sign_flip_exact`, clustered `paired_bootstrap`);
+    with one pair both reduce to exact McNemar and the plain paired bootstrap.
+    """
+    if not pairs:
+        raise ValueError("compare_pooled needs at least one pair")
+    for side in (0, 1):
+        seen: set[Path] = set()
+        for pair in pairs:
+            path = pair[side].path.resolve()
+            if path in seen:
+                raise ModetuneError(
+                    f"'{pair[side].path}' is given twice: each pooled pair must be a different run (another seed)"
+                )
+            seen.add(path)
+    by_task: dict[str, list[tuple[tuple[str, str, str], bool, bool]]] = {}
+    unpaired: dict[str, dict[str, int]] = {}
+    setups: dict[str, set[str]] = {}
+    for number, (a, b) in enumerate(pairs):
+        index_a = {_key(r, i): r for i, r in enumerate(a.predictions)}
+        index_b = {_key(r, i): r for i, r in enumerate(b.predictions)}
+        shared = [k for k in index_a if k in index_b]
+        if not shared:
+            tasks_a = sorted({r["task"] for r in a.predictions})
+            tasks_b = sorted({r["task"] for r in b.predictions})
+            raise ModetuneError(
+                f"'{a.path}' and '{b.path}' share no evaluated question (tasks {', '.join(tasks_a)} vs "
+                f"{', '.join(tasks_b)}); evaluate both on the same tasks with the same --limit/--seed"
+            )
+        for key in shared:
+            by_task.setdefault(key[0], []).append((key, bool(index_a[key]["correct"]), bool(index_b[key]["correct"])))
+        for task in {k[0] for k in shared}:
+            n_shared = sum(1 for k in shared if k[0] == task)
+            for name, out in (("a", a), ("b", b)):
+                extra = sum(1 for r in out.predictions if r["task"] == task) - n_shared
+                if extra:
+                    unpaired.setdefault(task, {}).setdefault(f"unpaired_{name}", 0)
+                    unpaired[task][f"unpaired_{name}"] += extra
+            setup_a, setup_b = _setup(a, task), _setup(b, task)
+            if setup_a and setup_b and setup_a != setup_b:
+                fmt = "/".join
+                setups.setdefault(task, set()).add(
+                    f"{fmt(map(str, filter(None, setup_a)))} vs {fmt(map(str, filter(None, setup_b)))}"
+                    + (f" (pair {number + 1})" if len(pairs) > 1 else "")
+                )
+    pooled = len(pairs) > 1
     tasks: dict[str, Any] = {}
-    all_pairs: list[tuple[bool, bool]] = []
-    for task, pairs in by_task.items():
-        all_pairs.extend(pairs)
-        tasks[task] = _summarise(pairs, n_resamples, seed)
-        for name, out in (("A", a), ("B", b)):
-            n_in = sum(1 for r in out.predictions if r["task"] == task)
-            if n_in > len(pairs):
-                tasks[task][f"unpaired_{name.lower()}"] = n_in - len(pairs)
-        modes = {out.results.get("tasks", {}).get(task, {}).get("scoring") for out in (a, b)}
-        if len(modes - {None}) > 1:
-            tasks[task]["warning"] = "A and B used different scoring modes"
-            logger.warning("compare: task %s was scored differently in A and B (%s)", task, ", ".join(map(str, modes)))
-    only_a = sorted({r["task"] for r in a.predictions} - set(by_task))
-    only_b = sorted({r["task"] for r in b.predictions} - set(by_task))
+    everything: list[tuple[tuple[str, str, str], bool, bool]] = []
+    for task, rows in by_task.items():
+        everything.extend(rows)
+        tasks[task] = {**_summarise(rows, n_resamples, seed, pooled), **unpaired.get(task, {})}
+        if task in setups:
+            tasks[task]["warning"] = "A and B were scored differently: " + "; ".join(sorted(setups[task]))
+            logger.warning("compare: task %s: %s", task, tasks[task]["warning"])
+    tasks_a = {r["task"] for a, _ in pairs for r in a.predictions}
+    tasks_b = {r["task"] for _, b in pairs for r in b.predictions}
     mean_a = sum(t["accuracy_a"] for t in tasks.values()) / len(tasks)
     mean_b = sum(t["accuracy_b"] for t in tasks.values()) / len(tasks)
+    test = (
+        f"{len(pairs)} pairs pooled, each question paired within its pair; exact sign-flip test on each "
+        "question's net difference over its pairs (exact McNemar when a question occurs once); bootstrap "
+        "over questions, 95% CI of B - A"
+        if pooled
+        else "exact McNemar on discordant pairs; paired bootstrap 95% CI of B - A"
+    )
     return {
-        "a": str(a.path),
-        "b": str(b.path),
+        "a": " + ".join(str(a.path) for a, _ in pairs),
+        "b": " + ".join(str(b.path) for _, b in pairs),
+        "pairs": len(pairs),
         "tasks": tasks,
         "average": {"accuracy_a": mean_a, "accuracy_b": mean_b, "diff": mean_b - mean_a},
-        "pooled": _summarise(all_pairs, n_resamples, seed),
-        "tasks_only_in_a": only_a,
-        "tasks_only_in_b": only_b,
-        "test": "exact McNemar on discordant pairs; paired bootstrap 95% CI of B - A",
+        "pooled": _summarise(everything, n_resamples, seed, pooled),
+        "tasks_only_in_a": sorted(tasks_a - set(by_task)),
+        "tasks_only_in_b": sorted(tasks_b - set(by_task)),
+        "test": test,
     }
 
 
-def _summarise(pairs: list[tuple[bool, bool]], n_resamples: int, seed: int) -> dict[str, Any]:
-    n = len(pairs)
-    acc_a = sum(a for a, _ in pairs) / n
-    acc_b = sum(b for _, b in pairs) / n
-    only_a = sum(1 for a, b in pairs if a and not b)
-    only_b = sum(1 for a, b in pairs if b and not a)
-    boot = paired_bootstrap([a for a, _ in pairs], [b for _, b in pairs], n_resamples=n_resamples, seed=seed)
+def _summarise(
+    rows: list[tuple[tuple[str, str, str], bool, bool]], n_resamples: int, seed: int, by_question: bool
+) -> dict[str, Any]:
+    """Counts, accuracies, B - A, its CI and p; ``by_question``: a question's repeats count as one unit."""
+    n = len(rows)
+    correct_a = [a for _, a, _ in rows]
+    correct_b = [b for _, _, b in rows]
+    only_a = sum(1 for a, b in zip(correct_a, correct_b, strict=True) if a and not b)
+    only_b = sum(1 for a, b in zip(correct_a, correct_b, strict=True) if b and not a)
+    clusters = [key for key, _, _ in rows] if by_question else None
+    boot = paired_bootstrap(correct_a, correct_b, n_resamples=n_resamples, seed=seed, clusters=clusters)
+    if by_question:
+        net: dict[tuple[str, str, str], int] = {}
+        for key, a, b in rows:
+            net[key] = net.get(key, 0) + int(b) - int(a)
+        p_value = sign_flip_exact(list(net.values()))
+    else:
+        p_value = mcnemar_exact(only_a, only_b)
     return {
         "n_paired": n,
-        "accuracy_a": acc_a,
-        "accuracy_b": acc_b,
-        "diff": acc_b - acc_a,
-        "both_correct": sum(1 for a, b in pairs if a and b),
+        **({"n_questions": len(set(clusters))} if clusters else {}),
+        "accuracy_a": sum(correct_a) / n,
+        "accuracy_b": sum(correct_b) / n,
+        "diff": (sum(correct_b) - sum(correct_a)) / n,
+        "both_correct": sum(1 for a, b in zip(correct_a, correct_b, strict=True) if a and b),
         "only_a_correct": only_a,
         "only_b_correct": only_b,
-        "neither_correct": sum(1 for a, b in pairs if not a and not b),
-        "p_value": mcnemar_exact(only_a, only_b),
+        "neither_correct": sum(1 for a, b in zip(correct_a, correct_b, strict=True) if not a and not b),
+        "p_value": p_value,
         "diff_ci95": [boot["ci_low"], boot["ci_high"]],
         "bootstrap_p_value": boot["p_value"],
     }
@@ -186,28 +259,10 @@ def _summarise(pairs: list[tuple[bool, bool]], n_resamples: int, seed: int) -> d
 def compare_runs(
     run_a: str | Path, run_b: str | Path, *, pool: Sequence[tuple[str | Path, str | Path]] = (), **kwargs: Any
 ) -> dict[str, Any]:
-    """Load two evaluation directories and compare them (see `compare_outputs`); ``pool`` adds more pairs
-    (A, B), for example the other seeds, whose questions pair only within their own pair."""
-    if not pool:
-        return compare_outputs(load_eval_output(run_a), load_eval_output(run_b), **kwargs)
+    """Load evaluation directories and compare them (see `compare_pooled`); ``pool`` adds more pairs (A, B),
+    for example the other seeds, whose questions pair only within their own pair."""
     pairs = [(load_eval_output(a), load_eval_output(b)) for a, b in [(run_a, run_b), *pool]]
-    return compare_outputs(*pool_outputs(pairs), **kwargs)
-
-
-def pool_outputs(pairs: Sequence[tuple[EvalOutput, EvalOutput]]) -> tuple[EvalOutput, EvalOutput]:
-    """Several (A, B) pairs as one: each prediction's id is prefixed with its pair's number, so a question
-    pairs only within its own pair (seed 0's A with seed 0's B) however often it recurs across pairs."""
-    pooled: list[EvalOutput] = []
-    for side in (0, 1):
-        outputs = [pair[side] for pair in pairs]
-        predictions = [
-            {**r, "id": f"pair{n}:{_identity(r, position)}"}
-            for n, out in enumerate(outputs)
-            for position, r in enumerate(out.predictions)
-        ]
-        tasks = {t: r for out in outputs for t, r in out.results.get("tasks", {}).items()}
-        pooled.append(EvalOutput(Path(" + ".join(str(out.path) for out in outputs)), {"tasks": tasks}, predictions))
-    return pooled[0], pooled[1]
+    return compare_pooled(pairs, **kwargs)
 
 
 def render_comparison(report: Mapping[str, Any]) -> Any:

@@ -6,20 +6,27 @@
   (one right, the other wrong) carry information; under H0 each is a fair coin, so the p-value is
   an exact two-sided binomial tail.
 * `paired_bootstrap`: CI (and a p-value) for the accuracy difference, resampling questions.
+* `sign_flip_exact`: McNemar for a question asked more than once (one answer pair per seed, say). The
+  repeats of one question are not independent, so the unit is the question: under H0 its net difference
+  (B-only minus A-only over its repeats) is as likely to be negative as positive. With one pair per
+  question it is exact McNemar. `paired_bootstrap(..., clusters=...)` resamples those questions likewise,
+  and `accuracy_interval` widens one accuracy's Wilson CI by the design effect of the repeats.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["mcnemar_exact", "paired_bootstrap", "wilson_interval"]
+__all__ = ["accuracy_interval", "mcnemar_exact", "paired_bootstrap", "sign_flip_exact", "wilson_interval"]
 
 
-def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval for ``correct`` successes in ``n`` trials (default 95%); (0, 1) if n == 0."""
+def wilson_interval(correct: float, n: float, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for ``correct`` successes in ``n`` trials (default 95%); (0, 1) if n == 0.
+    Both may be effective, non-integer counts (see `accuracy_interval`)."""
     if n <= 0:
         return (0.0, 1.0)
     if not 0 <= correct <= n:
@@ -50,6 +57,25 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
+def sign_flip_exact(question_diffs: Sequence[int]) -> float:
+    """Two-sided exact p-value of the sign-flip test on per-question net differences.
+
+    ``question_diffs[k]`` is question k's count of pairs only B got right minus those only A got right,
+    over its repeats. Under H0 each nonzero one is as likely to carry either sign, so
+    p = P(|sum of ±|d_k|| >= |observed sum|), computed exactly by convolution. 1.0 when all are zero.
+    """
+    sizes = [abs(int(d)) for d in question_diffs if d]
+    if not sizes:
+        return 1.0
+    total, observed = sum(sizes), abs(sum(int(d) for d in question_diffs))
+    probs = np.zeros(2 * total + 1)  # index total + s holds P(sum = s)
+    probs[total] = 1.0
+    for d in sizes:
+        probs = 0.5 * (np.roll(probs, d) + np.roll(probs, -d))  # no wrap-around: |sum| never exceeds total
+    sums = np.abs(np.arange(-total, total + 1))
+    return min(1.0, float(probs[sums >= observed].sum()))
+
+
 def paired_bootstrap(
     correct_a: Sequence[bool],
     correct_b: Sequence[bool],
@@ -57,21 +83,31 @@ def paired_bootstrap(
     n_resamples: int = 10000,
     seed: int = 0,
     confidence: float = 0.95,
+    clusters: Sequence[Any] | None = None,
 ) -> dict[str, float]:
     """Bootstrap over questions of ``acc(B) - acc(A)``: the observed difference, a percentile CI, and
-    a two-sided p-value (twice the share of resamples on the other side of zero, capped at 1)."""
+    a two-sided p-value (twice the share of resamples on the other side of zero, capped at 1).
+
+    ``clusters`` (one label per pair, e.g. the question of each (seed, question) pair) resamples whole
+    clusters, so a question's repeats count together, as they vary together."""
     if len(correct_a) != len(correct_b):
         raise ValueError("paired samples must have the same length")
+    if clusters is not None and len(clusters) != len(correct_a):
+        raise ValueError("clusters must give one label per pair")
     n = len(correct_a)
     if n == 0:
         return {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
     diffs = [int(bool(b)) - int(bool(a)) for a, b in zip(correct_a, correct_b, strict=True)]
     observed = sum(diffs) / n
-    # a question's difference is -1, 0 or +1, so resampling n questions with replacement is one
-    # multinomial draw over those three outcomes: exact, and O(n_resamples) whatever n is
-    probs = [diffs.count(-1) / n, diffs.count(0) / n, diffs.count(1) / n]
-    counts = np.random.default_rng(seed).multinomial(n, probs, size=n_resamples)
-    stats = np.sort((counts[:, 2] - counts[:, 0]) / n)
+    rng = np.random.default_rng(seed)
+    if clusters is None:
+        # a question's difference is -1, 0 or +1, so resampling n questions with replacement is one
+        # multinomial draw over those three outcomes: exact, and O(n_resamples) whatever n is
+        probs = [diffs.count(-1) / n, diffs.count(0) / n, diffs.count(1) / n]
+        counts = rng.multinomial(n, probs, size=n_resamples)
+        stats = np.sort((counts[:, 2] - counts[:, 0]) / n)
+    else:
+        stats = _cluster_means(diffs, clusters, n_resamples, rng)
     alpha = (1 - confidence) / 2
     lo = float(np.quantile(stats, alpha))
     hi = float(np.quantile(stats, 1 - alpha))
@@ -82,3 +118,51 @@ def paired_bootstrap(
     else:
         p = 1.0
     return {"diff": observed, "ci_low": lo, "ci_high": hi, "p_value": min(1.0, p)}
+
+
+def _cluster_means(values: Sequence[float], clusters: Sequence[Any], n_resamples: int, rng) -> np.ndarray:
+    """Sorted bootstrap means of ``values`` resampling whole clusters (all of a cluster's values together)."""
+    index: dict[Any, int] = {}
+    sums: list[float] = []
+    sizes: list[int] = []
+    for label, v in zip(clusters, values, strict=True):
+        k = index.setdefault(label, len(index))
+        if k == len(sums):
+            sums.append(0.0)
+            sizes.append(0)
+        sums[k] += v
+        sizes[k] += 1
+    c, sums_a, sizes_a = len(sums), np.asarray(sums), np.asarray(sizes, dtype=float)
+    parts = []
+    for start in range(0, n_resamples, 1000):  # bounded memory: 1000 x clusters counts at a time
+        draws = rng.multinomial(c, np.full(c, 1 / c), size=min(1000, n_resamples - start))
+        parts.append((draws @ sums_a) / (draws @ sizes_a))
+    return np.sort(np.concatenate(parts))
+
+
+def accuracy_interval(correct: Sequence[bool], clusters: Sequence[Any] | None = None) -> tuple[float, float]:
+    """95% CI of an accuracy. Wilson when every answer is its own question. When questions repeat (one test
+    set under several seeds, the question of each answer in ``clusters``), a question's answers are not
+    independent, so Wilson is taken at the effective sample size n / design effect, the design effect from
+    the between-question variance of the ratio estimator (Kish), kept between the number of questions and n;
+    at 0% or 100% the variance says nothing and n is the number of questions."""
+    n = len(correct)
+    if clusters is None or n == 0:
+        return wilson_interval(sum(bool(c) for c in correct), n)
+    if len(clusters) != n:
+        raise ValueError("clusters must give one label per answer")
+    sums: dict[Any, list[int]] = {}
+    for label, c in zip(clusters, correct, strict=True):
+        entry = sums.setdefault(label, [0, 0])
+        entry[0] += bool(c)
+        entry[1] += 1
+    k = len(sums)
+    if k == n:
+        return wilson_interval(sum(bool(c) for c in correct), n)
+    p = sum(c for c, _ in sums.values()) / n
+    if p in (0.0, 1.0) or k < 2:
+        n_eff = float(k)
+    else:
+        variance = k / (k - 1) * sum((c - p * m) ** 2 for c, m in sums.values()) / n**2
+        n_eff = min(float(n), max(float(k), p * (1 - p) / variance)) if variance > 0 else float(n)
+    return wilson_interval(p * n_eff, n_eff)
