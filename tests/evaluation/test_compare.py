@@ -135,9 +135,15 @@ def test_a_directory_of_per_task_outputs_reads_as_one(tmp_path):
     report = compare_runs(tmp_path / "A" / "generate", tmp_path / "B" / "generate", n_resamples=200)
     assert report["tasks"]["gsm8k"]["only_b_correct"] == 2 and report["tasks"]["boolq"]["only_a_correct"] == 1
     assert report["pooled"]["n_paired"] == 5
-    # one level too high (several scorings below): the message names the directories to pass
+    # one level higher, with one scoring below: the same comparison
+    assert compare_runs(tmp_path / "A", tmp_path / "B", n_resamples=200)["pooled"] == report["pooled"]
+    # with several scorings below, the message names the directories to pass
+    write_output(tmp_path / "A" / "ll_text" / "boolq", rows("boolq", [True]))
     with pytest.raises(ModetuneError, match=r"one level down: pass one of .*A/generate"):
         compare_runs(tmp_path / "A", tmp_path / "B")
+    # a row of seeds, each a cell: the message points at --pool
+    with pytest.raises(ModetuneError, match=r"several runs \(A, B\).*--pool"):
+        compare_runs(tmp_path, tmp_path / "B")
     # the same task twice below one directory cannot be merged
     write_output(tmp_path / "A" / "generate" / "gsm8k_again", rows("gsm8k", [True]))
     with pytest.raises(DataError, match="task gsm8k is in both"):

@@ -39,7 +39,8 @@ class EvalOutput:
 
 def _find_output_dirs(path: Path) -> list[Path]:
     """The directories holding predictions.jsonl: ``path`` itself, ``path/eval`` for a run dir, or else
-    every direct sub-directory that holds one (one evaluation per task)."""
+    every direct sub-directory that holds one (one evaluation per task), or those one level further down
+    when a single sub-directory holds them (a grid cell scored one way: ``<cell>/generate/<task>/``)."""
     if path.is_file() and path.name == "predictions.jsonl":
         return [path.parent]
     for candidate in (path, path / "eval"):
@@ -49,11 +50,18 @@ def _find_output_dirs(path: Path) -> list[Path]:
     if parts:
         return parts
     deeper = sorted({p.parent.parent.name for p in path.glob("*/*/predictions.jsonl")})
-    hint = (
-        f"; it holds evaluation outputs one level down: pass one of {', '.join(f'{path}/{d}' for d in deeper)}"
-        if deeper
-        else " (pass the --output directory of a `modetune eval` run)"
-    )
+    runs = sorted({p.parents[2].name for p in path.glob("*/*/*/predictions.jsonl")})
+    if len(deeper) == 1:  # e.g. a grid cell scored one way only: <cell>/generate/<task>/
+        return _find_output_dirs(path / deeper[0])
+    if deeper:
+        hint = f"; it holds evaluation outputs one level down: pass one of {', '.join(f'{path}/{d}' for d in deeper)}"
+    elif runs:
+        hint = (
+            f"; it holds several runs ({', '.join(runs)}): compare one pair, and pool the others with "
+            "--pool RUN_A RUN_B"
+        )
+    else:
+        hint = " (pass the --output directory of a `modetune eval` run)"
     raise ModetuneError(f"'{path}' is not an evaluation output: no predictions.jsonl in it{hint}")
 
 
