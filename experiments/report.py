@@ -28,10 +28,11 @@ def _load(cell) -> dict[str, Any] | None:
 
 
 def _predictions(cell, scoring: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for path in sorted((cell.result_dir / scoring).glob("*/predictions.jsonl")):
-        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return rows
+    """The cell's predictions under one scoring, every task's (none if it was not scored that way)."""
+    from modetune.evaluation.compare import load_eval_output
+
+    scored = cell.result_dir / scoring
+    return load_eval_output(scored).predictions if list(scored.glob("*/predictions.jsonl")) else []
 
 
 def _pooled(cells, scoring: str) -> dict[str, list[tuple[str, bool]]]:
@@ -188,14 +189,14 @@ def write_report(cells) -> None:
             reports: dict[str, dict[str, Any]] = {}  # row -> its paired comparison with its baseline
             for row_name, cs in rows:
                 pooled = _pooled(cs, name)
-                cells_txt = []
+                cells_txt, accs = [], []
                 for task in tasks:
                     if task in pooled:
                         acc, lo, hi = _accuracy(pooled[task])
                         cells_txt.append(f"{_pct(acc)} [{_pct(lo)}, {_pct(hi)}]")
+                        accs.append(acc)
                     else:
                         cells_txt.append("–")
-                accs = [_accuracy(pooled[t])[0] for t in tasks if t in pooled]
                 average = _pct(sum(accs) / len(accs)) if accs else "–"
                 row = cs[0].row
                 delta = "–"

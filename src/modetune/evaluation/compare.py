@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +143,10 @@ def _setup(out: EvalOutput, task: str) -> tuple[Any, ...] | None:
     return tuple(info.get(k) for k in ("scoring", "ll_style", "ll_norm")) if info else None
 
 
+def _setup_text(setup: tuple[Any, ...]) -> str:
+    return "/".join(str(part) for part in setup if part)
+
+
 def compare_outputs(a: EvalOutput, b: EvalOutput, *, n_resamples: int = 10000, seed: int = 0) -> dict[str, Any]:
     """Per-task paired comparison of two evaluation outputs (B - A). Raises if nothing pairs up."""
     return compare_pooled([(a, b)], n_resamples=n_resamples, seed=seed)
@@ -183,18 +188,17 @@ def compare_pooled(
             )
         for key in shared:
             by_task.setdefault(key[0], []).append((key, bool(index_a[key]["correct"]), bool(index_b[key]["correct"])))
-        for task in {k[0] for k in shared}:
-            n_shared = sum(1 for k in shared if k[0] == task)
-            for name, out in (("a", a), ("b", b)):
-                extra = sum(1 for r in out.predictions if r["task"] == task) - n_shared
-                if extra:
-                    unpaired.setdefault(task, {}).setdefault(f"unpaired_{name}", 0)
-                    unpaired[task][f"unpaired_{name}"] += extra
+        n_shared = Counter(k[0] for k in shared)
+        answered = {name: Counter(r["task"] for r in out.predictions) for name, out in (("a", a), ("b", b))}
+        for task in n_shared:
+            for name, counts in answered.items():
+                if counts[task] > n_shared[task]:
+                    extra = unpaired.setdefault(task, {})
+                    extra[f"unpaired_{name}"] = extra.get(f"unpaired_{name}", 0) + counts[task] - n_shared[task]
             setup_a, setup_b = _setup(a, task), _setup(b, task)
             if setup_a and setup_b and setup_a != setup_b:
-                fmt = "/".join
                 setups.setdefault(task, set()).add(
-                    f"{fmt(map(str, filter(None, setup_a)))} vs {fmt(map(str, filter(None, setup_b)))}"
+                    f"{_setup_text(setup_a)} vs {_setup_text(setup_b)}"
                     + (f" (pair {number + 1})" if len(pairs) > 1 else "")
                 )
     pooled = len(pairs) > 1

@@ -120,8 +120,8 @@ def paired_bootstrap(
     return {"diff": observed, "ci_low": lo, "ci_high": hi, "p_value": min(1.0, p)}
 
 
-def _cluster_means(values: Sequence[float], clusters: Sequence[Any], n_resamples: int, rng) -> np.ndarray:
-    """Sorted bootstrap means of ``values`` resampling whole clusters (all of a cluster's values together)."""
+def _cluster_totals(clusters: Sequence[Any], values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster, in order of first appearance: the sum of its values and its size."""
     index: dict[Any, int] = {}
     sums: list[float] = []
     sizes: list[int] = []
@@ -132,11 +132,17 @@ def _cluster_means(values: Sequence[float], clusters: Sequence[Any], n_resamples
             sizes.append(0)
         sums[k] += v
         sizes[k] += 1
-    c, sums_a, sizes_a = len(sums), np.asarray(sums), np.asarray(sizes, dtype=float)
+    return np.asarray(sums), np.asarray(sizes, dtype=float)
+
+
+def _cluster_means(values: Sequence[float], clusters: Sequence[Any], n_resamples: int, rng) -> np.ndarray:
+    """Sorted bootstrap means of ``values`` resampling whole clusters (all of a cluster's values together)."""
+    sums, sizes = _cluster_totals(clusters, values)
+    c = len(sums)
     parts = []
     for start in range(0, n_resamples, 1000):  # bounded memory: 1000 x clusters counts at a time
         draws = rng.multinomial(c, np.full(c, 1 / c), size=min(1000, n_resamples - start))
-        parts.append((draws @ sums_a) / (draws @ sizes_a))
+        parts.append((draws @ sums) / (draws @ sizes))
     return np.sort(np.concatenate(parts))
 
 
@@ -151,18 +157,14 @@ def accuracy_interval(correct: Sequence[bool], clusters: Sequence[Any] | None = 
         return wilson_interval(sum(bool(c) for c in correct), n)
     if len(clusters) != n:
         raise ValueError("clusters must give one label per answer")
-    sums: dict[Any, list[int]] = {}
-    for label, c in zip(clusters, correct, strict=True):
-        entry = sums.setdefault(label, [0, 0])
-        entry[0] += bool(c)
-        entry[1] += 1
+    sums, sizes = _cluster_totals(clusters, [float(bool(c)) for c in correct])
     k = len(sums)
     if k == n:
         return wilson_interval(sum(bool(c) for c in correct), n)
-    p = sum(c for c, _ in sums.values()) / n
+    p = float(sums.sum()) / n
     if p in (0.0, 1.0) or k < 2:
         n_eff = float(k)
     else:
-        variance = k / (k - 1) * sum((c - p * m) ** 2 for c, m in sums.values()) / n**2
+        variance = k / (k - 1) * float(((sums - p * sizes) ** 2).sum()) / n**2
         n_eff = min(float(n), max(float(k), p * (1 - p) / variance)) if variance > 0 else float(n)
     return wilson_interval(p * n_eff, n_eff)
