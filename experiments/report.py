@@ -64,7 +64,7 @@ def _paired(cells_a, cells_b, scoring: str) -> dict[str, Any] | None:
         pairs = [
             (load_eval_output(a.result_dir / scoring), load_eval_output(b.result_dir / scoring)) for a, b in shared
         ]
-        return compare_pooled(pairs, n_resamples=2000) if pairs else None
+        return compare_pooled(pairs) if pairs else None  # same resamples and seed as `modetune compare`
     except ModetuneError:  # not evaluated with this scoring, or nothing pairs up yet
         return None
 
