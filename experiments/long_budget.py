@@ -1,0 +1,338 @@
+"""Does MoDE help with a real training budget? Issue 31's experiment: run.py's question at 10x the steps.
+
+    python experiments/long_budget.py                  # run every unfinished piece, in priority order
+    python experiments/long_budget.py --only arithmetic/lora/s0
+    python experiments/long_budget.py --max-pieces 1   # stop after one piece (a milestone of one cell)
+    python experiments/long_budget.py --plan           # cells x hours from the measured step and eval times
+    python experiments/long_budget.py --report         # only regenerate RESULTS.md's long-budget section
+    python experiments/long_budget.py --commands       # each cell's training command
+
+A cell is (track, row, seed), trained for 1,000 steps on one learning-rate schedule. It is evaluated at its
+milestones (steps 250, 500 and 1,000): a *piece* trains until the milestone's checkpoint is complete, stops
+the training there (a checkpoint is complete only once its marker is written, and `--resume` continues from
+it bit for bit), evaluates that checkpoint and writes `experiments/results/long/<track>/<row>/s<seed>/
+step<N>/` (cell.json, predictions). Finished pieces are skipped afterwards, so the grid can stop at any
+moment and go on where it stopped; run directories stay outside the repository
+(`$MODETUNE_EXPERIMENTS_WORK/long`).
+
+What is equal across rows is fixed here, as in run.py: data, steps, batch, schedule, seeds, test sets,
+decoding. Rows differ only in their own flags (run.py's rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import run as grid  # noqa: E402  (experiments/run.py: tracks, rows, the child environment)
+
+RESULTS = HERE / "results" / "long"
+WORK = grid.WORK / "long"
+
+# -- what is equal across rows ---------------------------------------------------------------------------
+# The LLM-Adapters LoRA recipe as the paper used it (lr 3e-4, 100 warm-up steps, linear decay, cutoff 256;
+# LoRA r=32, alpha=64, dropout 0.05 on q, k, v, up, down) at 1,000 steps of batch 8 (8,000 examples, 0.6 of
+# an epoch of the 13,473-example mix below). The 100-step grid needed lr 1e-3 to leave the floor; at ten
+# times the steps the recipe's own rate is the one to test.
+MAX_STEPS = 1000
+MILESTONES = (250, 500, 1000)
+COMMON = [
+    "--model", "smollm2-135m", "--max-steps", str(MAX_STEPS), "--batch-size", "8", "--learning-rate", "3e-4",
+    "--lr-scheduler", "linear", "--warmup-steps", "100", "--cutoff-len", "256", "--save-steps", "50",
+    "--save-total-limit", "0", "--logging-steps", "10",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """A test set: a task name, the file it is read from (None: the LLM-Adapters file of that task), the
+    number of questions at intermediate milestones and at the final one (0: not evaluated there)."""
+
+    name: str
+    source: str | None
+    n_intermediate: int
+    n_final: int
+
+
+# The generator's held-out problems, one set per level (the training mix has levels 2 and 3, plus GSM8K):
+# 200 questions per level at the end (600 in all), 50 per level at the intermediate milestones (the same
+# seeded subset at every milestone and for every row). The LLM-Adapters sets at the end, 100 questions each.
+TEST_SETS = (
+    TestSet("synthetic_l1", "synthetic:1", 50, 200),
+    TestSet("synthetic_l2", "synthetic:2", 50, 200),
+    TestSet("synthetic_l3", "synthetic:3", 50, 200),
+    *(TestSet(t, None, 0, 100) for t in ("gsm8k", "svamp", "mawps", "addsub", "singleeq", "multiarith")),
+)
+TRACK = grid.TRACKS["arithmetic"]
+ROWS = [
+    (grid.ROWS_BY_NAME["lora"], (0, 1, 2)),
+    (grid.ROWS_BY_NAME["lora_mode"], (0, 1, 2)),
+    (grid.ROWS_BY_NAME["paper"], (0, 1)),
+]
+
+
+@dataclass(frozen=True)
+class Cell:
+    row: grid.Row
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{TRACK.name}/{self.row.name}/s{self.seed}"
+
+    @property
+    def result_dir(self) -> Path:
+        return RESULTS / TRACK.name / self.row.name / f"s{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return WORK / TRACK.name / self.row.name / f"s{self.seed}"
+
+    def train_command(self, resume: bool = False) -> list[str]:
+        return [
+            sys.executable, "-m", "modetune", "train", *COMMON, "--data", *TRACK.train_data, *TRACK.train_extra,
+            *self.row.flags, "--seed", str(self.seed), "--output", str(self.run_dir),
+            *(["--resume"] if resume else ["--overwrite"]),
+        ]  # fmt: skip
+
+    def piece_dir(self, step: int) -> Path:
+        return self.result_dir / f"step{step}"
+
+    def done(self, step: int) -> bool:
+        return (self.piece_dir(step) / "cell.json").is_file()
+
+
+def all_cells() -> list[Cell]:
+    """Priority: the cells that decide the question first (LoRA and LoRA + MoDE seed by seed), then the
+    paper's configuration."""
+    cells = [Cell(row, seed) for row, seeds in ROWS for seed in seeds]
+    order = [r.name for r, _ in ROWS]
+    return sorted(cells, key=lambda c: (c.row.name == "paper", c.seed, order.index(c.row.name)))
+
+
+# -- training up to a milestone ---------------------------------------------------------------------------
+def _checkpoint(cell: Cell, step: int) -> Path:
+    return cell.run_dir / f"checkpoint-{step}"
+
+
+def _complete(checkpoint: Path) -> bool:
+    from modetune.runs import CHECKPOINT_MARKER
+
+    return (checkpoint / CHECKPOINT_MARKER).is_file()
+
+
+def _run_complete(cell: Cell) -> bool:
+    info = cell.run_dir / "run.json"
+    return info.is_file() and json.loads(info.read_text()).get("status") == "complete"
+
+
+def train_to(cell: Cell, step: int, log) -> dict[str, Any]:
+    """Train (or resume) the cell's run until checkpoint-`step` is complete, then stop it there; at the last
+    milestone the run finishes on its own. Returns this segment's wall time and the child's peak RSS."""
+    from modetune.training.trainer import latest_complete_checkpoint
+
+    if _run_complete(cell) if step == MAX_STEPS else _complete(_checkpoint(cell, step)):
+        return {}
+    resume = cell.run_dir.exists() and latest_complete_checkpoint(cell.run_dir) is not None
+    command = cell.train_command(resume=resume)
+    log(f"[{cell.key}] {'resuming' if resume else 'training'} to step {step}")
+    cell.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with open(cell.run_dir.parent / f"{cell.run_dir.name}.train.log", "a") as out:
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=grid._child_env())
+        stopped = False
+        while True:  # wait4, not poll(): poll would reap the child and lose its resource usage
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            if not stopped and step < MAX_STEPS and _complete(_checkpoint(cell, step)):
+                child.send_signal(signal.SIGTERM)  # the milestone is on disk; --resume continues from it
+                stopped = True
+            time.sleep(1)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    code = os.waitstatus_to_exitcode(status)
+    if not (stopped or code == 0) or not (_complete(_checkpoint(cell, step)) or _run_complete(cell)):
+        raise RuntimeError(f"training of {cell.key} failed (exit {code}); see {cell.run_dir}.train.log")
+    return {"train_wall_seconds": round(time.time() - started, 1), "train_peak_rss_mb": usage.ru_maxrss // 1024}
+
+
+# -- evaluating a milestone -----------------------------------------------------------------------------
+def _test_file(test: TestSet) -> Path:
+    """The generator's held-out (test-split) problems of one level, written once (seed 2000: not the 100-step
+    grid's test problems)."""
+    from modetune.data import generate_problems, write_examples
+
+    level = int(test.source.split(":")[1])  # type: ignore[union-attr]
+    path = WORK / f"synthetic_test_l{level}.json"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        problems = generate_problems(max(t.n_final for t in TEST_SETS), seed=2000, difficulty=level, split="test")
+        write_examples(problems, path, include_metadata=False)
+    return path
+
+
+def evaluate_piece(cell: Cell, step: int, log) -> dict[str, Any]:
+    """Greedy generation on the milestone's test sets (`evaluate_model`, LLM-Adapters extraction)."""
+    import torch
+
+    from modetune.evaluation import evaluate_model
+    from modetune.evaluation.runner import GenerationSettings
+    from modetune.evaluation.tasks import TaskSpec, get_task
+    from modetune.runs import load_run
+
+    torch.set_num_threads(int(grid._child_env()["OMP_NUM_THREADS"]))
+    weights = cell.run_dir if step == MAX_STEPS else _checkpoint(cell, step)
+    model, tokenizer, _ = load_run(weights)
+    final = step == MAX_STEPS
+    scores: dict[str, Any] = {}
+    started = time.time()
+    for test in TEST_SETS:
+        n = test.n_final if final else test.n_intermediate
+        if not n:
+            continue
+        if test.source is None:
+            spec, path = get_task(test.name), grid._shared(get_task(test.name).dirs[0], "test.json")
+        else:
+            spec, path = TaskSpec(test.name, "arithmetic", "number"), str(_test_file(test))
+        log(f"[{cell.key}] step {step}: evaluating {test.name} ({n} questions)")
+        report = evaluate_model(
+            model, tokenizer, [spec], data=path, limit=n, seed=0, scoring="generate",
+            generation=GenerationSettings(max_new_tokens=TRACK.max_new_tokens), batch_size=16,
+            output_dir=_partial(cell, step) / "generate" / test.name, model_info={"cell": cell.key, "step": step},
+            progress=False, train_files=[d for d in TRACK.train_data if Path(d).is_file()],
+        )  # fmt: skip
+        result = report.results["tasks"][test.name]
+        scores[test.name] = {k: result[k] for k in ("accuracy", "n", "ci95") if k in result}
+    return {"eval_seconds": round(time.time() - started, 1), "scores": {"generate": scores}}
+
+
+def _partial(cell: Cell, step: int) -> Path:
+    return cell.piece_dir(step).with_name(f"step{step}.partial")
+
+
+def run_piece(cell: Cell, step: int, log) -> None:
+    partial = _partial(cell, step)
+    if partial.exists():
+        shutil.rmtree(partial)
+    train_stats = train_to(cell, step, log)
+    info: dict[str, Any] = {
+        "cell": cell.key,
+        "step": step,
+        "row": cell.row.label,
+        "flags": cell.row.flags,
+        "seed": cell.seed,
+        "modetune_commit": grid._code_commit(),
+        "command": " ".join(cell.train_command()).replace(sys.executable, "python"),
+        "step_seconds": grid._median_step_seconds(cell.run_dir / "metrics.jsonl"),
+        **train_stats,
+    }
+    run_info = json.loads((cell.run_dir / "run.json").read_text())
+    info["trainable_parameters"] = run_info.get("trainable_parameters")
+    info.update(evaluate_piece(cell, step, log))
+    info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / "cell.json").write_text(json.dumps(info, indent=2) + "\n")
+    # the training log up to this milestone travels with the results (a few kB): curves and router weights
+    metrics = [line for line in (cell.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    kept = [line for line in metrics if json.loads(line).get("step", 0) <= step]
+    (partial / "metrics.jsonl").write_text("\n".join(kept) + "\n")
+    if cell.piece_dir(step).exists():
+        shutil.rmtree(cell.piece_dir(step))
+    os.replace(partial, cell.piece_dir(step))
+    _prune(cell, step)
+    log(f"[{cell.key}] step {step} done")
+
+
+def _prune(cell: Cell, evaluated: int) -> None:
+    """Keep the newest complete checkpoint (to resume from) and the later milestones' (to evaluate); every
+    checkpoint is kept until then (`--save-total-limit 0`), so a milestone is never pruned before its turn."""
+    from modetune.training.trainer import latest_complete_checkpoint
+
+    newest = latest_complete_checkpoint(cell.run_dir)
+    later = {_checkpoint(cell, m) for m in MILESTONES if m > evaluated}
+    for path in cell.run_dir.glob("checkpoint-*"):
+        if path != newest and path not in later:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# -- the plan -------------------------------------------------------------------------------------------
+def plan_lines() -> list[str]:
+    """Cells x hours from the finished pieces' measured step and evaluation times (or say none is measured)."""
+    steps, evals = [], {False: [], True: []}
+    for cell in all_cells():
+        for step in MILESTONES:
+            path = cell.piece_dir(step) / "cell.json"
+            if path.is_file():
+                info = json.loads(path.read_text())
+                if info.get("step_seconds"):
+                    steps.append((cell.row.name, info["step_seconds"]))
+                evals[step == MAX_STEPS].append(info["eval_seconds"])
+    if not steps:
+        return ["No piece has finished yet: nothing measured."]
+    lines = []
+    total = 0.0
+    for row, seeds in ROWS:
+        per_step = [s for name, s in steps if name == row.name] or [s for _, s in steps]
+        mid = sum(evals[False]) / len(evals[False]) if evals[False] else 0.0
+        end = sum(evals[True]) / len(evals[True]) if evals[True] else 0.0
+        hours = (MAX_STEPS * sorted(per_step)[len(per_step) // 2] + (len(MILESTONES) - 1) * mid + end) / 3600
+        total += hours * len(seeds)
+        lines.append(f"- {row.label}: {len(seeds)} seeds x {hours:.1f} h")
+    lines.append(f"- in all: {total:.0f} h of one thread")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", default=[], help="cell key(s) track/row/sSEED (prefix ok)")
+    parser.add_argument("--max-pieces", type=int, default=0, help="stop after this many pieces (0: all)")
+    parser.add_argument("--report", action="store_true", help="only regenerate RESULTS.md's long-budget section")
+    parser.add_argument("--commands", action="store_true", help="print each cell's training command")
+    parser.add_argument("--plan", action="store_true", help="print cells x hours from the measured times")
+    args = parser.parse_args(argv)
+    cells = [c for c in all_cells() if not args.only or any(c.key.startswith(p) for p in args.only)]
+    if args.commands:
+        for c in cells:
+            print(f"# {c.key}\n{' '.join(c.train_command()).replace(sys.executable, 'python')}")
+        return 0
+    if args.plan:
+        print("\n".join(plan_lines()))
+        return 0
+
+    def log(message: str) -> None:
+        print(time.strftime("%H:%M:%S"), message, flush=True)
+
+    pieces = [(cell, step) for cell in cells for step in MILESTONES if not cell.done(step)]
+    if not args.report:
+        for cell, step in pieces[: args.max_pieces or None]:
+            run_piece(cell, step, log)
+            _write_report(log)
+    _write_report(log)
+    return 0
+
+
+def _write_report(log) -> None:
+    import importlib
+
+    try:
+        import long_report
+
+        importlib.reload(long_report).write_report(all_cells())
+    except Exception as exc:  # a report bug must not stop the grid; the pieces are safe on disk
+        log(f"report failed: {exc!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""experiments/long_budget.py on a tiny model: each cell trains on one schedule, stops at its milestones to be
+evaluated there, resumes from the milestone's checkpoint, and finished pieces are skipped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.experiments.test_grid_runner import _load
+
+
+@pytest.fixture
+def long(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("MODETUNE_EXPERIMENTS_REPORT", str(tmp_path / "RESULTS.md"))
+    run = _load("run")
+    _load("report")
+    long = _load("long_budget")
+    monkeypatch.setattr(long, "grid", run)
+    monkeypatch.setattr(long, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(long, "WORK", tmp_path / "work")
+    monkeypatch.setattr(long, "MAX_STEPS", 6)
+    monkeypatch.setattr(long, "MILESTONES", (2, 4, 6))
+    monkeypatch.setattr(long, "COMMON", [
+        "--model", str(tiny_model_dir), "--max-steps", "6", "--batch-size", "2", "--learning-rate", "1e-3",
+        "--cutoff-len", "64", "--save-steps", "1", "--save-total-limit", "0", "--logging-steps", "1",
+    ])  # fmt: skip
+    monkeypatch.setattr(long, "TEST_SETS", (long.TestSet("synthetic_l1", "synthetic:1", 3, 5),))
+    monkeypatch.setattr(long, "TRACK", run.Track("arithmetic", ["synthetic:16:1"], [], (), 4, (), 0, 6))
+    lora = ["--peft", "lora", "--lora-r", "2", "--target-modules", "q_proj,v_proj"]
+    rows = [
+        (run.Row("lora", "1. LoRA", [*lora, "--num-layers", "1"], None), (0,)),
+        (run.Row("lora_mode", "2. LoRA + MoDE", [*lora, "--num-layers", "2"], "lora"), (0,)),
+    ]
+    monkeypatch.setattr(long, "ROWS", rows)
+    return long
+
+
+def test_pieces_stop_at_milestones_evaluate_them_and_resume(long, tmp_path, monkeypatch):
+    cells = long.all_cells()
+    assert [c.key for c in cells] == ["arithmetic/lora/s0", "arithmetic/lora_mode/s0"]
+    first = cells[0]
+
+    # one piece: the training stops at the milestone (no model beyond it is evaluated) and is not complete
+    assert long.main(["--max-pieces", "1"]) == 0
+    info = json.loads((first.piece_dir(2) / "cell.json").read_text())
+    assert info["step"] == 2 and info["scores"]["generate"]["synthetic_l1"]["n"] == 3
+    assert json.loads((first.run_dir / "run.json").read_text())["status"] == "running"
+    assert (
+        max(json.loads(line)["step"] for line in (first.piece_dir(2) / "metrics.jsonl").read_text().splitlines()) <= 2
+    )
+
+    # the rest: the training resumes from its checkpoint, the last milestone evaluates the finished run
+    assert long.main([]) == 0
+    assert all(c.done(s) for c in cells for s in (2, 4, 6))
+    run_info = json.loads((first.run_dir / "run.json").read_text())
+    assert run_info["status"] == "complete" and run_info["resumed"]
+    final = json.loads((first.piece_dir(6) / "cell.json").read_text())
+    assert final["scores"]["generate"]["synthetic_l1"]["n"] == 5
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "Pieces finished: 6 of 6" in report and "#### Step 4" in report and "vs lora" in report
+    assert (tmp_path / "figures" / "long_curves.png").is_file() and (tmp_path / "figures" / "long_forest.png").is_file()
+
+    # finished pieces are skipped
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished piece ran again")
+
+    monkeypatch.setattr(long, "run_piece", refuse)
+    assert long.main([]) == 0
