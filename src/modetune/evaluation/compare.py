@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from modetune.errors import DataError, ModetuneError
+from modetune.evaluation.predictions_io import NAMES as PREDICTION_NAMES
+from modetune.evaluation.predictions_io import iter_predictions, prediction_dirs, predictions_file
 from modetune.evaluation.stats import mcnemar_exact, paired_bootstrap, sign_flip_exact
 
 __all__ = ["EvalOutput", "compare_outputs", "compare_pooled", "compare_runs", "load_eval_output", "render_comparison"]
@@ -39,19 +41,19 @@ class EvalOutput:
 
 
 def _find_output_dirs(path: Path) -> list[Path]:
-    """The directories holding predictions.jsonl: ``path`` itself, ``path/eval`` for a run dir, or else
-    every direct sub-directory that holds one (one evaluation per task), or those one level further down
-    when a single sub-directory holds them (a grid cell scored one way: ``<cell>/generate/<task>/``)."""
-    if path.is_file() and path.name == "predictions.jsonl":
+    """The directories holding predictions.jsonl (or predictions.jsonl.gz): ``path`` itself, ``path/eval`` for
+    a run dir, or else every direct sub-directory that holds one (one evaluation per task), or those one level
+    further down when a single sub-directory holds them (a grid cell scored one way: ``<cell>/generate/<task>/``)."""
+    if path.is_file() and path.name in PREDICTION_NAMES:
         return [path.parent]
     for candidate in (path, path / "eval"):
-        if (candidate / "predictions.jsonl").is_file():
+        if candidate.is_dir() and predictions_file(candidate) is not None:
             return [candidate]
-    parts = sorted(p.parent for p in path.glob("*/predictions.jsonl"))
+    parts = prediction_dirs(path)
     if parts:
         return parts
-    deeper = sorted({p.parent.parent.name for p in path.glob("*/*/predictions.jsonl")})
-    runs = sorted({p.parents[2].name for p in path.glob("*/*/*/predictions.jsonl")})
+    deeper = sorted({p.parent.name for p in prediction_dirs(path, "*/*")})
+    runs = sorted({p.parents[1].name for p in prediction_dirs(path, "*/*/*")})
     if len(deeper) == 1:  # e.g. a grid cell scored one way only: <cell>/generate/<task>/
         return _find_output_dirs(path / deeper[0])
     if deeper:
@@ -101,18 +103,8 @@ def _load_one(directory: Path) -> EvalOutput:
         if not isinstance(tasks, dict) or not all(isinstance(t, dict) for t in tasks.values()):
             raise DataError(f"{results_file}: not a `modetune eval` results file (its 'tasks' must map names to dicts)")
     predictions = []
-    pred_file = directory / "predictions.jsonl"
-    try:
-        lines = pred_file.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{pred_file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{pred_file}, line {lineno}: not valid JSON ({exc.msg})") from exc
+    pred_file = predictions_file(directory) or directory / "predictions.jsonl"
+    for lineno, row in iter_predictions(pred_file):
         if not isinstance(row, dict) or "task" not in row or "correct" not in row:
             raise DataError(f"{pred_file}, line {lineno}: a prediction needs at least 'task' and 'correct'")
         if not isinstance(row["task"], str):
