@@ -11,7 +11,7 @@ A cell is (track, row, seed), trained for 1,000 steps on one learning-rate sched
 milestones (steps 250, 500 and 1,000): a *piece* trains until the milestone's checkpoint is complete, stops
 the training there (a checkpoint is complete only once its marker is written, and `--resume` continues from
 it bit for bit), evaluates that checkpoint and writes `experiments/results/long/<track>/<row>/s<seed>/
-step<N>/` (cell.json, predictions). Finished pieces are skipped afterwards, so the grid can stop at any
+step<N>/` (cell.json, predictions.jsonl.gz). Finished pieces are skipped afterwards, so the grid can stop at any
 moment and go on where it stopped; run directories stay outside the repository
 (`$MODETUNE_EXPERIMENTS_WORK/long`).
 
@@ -248,6 +248,7 @@ def run_piece(cell: Cell, step: int, log) -> None:
     metrics = [line for line in (cell.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     kept = [line for line in metrics if json.loads(line).get("step", 0) <= step]
     (partial / "metrics.jsonl").write_text("\n".join(kept) + "\n")
+    grid.store_results(partial)  # predictions gzipped, no machine paths (run.py)
     if cell.piece_dir(step).exists():
         shutil.rmtree(cell.piece_dir(step))
     os.replace(partial, cell.piece_dir(step))

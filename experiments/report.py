@@ -30,9 +30,10 @@ def _load(cell) -> dict[str, Any] | None:
 def _predictions(cell, scoring: str) -> list[dict[str, Any]]:
     """The cell's predictions under one scoring, every task's (none if it was not scored that way)."""
     from modetune.evaluation.compare import load_eval_output
+    from modetune.evaluation.predictions_io import prediction_dirs
 
     scored = cell.result_dir / scoring
-    return load_eval_output(scored).predictions if list(scored.glob("*/predictions.jsonl")) else []
+    return load_eval_output(scored).predictions if prediction_dirs(scored) else []
 
 
 def _pooled(cells, scoring: str) -> dict[str, list[tuple[str, bool]]]:

@@ -10,7 +10,7 @@
 A cell is (track, row, seed). Each one trains with `modetune train` (a subprocess, so `--resume` picks up
 an interrupted training from its last complete checkpoint) and then evaluates the run on the track's fixed
 test subsets with `modetune.evaluation.evaluate_model`. A finished cell writes
-`experiments/results/<track>/<row>/s<seed>/` (cell.json, results.json, predictions.jsonl) and is skipped
+`experiments/results/<track>/<row>/s<seed>/` (cell.json, results.json, predictions.jsonl.gz) and is skipped
 afterwards; run directories (weights, checkpoints) live outside the repository in the work directory
 (`$MODETUNE_EXPERIMENTS_WORK`, default `~/.cache/modetune/experiments`). RESULTS.md and its plots are
 regenerated from whatever is finished, after every cell.
@@ -25,6 +25,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 RESULTS = HERE / "results"
 WHY = HERE / "why"  # `--inspect`: what `modetune inspect` shows inside finished cells' runs
 SHARED = Path(os.environ.get("MODETUNE_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
@@ -342,10 +344,34 @@ def run_cell(cell: Cell, log) -> None:
     info.update(_evaluate(cell, log))
     info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     (partial / "cell.json").write_text(json.dumps(info, indent=2) + "\n")
+    store_results(partial)
     if cell.result_dir.exists():
         shutil.rmtree(cell.result_dir)
     os.replace(partial, cell.result_dir)  # a cell is finished only once its whole directory is in place
     log(f"[{cell.key}] done")
+
+
+def store_results(directory: Path) -> None:
+    """Make a finished cell's (or long_budget.py piece's) directory what experiments/results keeps: its
+    predictions gzipped (predictions.jsonl.gz, the same lines, deterministic bytes) and its JSON files naming
+    no path of this machine (`portable_paths`)."""
+    from modetune.evaluation.predictions_io import compress_tree
+
+    compress_tree(directory)
+    for path in sorted(directory.rglob("*.json")):
+        text = path.read_text(encoding="utf-8")
+        if (portable := portable_paths(text)) != text:
+            path.write_text(portable, encoding="utf-8")
+
+
+def portable_paths(text: str) -> str:
+    """``text`` with this machine's absolute paths written as the repository's conventions do: inside the
+    repository relative to it, beside it relative to it (``../shared/data``, run.py's default data location),
+    under the home directory with ``~`` (``~/.cache/modetune/experiments``, the default work directory)."""
+    for prefix, short in ((REPO, ""), (REPO.parent, "../"), (Path.home(), "~/")):
+        if prefix.parent != prefix:  # never the root directory itself
+            text = re.sub(rf"(?<![\w.~/-]){re.escape(str(prefix))}/", short, text)
+    return text
 
 
 def _code_commit() -> str | None:

@@ -67,7 +67,7 @@ def test_grid_skips_finished_cells_and_resumes_an_interrupted_training(grid, tmp
     resumed = json.loads((second.result_dir / "cell.json").read_text())
     assert resumed["global_step"] == 4 and "synthetic_l23" in resumed["scores"]["generate"]
     assert resumed["train_resumed"] and not json.loads((first.result_dir / "cell.json").read_text())["train_resumed"]
-    assert (second.result_dir / "generate" / "synthetic_l23" / "predictions.jsonl").is_file()
+    assert (second.result_dir / "generate" / "synthetic_l23" / "predictions.jsonl.gz").is_file()
     report = (tmp_path / "RESULTS.md").read_text()
     assert "2. LoRA + MoDE" in report and "vs lora" in report and "Cells finished: 2 of 2" in report
     # the resumed training's wall clock saw only its last segment: the cost table estimates it instead
