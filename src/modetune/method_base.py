@@ -9,8 +9,10 @@ PEFT's split, for our methods:
   refusing a run trained on another base model.
 
 Each method's own `model.py` then holds only what the method does (MoDE's late-layer ensemble, MoD's token
-routing). Mixture-of-Modules is a model of its own (`MoMForCausalLM`, a `PreTrainedModel`), so it uses the
-transformers conventions directly instead.
+routing), and its package registers it once (`register_method(MethodSpec(...))`, as PEFT's
+`register_peft_method`): training, the CLI, run loading and the model card look methods up here, so a new
+method is a new package plus one registration. Mixture-of-Modules is a model of its own (`MoMForCausalLM`,
+a `PreTrainedModel` pre-trained by `modetune pretrain`), so it uses the transformers conventions directly.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import dataclasses
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -32,6 +34,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from modetune.architectures import LocatedModel, locate
 from modetune.errors import CheckpointError, ConfigError, ModetuneError
+from modetune.version import __version__
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 # the output field of the KV cache: `cache` from transformers 5.24 on (`past_key_values` is its deprecated alias)
@@ -130,6 +133,14 @@ class MethodConfig:
         """Write the config file atomically; `extra` (e.g. the base-model fingerprint) is stored beside the fields."""
         return save_config_json(Path(directory) / self.config_name, self.to_dict(), extra)
 
+    def validate(self, num_model_layers: int | None = None) -> None:
+        """Refuse values the method cannot use; with `num_model_layers`, also those the model's depth rules out
+        (training calls this before it reads the model's weights)."""
+
+    def card_rows(self) -> list[tuple[str, Any]]:
+        """(setting, value) rows for the model card's settings table; by default every field."""
+        return list(self.to_dict().items())
+
 
 def load_config(directory: Path, config_cls: type[C]) -> tuple[C, dict[str, Any]]:
     """Read a saved method config: the config and the stored extras (base fingerprint, versions)."""
@@ -151,8 +162,6 @@ def load_config(directory: Path, config_cls: type[C]) -> tuple[C, dict[str, Any]
     except ConfigError as exc:
         saved = str(extra.get("modetune_version", "")) if isinstance(extra, dict) else ""
         if saved and _is_newer_version(saved):
-            from modetune import __version__
-
             raise CheckpointError(
                 f"{path} was written by modetune {saved}, newer than this modetune {__version__}, with settings "
                 f"this version cannot read ({exc}); upgrade: pip install -U modetune"
@@ -162,8 +171,6 @@ def load_config(directory: Path, config_cls: type[C]) -> tuple[C, dict[str, Any]
 
 def _is_newer_version(saved: str) -> bool:
     from packaging.version import InvalidVersion, Version
-
-    from modetune import __version__
 
     try:
         return Version(saved) > Version(__version__)
@@ -204,6 +211,7 @@ class MethodModel(nn.Module):
         self.method_config = config
         self._locate()
         self.current_step: int | None = None  # set by the training loop
+        self.layer_indices: list[int] = []  # the decoder layers the method acts on (run.json, logged names)
 
     # -- where things live ---------------------------------------------------------------------------
     def _locate(self) -> None:
@@ -258,6 +266,16 @@ class MethodModel(nn.Module):
     def router_lr_scale(self) -> float:
         return float(getattr(self.method_config, "router_lr_scale", 1.0))
 
+    def training_logs(self, outputs: Any, share_scale: float = 1.0) -> dict[str, float]:
+        """What the method logs for one training micro-batch beside the loss (metrics.jsonl, averaged over the
+        logging window). Loss parts computed as this micro-batch's share of the step's mean are multiplied by
+        `share_scale`, so each logged value estimates the step's mean (see `MethodTrainer.compute_loss`)."""
+        return {}
+
+    def loss_implementation(self, device: torch.device | None) -> str | None:
+        """The loss implementation the method resolves for `device` (recorded in run.json); None: it has one."""
+        return None
+
     @property
     def state_prefixes(self) -> tuple[str, ...]:
         """Key prefixes of the method's weights in this module's `state_dict()` (what a gathered FSDP/ZeRO-3
@@ -304,8 +322,6 @@ class MethodModel(nn.Module):
         either the old file or the new one, never half of one.
         """
         from safetensors.torch import save_file
-
-        from modetune import __version__
 
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -371,6 +387,74 @@ class MethodModel(nn.Module):
             f"trainable params: {c['trainable']:,} ({self.config_class.method_name} {c[self.counts_key]:,} + "
             f"PEFT {c['peft']:,}) || all params: {c['all']:,} || trainable%: {100 * c['trainable'] / c['all']:.4f}"
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# The registry
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MethodSpec:
+    """One depth method, as training, the CLI, run loading and the model card need it.
+
+    `name` is the `--method` value and run.json's `<name>_config` key; `wrap(model, config)` builds the
+    `MethodModel` (default: `model_class(model, config)`); `presets` are named starting configurations for
+    `--preset` (e.g. MoDE's 'paper'); `summary` is one sentence for the CLI help and the model card;
+    `order` places the method in listings (help, error messages): lower first, then by registration.
+    """
+
+    name: str
+    config_class: type[MethodConfig]
+    model_class: type[MethodModel]
+    title: str
+    summary: str
+    tags: tuple[str, ...] = ()
+    citation: str = ""
+    wrap: Callable[[nn.Module, Any], MethodModel] | None = None
+    presets: dict[str, Callable[..., MethodConfig]] = field(default_factory=dict)
+    order: int = 100
+
+    def build(self, model: nn.Module, config: MethodConfig) -> MethodModel:
+        return self.wrap(model, config) if self.wrap is not None else self.model_class(model, config)
+
+
+_METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Make a method available to `modetune train --method NAME`, `load_run` and the model card.
+
+    Registering the same spec again is a no-op; another spec under a taken name or config file is refused.
+    """
+    for other in _METHODS.values():
+        if other == spec:
+            return spec
+        if other.name == spec.name or other.config_class.config_name == spec.config_class.config_name:
+            raise ConfigError(
+                f"method {spec.name!r} ({spec.config_class.config_name}) clashes with the registered method "
+                f"{other.name!r} ({other.config_class.config_name}); choose another name and config file"
+            )
+    _METHODS[spec.name] = spec
+    return spec
+
+
+def registered_methods() -> tuple[str, ...]:
+    """The names of the registered methods, by their `order`, then in registration order."""
+    return tuple(sorted(_METHODS, key=lambda name: _METHODS[name].order))
+
+
+def get_method(name: str) -> MethodSpec:
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise ConfigError(f"method={name!r} is not supported; allowed: {', '.join(registered_methods())}") from None
+
+
+def saved_method(directory: str | os.PathLike[str]) -> MethodSpec | None:
+    """The method whose saved model is in `directory` (found by its config file); None if none is."""
+    for spec in map(get_method, registered_methods()):
+        if (Path(directory) / spec.config_class.config_name).is_file():
+            return spec
+    return None
 
 
 # --------------------------------------------------------------------------------------------------

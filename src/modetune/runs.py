@@ -21,12 +21,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modetune.errors import CheckpointError, ModetuneError
-
-if TYPE_CHECKING:
-    from modetune.method_base import MethodModel
+from modetune.method_base import MethodModel
+from modetune.methods import get_method, registered_methods, saved_method
 
 RUN_FILE = "run.json"
 CHECKPOINT_MARKER = "modetune-checkpoint-complete.json"  # written last into each checkpoint-N (training/trainer.py)
@@ -132,14 +131,9 @@ def resolve_run_base(info: dict[str, Any], root: Path, base: str | None = None) 
 
 
 def saved_method_class(directory: str | os.PathLike[str]) -> type[MethodModel] | None:
-    """Which depth method saved the model in `directory` (MoDE or MoD), from its config file; None if neither."""
-    from modetune.mod import MoDModel
-    from modetune.mode import MoDEModel
-
-    for cls in (MoDEModel, MoDModel):
-        if (Path(directory) / cls.config_class.config_name).is_file():
-            return cls
-    return None
+    """Which registered depth method saved the model in `directory` (by its config file); None if none did."""
+    spec = saved_method(directory)
+    return spec.model_class if spec is not None else None
 
 
 def load_run(
@@ -147,8 +141,8 @@ def load_run(
 ) -> tuple[Any, Any, dict[str, Any]]:
     """(the method's model in eval mode, tokenizer, run info) for a run directory or one of its checkpoints.
 
-    The method is read from the saved config (`mode_config.json`: a `MoDEModel`, `mod_config.json`: a
-    `MoDModel`). ``base`` overrides the base model (any `--model` spec); otherwise it is found as
+    The method is read from the saved config file of a registered method (`mode_config.json`: a `MoDEModel`,
+    `mod_config.json`: a `MoDModel`, ...). ``base`` overrides the base model (any `--model` spec); otherwise it is found as
     `resolve_run_base` says, so a run copied to another machine loads by its hub id or embedded model name.
     A different model is refused by the base fingerprint check."""
     from transformers import AutoTokenizer
@@ -160,8 +154,9 @@ def load_run(
     info = read_run_info(root)
     method = saved_method_class(weights_dir)
     if method is None:
+        names = ", ".join(get_method(m).config_class.config_name for m in registered_methods())
         raise CheckpointError(
-            f"{weights_dir} holds no trained model yet (no mode_config.json or mod_config.json): the run did not "
+            f"{weights_dir} holds no trained model yet (none of {names}): the run did not "
             f"finish; resume it with `modetune train --output {root} --resume ...` or load one of its "
             "checkpoint-N folders"
         )

@@ -7,9 +7,10 @@ import torch
 
 from modetune import MoDEConfig, MoDEModel, get_mode_model
 from modetune.cli import build_parser
-from modetune.cli.train import mode_config_from_args
+from modetune.cli.train import method_config_from_args
 from modetune.errors import ConfigError
 from modetune.mode import PAPER_PRESET
+from modetune.mode import SPEC as MODE
 from tests.conftest import build_tiny_model
 
 
@@ -68,12 +69,12 @@ def _parse(*flags: str):
 
 
 def test_train_preset_paper_and_explicit_flags_win():
-    assert mode_config_from_args(_parse()) == MoDEConfig()
-    assert mode_config_from_args(_parse("--preset", "paper")) == MoDEConfig.paper()
-    cfg = mode_config_from_args(_parse("--preset", "paper", "--distill-weight", "0.1", "--num-layers", "4"))
+    assert method_config_from_args(MODE, _parse()) == MoDEConfig()
+    assert method_config_from_args(MODE, _parse("--preset", "paper")) == MoDEConfig.paper()
+    cfg = method_config_from_args(MODE, _parse("--preset", "paper", "--distill-weight", "0.1", "--num-layers", "4"))
     assert cfg == MoDEConfig.paper(distill_weight=0.1, num_layers=4)
     # an explicit flag equal to modetune's default still overrides the preset
-    cfg = mode_config_from_args(_parse("--preset", "paper", "--router-bias", "--router-init", "final"))
+    cfg = method_config_from_args(MODE, _parse("--preset", "paper", "--router-bias", "--router-init", "final"))
     assert cfg.router_bias is True and cfg.router_init == "final" and cfg.distill_weight == 1.0
     with pytest.raises(SystemExit):
         _parse("--preset", "nonsense")

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from modetune import MoDEConfig, MoDEModel, get_mode_model
 from modetune.cli import build_parser
-from modetune.cli.train import mode_config_from_args
+from modetune.cli.train import method_config_from_args
 from modetune.errors import ConfigError
+from modetune.mode import SPEC as MODE
 from modetune.mode.model import confidence_feature_count, confidence_features
 from tests.conftest import build_tiny_model
 from tests.mode.test_model import reference_head
@@ -93,5 +94,5 @@ def test_option_is_validated_and_reaches_the_cli():
     with pytest.raises(ConfigError, match="router_confidence"):
         MoDEConfig(router_confidence="yes")
     args = build_parser().parse_args(["train", "--output", "x", "--data", "synthetic", "--router-confidence"])
-    assert mode_config_from_args(args).router_confidence is True
+    assert method_config_from_args(MODE, args).router_confidence is True
     assert MoDEConfig().router_confidence is False and MoDEConfig.paper().router_confidence is False

@@ -193,7 +193,7 @@ def test_plain_transformers_trainer_trains_mom(tmp_path):
 
 
 def test_fixed_route_flops_equal_the_vanilla_count():
-    from modetune.mom.pretrain import flops_per_token
+    from modetune.training.pretrain import flops_per_token
 
     base = build_tiny_model("llama")
     mom = from_pretrained_layers(base).fix_routes_to_layers()

@@ -287,12 +287,12 @@ DRIVER = textwrap.dedent(
     if point == "before-first-step":
         recipe._run = lambda *a, **k: die()
     elif point == "mid-training":
-        original_step = trainer.MoDETrainer.training_step
+        original_step = trainer.MethodTrainer.training_step
         def training_step(self, *a, **k):
             if self.state.global_step == 3:
                 die()
             return original_step(self, *a, **k)
-        trainer.MoDETrainer.training_step = training_step
+        trainer.MethodTrainer.training_step = training_step
     elif point in ("checkpoint-mode-weights", "final-mode-weights"):
         folder = "checkpoint-4" if point.startswith("checkpoint") else None
         original_save_file = safetensors.torch.save_file

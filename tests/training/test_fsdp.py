@@ -1,5 +1,5 @@
 """FSDP2 (`torch.distributed.fsdp.fully_shard`) on CPU with gloo: MoDE's router and adapters shard, train like
-one process, and a full state dict gathered on save is what `MoDETrainer._save` writes.
+one process, and a full state dict gathered on save is what `MethodTrainer._save` writes.
 
 Raw torch, not `accelerate launch --config_file configs/accelerate/fsdp.yaml`: on a machine without CUDA the
 installed accelerate cannot select FSDP (it sets `DistributedType.FSDP` only when the process group is of a
@@ -61,7 +61,7 @@ def _model():
 
 def _train(mode, rank: int, world: int) -> list[float]:
     """AdamW steps on this rank's rows of each global batch; the loss is this rank's share of the global mean
-    (times `world`, because FSDP averages gradients over ranks), as `MoDETrainer._rank_scale` does."""
+    (times `world`, because FSDP averages gradients over ranks), as `MethodTrainer._rank_scale` does."""
     torch.manual_seed(0)
     optimizer = torch.optim.AdamW([p for p in mode.parameters() if p.requires_grad], lr=5e-3)
     losses = []
@@ -85,7 +85,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor, Shard
 
-    from modetune.training.trainer import MoDETrainer
+    from modetune.training.trainer import MethodTrainer
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -110,8 +110,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         # what the Trainer does on save under FSDP with FULL_STATE_DICT: gather on every rank, rank 0 writes
         full = get_model_state_dict(mode, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if rank == 0:
-            stub = SimpleNamespace(args=SimpleNamespace(should_save=True), mode_model=mode, processing_class=None)
-            MoDETrainer._save(stub, str(Path(out_dir) / "saved"), state_dict=full)
+            stub = SimpleNamespace(
+                args=SimpleNamespace(should_save=True), trained_model=mode, wraps_method=True, processing_class=None
+            )
+            MethodTrainer._save(stub, str(Path(out_dir) / "saved"), state_dict=full)
             torch.save({k: v for k, v in full.items() if k.startswith(mode.state_prefixes) or "lora_" in k},
                        Path(out_dir) / "gathered.pt")  # fmt: skip
         (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps({"losses": losses, "sharded": sharded}))

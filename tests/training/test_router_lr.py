@@ -12,9 +12,8 @@ from transformers import TrainingArguments
 
 from modetune.cli import main
 from modetune.mod import MoDConfig, get_mod_model
-from modetune.mod.trainer import MoDTrainer
 from modetune.mode import MoDEConfig, get_mode_model
-from modetune.training.trainer import MoDETrainer
+from modetune.training.trainer import MethodTrainer
 from tests.conftest import TINY_TRAIN_ARGS, build_tiny_model
 
 
@@ -31,9 +30,9 @@ def _optimizer(trainer_cls, model, tmp_path, **args):
 def test_routers_get_their_own_group_at_the_scaled_rate(tmp_path, method):
     base = build_tiny_model("llama", num_hidden_layers=5)
     if method == "mode":
-        model, trainer_cls = get_mode_model(base, MoDEConfig(router_lr_scale=20.0)), MoDETrainer
+        model, trainer_cls = get_mode_model(base, MoDEConfig(router_lr_scale=20.0)), MethodTrainer
     else:
-        model, trainer_cls = get_mod_model(base, MoDConfig(router_lr_scale=20.0, skip_first=1)), MoDTrainer
+        model, trainer_cls = get_mod_model(base, MoDConfig(router_lr_scale=20.0, skip_first=1)), MethodTrainer
     optimizer = _optimizer(trainer_cls, model, tmp_path)
     routers = {id(p) for p in model.router_parameters()}
     assert routers
@@ -51,7 +50,7 @@ def test_routers_get_their_own_group_at_the_scaled_rate(tmp_path, method):
 
 def test_scale_one_leaves_the_trainers_optimizer_as_it_is(tmp_path):
     model = get_mode_model(build_tiny_model("llama", num_hidden_layers=5), MoDEConfig())
-    optimizer = _optimizer(MoDETrainer, model, tmp_path)
+    optimizer = _optimizer(MethodTrainer, model, tmp_path)
     assert MoDEConfig().router_lr_scale == 1.0
     assert not any(g.get("modetune_routers") for g in optimizer.param_groups)
     assert {id(p) for p in model.router_parameters()} <= {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -76,23 +75,27 @@ def test_the_option_moves_the_router_further_end_to_end(tmp_path, tiny_model_dir
 def test_one_option_serves_both_methods_with_their_own_defaults():
     from modetune.cli import build_parser
     from modetune.cli.options import dataclass_from_args
-    from modetune.cli.train import mode_config_from_args
+    from modetune.cli.train import method_config_from_args
+    from modetune.mode import SPEC as MODE
 
     parser = build_parser()
     given = parser.parse_args(["train", "--model", "m", "--router-lr-scale", "3"])
-    assert mode_config_from_args(given).router_lr_scale == 3.0
+    assert method_config_from_args(MODE, given).router_lr_scale == 3.0
     assert dataclass_from_args(MoDConfig, given).router_lr_scale == 3.0
     default = parser.parse_args(["train", "--model", "m"])
-    assert mode_config_from_args(default).router_lr_scale == MoDEConfig().router_lr_scale == 1.0
+    assert method_config_from_args(MODE, default).router_lr_scale == MoDEConfig().router_lr_scale == 1.0
     assert dataclass_from_args(MoDConfig, default).router_lr_scale == MoDConfig().router_lr_scale == 10.0
     paper = parser.parse_args(["train", "--model", "m", "--preset", "paper", "--router-lr-scale", "5"])
-    assert mode_config_from_args(paper).router_lr_scale == 5.0 and mode_config_from_args(paper).router_bias is False
+    assert (
+        method_config_from_args(MODE, paper).router_lr_scale == 5.0
+        and method_config_from_args(MODE, paper).router_bias is False
+    )
 
 
 def test_router_parameters_keep_their_weight_decay_and_follow_the_schedule(tmp_path):
     model = get_mode_model(build_tiny_model("llama", num_hidden_layers=5), MoDEConfig(router_lr_scale=10.0))
     trainer = _trainer(
-        MoDETrainer, model, tmp_path, weight_decay=0.1, warmup_steps=2, lr_scheduler_type="linear", max_steps=10
+        MethodTrainer, model, tmp_path, weight_decay=0.1, warmup_steps=2, lr_scheduler_type="linear", max_steps=10
     )
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
     groups = [g for g in trainer.optimizer.param_groups if g.get("modetune_routers")]
@@ -112,7 +115,7 @@ def test_a_deepspeed_config_with_its_own_optimizer_is_refused(tmp_path):
     from modetune.errors import ModetuneError
 
     model = get_mode_model(build_tiny_model("llama", num_hidden_layers=5), MoDEConfig(router_lr_scale=10.0))
-    trainer = _trainer(MoDETrainer, model, tmp_path)
+    trainer = _trainer(MethodTrainer, model, tmp_path)
     ds_config = SimpleNamespace(config={"optimizer": {"type": "AdamW"}, "zero_optimization": {"stage": 2}})
     plugin = SimpleNamespace(hf_ds_config=ds_config)
     trainer.accelerator = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), unwrap_model=lambda m: m)

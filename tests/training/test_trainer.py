@@ -42,12 +42,12 @@ def test_a_gathered_state_dict_is_what_gets_saved(tmp_path):
     from transformers import TrainingArguments
 
     from modetune import MoDEConfig, get_mode_model
-    from modetune.training.trainer import MoDETrainer
+    from modetune.training.trainer import MethodTrainer
     from tests.conftest import build_tiny_model
 
     mode = get_mode_model(get_peft_model(build_tiny_model("llama"), LoraConfig(r=2)), MoDEConfig(num_layers=2))
     args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[])
-    trainer = MoDETrainer(model=mode, args=args)
+    trainer = MethodTrainer(model=mode, args=args)
     gathered = {k: v + 1.0 for k, v in mode.state_dict().items()}  # differs from the module's own values
     trainer._save(str(tmp_path / "saved"), state_dict=gathered)
     mode_weights = load_file(tmp_path / "saved" / "mode_model.safetensors")

@@ -14,6 +14,7 @@ import os
 import sys
 
 from modetune.errors import ModetuneError
+from modetune.version import __version__
 
 # name -> module under modetune.cli; imported lazily so `modetune --help` stays fast
 SUBCOMMANDS = {
@@ -44,10 +45,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="modetune",
-        description="Mixture-of-Depths Ensemble (MoDE) tuning for Hugging Face causal LMs.",
+        description="Dynamic depth for Hugging Face causal LMs: Mixture-of-Depths Ensemble (MoDE), MoDification "
+        "(Mixture-of-Depths conversion) and Mixture-of-Modules.",
     )
-    from modetune import __version__
-
     parser.add_argument("--version", action="version", version=f"modetune {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for _name, module_name in SUBCOMMANDS.items():

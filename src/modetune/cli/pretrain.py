@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from modetune.cli.options import add_dataclass_options, dataclass_from_args, setup_logging
-from modetune.mom.pretrain import PretrainConfig
+from modetune.training.pretrain import PretrainConfig, config_fields, pretrain
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -19,19 +19,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     mom = PretrainConfig.MOM_FIELDS
     add_dataclass_options(parser, PretrainConfig, "run", skip=mom)
-    add_dataclass_options(parser, PretrainConfig, "MoM", skip=tuple(n for n in _field_names() if n not in mom))
+    add_dataclass_options(parser, PretrainConfig, "MoM", skip=tuple(n for n in config_fields() if n not in mom))
     parser.set_defaults(run=run)
 
 
-def _field_names() -> list[str]:
-    from modetune.mom.pretrain import config_fields
-
-    return config_fields()
-
-
 def run(args: argparse.Namespace) -> int:
-    from modetune.mom.pretrain import pretrain
-
     setup_logging()
     cfg = dataclass_from_args(PretrainConfig, args)
     result = pretrain(cfg, argv=["modetune", *sys.argv[1:]])

@@ -1,44 +1,61 @@
-"""`modetune train`: tune a causal LM with LoRA/DoRA + MoDE (or MoDE alone) into a run directory."""
+"""`modetune train`: tune a causal LM with LoRA/DoRA and a registered depth method into a run directory.
+
+Each registered method (`modetune.methods`) contributes its config's fields as an option group; a field two
+methods share (e.g. `--router-lr-scale`) is one option serving both, each keeping its own default.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import warnings
 from dataclasses import fields
 
+from transformers.utils import logging as hf_logging
+
 from modetune.cli.options import add_dataclass_options, dataclass_from_args, setup_logging
-from modetune.mod.config import MoDConfig
-from modetune.mode.config import MoDEConfig
+from modetune.errors import ConfigError
+from modetune.method_base import MethodConfig, MethodSpec
+from modetune.methods import get_method, registered_methods
 from modetune.training.config import TrainConfig
+from modetune.training.recipe import train
+
+_EXPLICIT = "_explicit_method_options"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train LoRA/DoRA + MoDE (or MoDE alone) and save a complete run",
-        description="Train a causal LM with Mixture-of-Depths Ensemble. --num-layers 1 trains the PEFT method alone "
-        "(the ensemble is the final layer), which is the baseline for a controlled comparison.",
+        help="train LoRA/DoRA + a depth method (MoDE by default) and save a complete run",
+        description="Train a causal LM with a depth method: MoDE (Mixture-of-Depths Ensemble, the default) or "
+        "MoDification (--method mod). With MoDE, --num-layers 1 trains the PEFT method alone (the ensemble is "
+        "the final layer), which is the baseline for a controlled comparison.",
     )
     add_dataclass_options(parser, TrainConfig, "run")
-    add_dataclass_options(parser, MoDEConfig, "MoDE")
-    add_dataclass_options(parser, MoDConfig, "MoD (with --method mod)", shared=("router_lr_scale",))
+    added: set[str] = set()
+    for name in registered_methods():
+        spec = get_method(name)
+        own = {f.name for f in fields(spec.config_class)}
+        title = spec.title if name == TrainConfig.method else f"{spec.title} (with --method {name})"
+        add_dataclass_options(parser, spec.config_class, title, shared=tuple(sorted(own & added)))
+        added |= own
+    presets = sorted({p for name in registered_methods() for p in get_method(name).presets})
     parser.add_argument(
         "--preset",
-        choices=PRESETS,
+        choices=["default", *presets],
         default="default",
-        help="MoDE settings to start from: 'default' (modetune's defaults) or 'paper' (the MoDE paper's "
-        "configuration: MoDEConfig.paper(), see experiments/PAPER.md); MoDE flags given explicitly override it.",
+        help="The method's settings to start from: 'default' (its defaults) or a named preset of the method "
+        "(MoDE: 'paper', the MoDE paper's configuration, MoDEConfig.paper(), see experiments/PAPER.md); options "
+        "given explicitly override it.",
     )
-    _record_explicit(parser, {f.name for f in fields(MoDEConfig)})
+    _record_explicit(parser, added)
     parser.set_defaults(run=run)
 
 
-PRESETS = ("default", "paper")
-_EXPLICIT = "_explicit_mode_options"
-
-
 def _record_explicit(parser: argparse.ArgumentParser, names: set[str]) -> None:
-    """Make each MoDE option note that it was given on the command line, so a preset never overrides it."""
+    """Make each method option note that it was given on the command line, so a preset never overrides it."""
 
     for action in parser._actions:
         if action.dest not in names:
@@ -54,39 +71,34 @@ def _record_explicit(parser: argparse.ArgumentParser, names: set[str]) -> None:
         action.__class__ = type(f"Recorded{base.__name__}", (base,), {"__call__": call})
 
 
-def mode_config_from_args(args: argparse.Namespace) -> MoDEConfig:
-    """The MoDE config of a `modetune train` command line: the preset, then every explicitly given flag."""
+def method_config_from_args(spec: MethodSpec, args: argparse.Namespace) -> MethodConfig:
+    """The method's config of a `modetune train` command line: the preset, then every explicitly given flag."""
     preset = getattr(args, "preset", "default")
     if preset == "default":
-        return dataclass_from_args(MoDEConfig, args)
-    explicit = getattr(args, _EXPLICIT, set())
-    values = {name: getattr(args, name) for name in explicit}
-    return MoDEConfig.paper(**values)
+        return dataclass_from_args(spec.config_class, args)
+    if preset not in spec.presets:
+        allowed = ", ".join(["default", *spec.presets])
+        raise ConfigError(f"--preset {preset} is not a preset of --method {spec.name}; allowed: {allowed}")
+    own = {f.name for f in fields(spec.config_class)}
+    explicit = getattr(args, _EXPLICIT, set()) & own
+    return spec.presets[preset](**{name: getattr(args, name) for name in explicit})
 
 
 def _quiet_other_ranks() -> None:
     """Under torchrun / accelerate launch, rank 0 speaks for the job: the others show errors only."""
-    import logging
-    import os
-    import warnings
-
     if int(os.environ.get("RANK", "0")) != 0:
         for name in ("", "modetune", "transformers", "peft", "accelerate"):
             logging.getLogger(name).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore")
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()  # the weight-loading bars
 
 
 def run(args: argparse.Namespace) -> int:
-    from modetune.training.recipe import train
-
     setup_logging()
     _quiet_other_ranks()
     cfg = dataclass_from_args(TrainConfig, args)
-    mode_cfg = dataclass_from_args(MoDConfig, args) if cfg.method == "mod" else mode_config_from_args(args)
-    result = train(cfg, mode_cfg, argv=["modetune", *sys.argv[1:]])
+    method_cfg = method_config_from_args(get_method(cfg.method), args)
+    result = train(cfg, method_cfg, argv=["modetune", *sys.argv[1:]])
     if not result.is_main_process:
         return 0
     print(

@@ -67,6 +67,7 @@ from modetune.evaluation.tasks import (
     question_stem,
     select_subset,
 )
+from modetune.version import __version__
 
 __all__ = [
     "LL_NORMS",
@@ -468,12 +469,8 @@ def _environment() -> dict[str, str]:
     import torch
     import transformers
 
-    try:
-        from modetune import __version__ as version
-    except Exception:  # pragma: no cover - partially installed package
-        version = "unknown"
     return {
-        "modetune": version,
+        "modetune": __version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),

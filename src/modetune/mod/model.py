@@ -199,6 +199,27 @@ class MoDModel(MethodModel):
     def mod_config(self) -> MoDConfig:
         return self.method_config  # type: ignore[return-value]
 
+    def training_logs(self, outputs: MoDOutput, share_scale: float = 1.0) -> dict[str, float]:
+        """The LM loss (a share of the step's mean, scaled back), the load term, and per routed layer the
+        fraction of tokens processed and the mean router score."""
+        values: dict[str, float] = {}
+        if outputs.lm_loss is not None:
+            values["lm_loss"] = float(outputs.lm_loss.detach()) * share_scale
+        if outputs.load_loss is not None:
+            values["load_loss"] = float(outputs.load_loss.detach())
+        if outputs.processed_fraction is not None:
+            fractions = outputs.processed_fraction.tolist()
+            values.update({f"processed/layer{i}": v for i, v in zip(self.layer_indices, fractions, strict=True)})
+            values["processed_mean"] = sum(fractions) / len(fractions)
+        if outputs.router_load is not None:
+            values.update(
+                {
+                    f"router_load/layer{i}": v
+                    for i, v in zip(self.layer_indices, outputs.router_load.tolist(), strict=True)
+                }
+            )
+        return values
+
     def method_modules(self) -> dict[str, nn.Module]:
         return {"routers": self.routers}
 

@@ -208,6 +208,17 @@ class MoDEConfig(MethodConfig):
         values.update(overrides)
         return cls(**values)
 
+    def card_rows(self) -> list[tuple[str, Any]]:
+        """The model card's MoDE settings: k, router, adapter, distillation."""
+        router = self.router + (f", top_k={self.top_k}" if self.router == "topk" else "")
+        return [
+            ("k (num_layers)", self.num_layers),
+            ("router", router),
+            ("router init", f"{self.router_init} (final weight {self.router_final_weight})"),
+            ("per-layer adapter", self.adapter),
+            ("distillation", f"{self.distill}, λ = {self.distill_weight}, T = {self.distill_temperature}"),
+        ]
+
     @property
     def uses_distillation(self) -> bool:
         return self.distill != "none" and self.distill_weight > 0 and self.num_layers > 1

@@ -448,6 +448,25 @@ class MoDEModel(MethodModel):
         head_params = tuple(p for p in self._located.head_path_parameters() if p.requires_grad)
         return mode_loss_chunked(ys, gates, labels, self._project, plan, chunk, num_items_in_batch, head_params)
 
+    def training_logs(self, outputs: MoDEOutput, share_scale: float = 1.0) -> dict[str, float]:
+        """The ensemble's CE, per late layer its distillation term, CE and mean router weight, and the router's
+        entropy (the CE and distillation parts are shares of the step's mean: scaled back by `share_scale`)."""
+        values: dict[str, float] = {}
+        if outputs.ce_loss is not None:
+            values["ce_ensemble"] = float(outputs.ce_loss) * share_scale
+        for name, per_layer, scale in (
+            ("distill", outputs.distill_loss, share_scale),
+            ("ce", outputs.layer_ce, share_scale),
+            ("router", outputs.router_mean, 1.0),
+        ):
+            if per_layer is not None:  # distillation covers the late layers but the final one: zip stops there
+                values.update(
+                    {f"{name}/layer{i}": v * scale for i, v in zip(self.layer_indices, per_layer.tolist(), strict=False)}
+                )
+        if outputs.router_mean is not None:
+            values["router_entropy"] = float(outputs.router_entropy)
+        return values
+
     def loss_implementation(self, device: torch.device | None) -> str:
         """The loss implementation used on `device` (None: any device): the configured one, 'auto' resolved."""
         requested = self.mode_config.loss_implementation

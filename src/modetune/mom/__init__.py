@@ -1,9 +1,9 @@
 """Mixture-of-Modules (MoM): each token's computation assembled from a pool of attention, FFN and SKIP modules.
 
 `MoMConfig` + `MoMForCausalLM` (a transformers causal LM, registered with AutoConfig/AutoModelForCausalLM as
-"modetune_mom"), `from_pretrained_layers` (phase 2: a pool built from an existing model's layers) and the
-pre-training recipe behind `modetune pretrain`. The design, and where it departs from the paper, is written
-at the top of `modetune/mom/model.py`.
+"modetune_mom") and `from_pretrained_layers` (phase 2: a pool built from an existing model's layers). It is
+pre-trained by the recipe behind `modetune pretrain` (`modetune.training.pretrain`). The design, and where it
+departs from the paper, is written at the top of `modetune/mom/model.py`.
 """
 
 from transformers import AutoConfig, AutoModelForCausalLM

@@ -353,6 +353,15 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
         mask = torch.zeros(allowed.shape, dtype=dtype, device=selected.device)
         return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
+    def training_logs(self, outputs: MoMCausalLMOutput, share_scale: float = 1.0) -> dict[str, float]:
+        """The routers' entropy and, per option (modules, then SKIPs), its share of the attention and FFN picks."""
+        if outputs.router_entropy is None:
+            return {}
+        values = {"router_entropy": float(outputs.router_entropy)}
+        for kind, load in (("atte", outputs.attention_load), ("ffn", outputs.ffn_load)):
+            values.update({f"router/{kind}{j}": v for j, v in enumerate(load.tolist())})
+        return values
+
     # -- forward -------------------------------------------------------------------------------------
     def forward(
         self,

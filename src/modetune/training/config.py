@@ -1,6 +1,7 @@
 """`TrainConfig`: everything `modetune train` takes, with help text; the CLI options are generated from it.
 
-MoDE's own options are not repeated here: they are the fields of `MoDEConfig`, exposed alongside.
+Each method's own options are not repeated here: they are the fields of its registered config class
+(`MoDEConfig`, `MoDConfig`, ...), exposed alongside.
 """
 
 from __future__ import annotations
@@ -8,11 +9,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from transformers import SchedulerType
+
 from modetune.errors import ConfigError
 from modetune.method_base import help_field as _help
+from modetune.methods import get_method
 
 PEFT_METHODS = ("lora", "dora", "none")
-METHODS = ("mode", "mod")
 TEMPLATES = ("alpaca", "chat")
 
 
@@ -58,8 +61,9 @@ class TrainConfig:
         "Evaluate the held-out loss every N steps (0: only at the end, if there is eval data).", default=0
     )
     method: str = _help(
-        "Depth method: 'mode' (Mixture-of-Depths Ensemble, options under 'MoDE') or 'mod' (MoDification: routed "
-        "layers skip tokens, options under 'MoD').",
+        "Depth method, by its registered name: 'mode' (Mixture-of-Depths Ensemble, options under 'MoDE') or 'mod' "
+        "(MoDification: routed layers skip tokens, options under 'MoD'), or a method registered with "
+        "modetune.method_base.register_method.",
         default="mode",
     )
     peft: str = _help("PEFT method under MoDE: 'lora', 'dora' or 'none' (MoDE alone).", default="lora")
@@ -103,8 +107,7 @@ class TrainConfig:
             raise ConfigError("--output is required: the run directory to write")
         if not self.data:
             raise ConfigError("--data is required: a training file, or 'synthetic' for built-in arithmetic problems")
-        if self.method not in METHODS:
-            raise ConfigError(f"method={self.method!r} is not supported; allowed: {', '.join(METHODS)}")
+        get_method(self.method)  # an unknown method is refused, naming the registered ones
         if self.peft not in PEFT_METHODS:
             raise ConfigError(f"peft={self.peft!r} is not supported; allowed: {', '.join(PEFT_METHODS)}")
         if self.template not in TEMPLATES:
@@ -118,8 +121,6 @@ class TrainConfig:
         for name in ("eval_split", "eval_steps", "save_steps", "warmup_steps", "lora_dropout", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must not be negative")
-        from transformers import SchedulerType
-
         schedules = [s.value for s in SchedulerType]
         if self.lr_scheduler not in schedules:
             raise ConfigError(f"lr_scheduler={self.lr_scheduler!r} is not supported; allowed: {', '.join(schedules)}")

@@ -1,4 +1,5 @@
-"""The training recipe, as plain code: load -> PEFT -> MoDE -> data -> Trainer -> a complete run directory."""
+"""The fine-tuning recipe behind `modetune train`, as plain code: data -> base model -> PEFT -> the depth
+method (looked up in the registry) -> `MethodTrainer` -> a complete run directory."""
 
 from __future__ import annotations
 
@@ -6,26 +7,41 @@ import errno
 import json
 import logging
 import os
+import random
 import shutil
 import sys
 import time
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from modetune.errors import ConfigError, DataError, ModetuneError
-from modetune.method_base import quiet_peft
-from modetune.mode.config import MoDEConfig
-from modetune.runs import RUN_FILE, base_model_record, read_run_info, set_base_model_name, write_run_info
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, TrainerState, TrainingArguments, set_seed
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_callback import ProgressCallback as HFProgressCallback
+
+from modetune.card import write_model_card
+from modetune.data import build_sft_dataset, generate_problems, load_datasets, make_collator
+from modetune.data.hf import is_hf_source
+from modetune.errors import ConfigError, DataError
+from modetune.loading import load_model_and_tokenizer, resolve_model, resolve_torch_dtype
+from modetune.method_base import MethodConfig, MethodModel, quiet_peft
+from modetune.methods import get_method
+from modetune.runs import base_model_record, set_base_model_name, write_run_info
 from modetune.training.config import TrainConfig
-from modetune.training.lock import LOCK_NAME, OutputNotWritableError, RunLock, acquire_run_lock
-from modetune.training.trainer import (
-    JsonlMetricsCallback,
-    MoDETrainer,
-    ProgressCallback,
-    latest_complete_checkpoint,
+from modetune.training.lock import OutputNotWritableError
+from modetune.training.run_dir import (
+    Claim,
+    check_output,
+    claim_output,
+    draw_training_curves,
+    is_main_process,
+    prepare_resume,
 )
+from modetune.training.trainer import JsonlMetricsCallback, MethodTrainer, ProgressCallback, latest_complete_checkpoint
+from modetune.version import __version__
 
 logger = logging.getLogger(__name__)
 SYNTHETIC = "synthetic"
@@ -62,9 +78,6 @@ def load_training_examples(
 ) -> list[Any]:
     """Examples from files, Hugging Face datasets (`modetune.data.hf`) and/or synthetic specs, mixed as
     `modetune.data.load_datasets` does."""
-    from modetune.data import generate_problems, load_datasets
-    from modetune.data.hf import is_hf_source
-
     files = [s for s in specs if parse_synthetic_spec(s) is None]
     synthetic = [s for s in specs if parse_synthetic_spec(s) is not None]
     if mix is not None and synthetic:
@@ -79,8 +92,6 @@ def load_training_examples(
         n, level = parse_synthetic_spec(spec)  # type: ignore[misc]
         examples += generate_problems(n, seed=seed + i, difficulty=level, split="train")
     if files and synthetic:
-        import random
-
         random.Random(seed).shuffle(examples)
     if limit:
         examples = examples[:limit]
@@ -89,13 +100,26 @@ def load_training_examples(
     return examples
 
 
+def load_eval_examples(cfg: TrainConfig, examples: list[Any]) -> tuple[list[Any], list[Any]]:
+    """(evaluation examples, the training examples left): --eval-data files, or --eval-split held out."""
+    if cfg.eval_data:
+        for f in cfg.eval_data:
+            if not Path(f).is_file() and not is_hf_source(f):
+                raise DataError(f"evaluation file {f} does not exist")
+        return load_datasets(cfg.eval_data, seed=cfg.seed, require_response=True, columns=cfg.columns), examples
+    if cfg.eval_split:
+        n_eval = int(cfg.eval_split) if cfg.eval_split >= 1 else max(1, round(cfg.eval_split * len(examples)))
+        if n_eval >= len(examples):
+            raise ConfigError(f"--eval-split {cfg.eval_split} leaves no training records out of {len(examples)}")
+        return examples[:n_eval], examples[n_eval:]
+    return [], examples
+
+
 # -- model -------------------------------------------------------------------------------------------
 def wrap_peft(model: Any, cfg: TrainConfig) -> Any:
-    """LoRA or DoRA on the base model, or nothing (MoDE alone)."""
+    """LoRA or DoRA on the base model, or nothing (the method alone)."""
     if cfg.peft == "none":
         return model
-    from peft import LoraConfig, get_peft_model
-
     targets: str | list[str] = cfg.target_modules
     if targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]
@@ -114,95 +138,27 @@ def wrap_peft(model: Any, cfg: TrainConfig) -> Any:
         raise ConfigError(f"--target-modules {cfg.target_modules!r}: {exc}") from None
 
 
-def _is_main_process() -> bool:
-    """Rank 0 of a torchrun / accelerate launch job (or a single process): the only one that writes."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-@dataclass
-class _Claim:
-    """The output directory, held by this training: its lock and the top-most directory this run created."""
-
-    lock: RunLock | None = None
-    created: Path | None = None
-
-    def abandon(self) -> None:
-        """A failed start: leave the file system as it was (no empty or half-made output directory)."""
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
-        if self.created is not None:
-            shutil.rmtree(self.created, ignore_errors=True)
-            self.created = None
-
-
-def _claim_output(out: Path) -> _Claim:
-    """Create `out` if needed and lock it; refuses at once if another live training holds it."""
-    top, probe = None, out.absolute()
-    while not probe.exists() and probe != probe.parent:
-        top, probe = probe, probe.parent
-    if out.exists() and not out.is_dir():
-        raise ModetuneError(f"--output {out} is a file, not a directory; choose another --output")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputNotWritableError(f"cannot create {out} ({exc.strerror}); choose a writable --output") from None
-    claim = _Claim(created=top)
-    try:
-        claim.lock = acquire_run_lock(out)
-    except BaseException:
-        claim.abandon()
-        raise
-    return claim
-
-
-def _field_defaults(config: Any) -> dict[str, Any]:
-    return {f.name: f.default for f in fields(config) if f.default is not MISSING}
-
-
-def _check_output(cfg: TrainConfig, mode_cfg: Any, is_main: bool) -> Path | None:
-    """Check the run directory (read only); returns the checkpoint to resume from (None: start at step 0)."""
-    out = Path(cfg.output)
-    if cfg.resume:
-        if not (out / RUN_FILE).is_file():
-            raise ModetuneError(f"--resume: {out} is not a run directory (no {RUN_FILE}); start it without --resume")
-        previous = read_run_info(out)
-        for key, config in (("train_config", cfg), (f"{cfg.method}_config", mode_cfg)):
-            # a setting the run predates (saved by an older modetune) had its field's default then
-            before = {**_field_defaults(config), **previous.get(key, {})}
-            changed = {
-                k: (before.get(k), v)
-                for k, v in config.to_dict().items()
-                if k not in ("resume", "overwrite", "max_steps", "save_steps", "method") and before.get(k) != v
-            }
-            if changed:
-                detail = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in changed.items())
-                raise ModetuneError(f"--resume with different settings than the run in {out} ({detail})")
-        checkpoint = latest_complete_checkpoint(out)
-        if checkpoint is None:  # killed before its first checkpoint: the same settings, from step 0
-            logger.info("%s has no complete checkpoint yet: training it again from the start", out)
-        return checkpoint
-    if is_main and out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not cfg.overwrite:
-        raise ModetuneError(
-            f"{out} already exists and is not empty; pass --resume to continue it, --overwrite to write into it, "
-            "or choose another --output"
+def build_method_model(cfg: TrainConfig, method_cfg: MethodConfig, resolved: Any) -> tuple[MethodModel, Any]:
+    """(the registered method around the PEFT-wrapped base, its tokenizer); the method's config is checked
+    against the model's depth before the weights are read."""
+    spec = get_method(cfg.method)
+    if not isinstance(method_cfg, spec.config_class):
+        raise ConfigError(
+            f"--method {cfg.method} needs a {spec.config_class.__name__}, got {type(method_cfg).__name__}"
         )
-    return None
+    method_cfg.validate(_num_decoder_layers(resolved.path))
+    model, tokenizer = load_model_and_tokenizer(cfg.model, dtype=cfg.dtype)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    wrapped = spec.build(wrap_peft(model, cfg), method_cfg)
+    if cfg.gradient_checkpointing:
+        wrapped.gradient_checkpointing_enable()
+    return wrapped, tokenizer
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """On resume, drop the lines logged after the checkpoint (they are logged again), atomically."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= last_step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
-
-
-def _check_free_space(out: Path, mode: Any, cfg: TrainConfig) -> None:
+def _check_free_space(out: Path, model: Any, cfg: TrainConfig) -> None:
     """Refuse to start when the disk cannot hold the final model and the kept checkpoints."""
-    trainable = sum(p.numel() * p.element_size() for p in mode.parameters() if p.requires_grad)
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     saves = 1 + ((cfg.save_total_limit or 1) + 1 if cfg.save_steps else 0)
     # per save: the weights, AdamW's two moments (checkpoints), tokenizer and state files (~8 MiB)
     need = saves * (3 * trainable + 8 * 2**20)
@@ -218,25 +174,26 @@ def _check_free_space(out: Path, mode: Any, cfg: TrainConfig) -> None:
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
 
 
-def train(cfg: TrainConfig, mode_cfg: MoDEConfig | Any, argv: list[str] | None = None) -> TrainResult:
+def train(cfg: TrainConfig, method_cfg: MethodConfig, argv: list[str] | None = None) -> TrainResult:
     """Run one training job end to end and leave a complete run directory in `cfg.output`.
 
+    `method_cfg` is the config of the registered method `cfg.method` (a `MoDEConfig` for 'mode', ...).
     Under torchrun / accelerate launch every rank runs this; only rank 0 locks, checks and writes the
     output directory. A start that fails (bad data, option, model) leaves the file system as it was.
     """
     cfg.validate()
     started = time.time()
     out = Path(cfg.output)
-    is_main = _is_main_process()
-    claim = _claim_output(out) if is_main else _Claim()
+    is_main = is_main_process()
+    claim = claim_output(out) if is_main else Claim()
     try:
-        resume_from = _check_output(cfg, mode_cfg, is_main)
-        trainer, info, has_eval = _setup(cfg, mode_cfg, out, resume_from, argv, is_main)
+        configs = {"train_config": cfg, f"{cfg.method}_config": method_cfg}
+        resume_from = check_output(out, cfg.resume, cfg.overwrite, configs, is_main)
+        trainer, info, has_eval = _setup(cfg, method_cfg, out, resume_from, argv, is_main)
         if is_main:
             _check_free_space(out, trainer.model, cfg)
             if cfg.resume:
-                step = int(resume_from.name.split("-")[-1]) if resume_from is not None else 0
-                _truncate_metrics(out / "metrics.jsonl", step)
+                prepare_resume(out, resume_from, info)
             write_run_info(out, info)
     except BaseException:
         claim.abandon()
@@ -258,116 +215,39 @@ def train(cfg: TrainConfig, mode_cfg: MoDEConfig | Any, argv: list[str] | None =
 
 def _setup(
     cfg: TrainConfig,
-    mode_cfg: MoDEConfig | Any,  # a MoDConfig with --method mod
+    method_cfg: MethodConfig,
     out: Path,
     resume_from: Path | None,
     argv: list[str] | None,
     is_main: bool,
-) -> tuple[Any, dict[str, Any], bool]:
+) -> tuple[MethodTrainer, dict[str, Any], bool]:
     """Everything that can fail on user input, before the first byte of the run is written."""
-    import torch
-    from transformers import set_seed
-    from transformers.trainer_callback import PrinterCallback
-    from transformers.trainer_callback import ProgressCallback as HFProgressCallback
-
-    from modetune import __version__
-    from modetune.data import build_sft_dataset, load_datasets, make_collator
-    from modetune.data.hf import is_hf_source
-    from modetune.loading import load_model_and_tokenizer, resolve_model, resolve_torch_dtype
-    from modetune.mode import get_mode_model
-
     resolve_torch_dtype(cfg.dtype)  # a bad --dtype is refused before the data and the model are read
     set_seed(cfg.seed)
     examples = load_training_examples(cfg.data, cfg.data_mix, cfg.seed, cfg.max_train_samples, cfg.columns)
-    eval_examples: list[Any] = []
-    if cfg.eval_data:
-        for f in cfg.eval_data:
-            if not Path(f).is_file() and not is_hf_source(f):
-                raise DataError(f"evaluation file {f} does not exist")
-        eval_examples = load_datasets(cfg.eval_data, seed=cfg.seed, require_response=True, columns=cfg.columns)
-    elif cfg.eval_split:
-        n_eval = int(cfg.eval_split) if cfg.eval_split >= 1 else max(1, round(cfg.eval_split * len(examples)))
-        if n_eval >= len(examples):
-            raise ConfigError(f"--eval-split {cfg.eval_split} leaves no training records out of {len(examples)}")
-        eval_examples, examples = examples[:n_eval], examples[n_eval:]
-
+    eval_examples, examples = load_eval_examples(cfg, examples)
     resolved = resolve_model(cfg.model)
-    if isinstance(mode_cfg, MoDEConfig):  # --num-layers against the model's depth, before reading its weights
-        mode_cfg.validate(_num_decoder_layers(resolved.path))
-    model, tokenizer = load_model_and_tokenizer(cfg.model, dtype=cfg.dtype)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    model, tokenizer = build_method_model(cfg, method_cfg, resolved)
     use_cpu = not _cuda_available()
-    if cfg.method == "mod":  # MoDification (modetune.mod): same recipe, its own model and logged metrics
-        from modetune.mod import get_mod_model
-        from modetune.mod.trainer import MoDTrainer as trainer_cls
-
-        mode, loss_implementation = get_mod_model(wrap_peft(model, cfg), mode_cfg), None
-    else:
-        trainer_cls = MoDETrainer
-        mode = get_mode_model(wrap_peft(model, cfg), mode_cfg)
-        # resolve 'auto' (and refuse an impossible 'liger') before anything is written
-        loss_implementation = mode.loss_implementation(torch.device("cpu" if use_cpu else "cuda"))
-    if cfg.gradient_checkpointing:
-        mode.gradient_checkpointing_enable()
-
+    # resolve 'auto' (and refuse an impossible 'liger') before anything is written
+    loss_implementation = model.loss_implementation(torch.device("cpu" if use_cpu else "cuda"))
     train_ds = build_sft_dataset(examples, tokenizer, cfg.template, cfg.cutoff_len, cfg.train_on_inputs)
     eval_ds = (
         build_sft_dataset(eval_examples, tokenizer, cfg.template, cfg.cutoff_len, cfg.train_on_inputs)
         if eval_examples
         else None
     )
-
-    info: dict[str, Any] = {
-        "modetune_version": __version__,
-        "status": "running",
-        "started": datetime.now(timezone.utc).isoformat(),
-        "command": argv if argv is not None else sys.argv,
-        "base_model": base_model_record(cfg.model, resolved),  # + the hub id, so the run travels
-        "train_files": [str(Path(s).resolve()) for s in cfg.data if parse_synthetic_spec(s) is None],
-        "synthetic_data": [s for s in cfg.data if parse_synthetic_spec(s) is not None],
-        "train_config": cfg.to_dict(),
-        f"{cfg.method}_config": mode_cfg.to_dict(),
-        "loss_implementation": loss_implementation,
-        "num_train_examples": len(train_ds),
-        "num_eval_examples": len(eval_ds) if eval_ds else 0,
-        "data_stats": train_ds.stats.summary(),
-        "trainable_parameters": mode.trainable_parameter_counts(),
-        "layer_indices": mode.layer_indices,
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-    }
-    set_base_model_name(mode, info["base_model"]["hub_id"])  # adapter_config.json names the hub id
-    if cfg.resume and (out / RUN_FILE).is_file():
-        previous = read_run_info(out)
-        info["started"] = previous.get("started", info["started"])
-        info["resumed"] = [
-            *previous.get("resumed", []),
-            {"from": str(resume_from or "start"), "at": datetime.now(timezone.utc).isoformat()},
-        ]
-
-    try:
-        args = training_arguments(
-            cfg,
-            out,
-            use_cpu=use_cpu,
-            evaluate=eval_ds is not None,
-            num_train_epochs=cfg.num_epochs,
-            report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-            bf16=_resolved_dtype(model) == "bfloat16",
-            fp16=_resolved_dtype(model) == "float16",
-            dataloader_num_workers=cfg.dataloader_workers,
-            # Every trainable parameter gets a gradient on every step, whatever the MoDE options: the adapters
-            # of layers that are not distilled on a step (distill_every, distill_schedule='rotate') still feed
-            # the mixture, and top-k routing zeroes weights without cutting the graph
-            # (tests/training/test_unused_parameters.py checks this). So DDP needs no unused-parameter search.
-            ddp_find_unused_parameters=False,
-            log_level="warning" if is_main else "error",
-            log_level_replica="error",
-        )
-    except ValueError as exc:  # e.g. an unknown --lr-scheduler or --report-to
-        raise ConfigError(f"invalid training option: {exc}") from None
-    trainer = trainer_cls(
-        model=mode,
+    info = _run_info(cfg, method_cfg, resolved, model, argv)
+    info.update(
+        loss_implementation=loss_implementation,
+        num_train_examples=len(train_ds),
+        num_eval_examples=len(eval_ds) if eval_ds else 0,
+        data_stats=train_ds.stats.summary(),
+    )
+    set_base_model_name(model, info["base_model"]["hub_id"])  # adapter_config.json names the hub id
+    args = _finetune_arguments(cfg, out, use_cpu, eval_ds is not None, model, is_main)
+    trainer = MethodTrainer(
+        model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
@@ -381,8 +261,55 @@ def _setup(
     return trainer, info, eval_ds is not None
 
 
+def _run_info(
+    cfg: TrainConfig, method_cfg: MethodConfig, resolved: Any, model: MethodModel, argv: list[str] | None
+) -> dict[str, Any]:
+    """run.json at the start: what is run, on which base and data, with how many trainable parameters."""
+    return {
+        "modetune_version": __version__,
+        "status": "running",
+        "started": datetime.now(timezone.utc).isoformat(),
+        "command": argv if argv is not None else sys.argv,
+        "base_model": base_model_record(cfg.model, resolved),  # + the hub id, so the run travels
+        "train_files": [str(Path(s).resolve()) for s in cfg.data if parse_synthetic_spec(s) is None],
+        "synthetic_data": [s for s in cfg.data if parse_synthetic_spec(s) is not None],
+        "train_config": cfg.to_dict(),
+        f"{cfg.method}_config": method_cfg.to_dict(),
+        "trainable_parameters": model.trainable_parameter_counts(),
+        "layer_indices": model.layer_indices,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    }
+
+
+def _finetune_arguments(
+    cfg: TrainConfig, out: Path, use_cpu: bool, evaluate: bool, model: MethodModel, is_main: bool
+) -> TrainingArguments:
+    dtype = _resolved_dtype(model)
+    try:
+        return training_arguments(
+            cfg,
+            out,
+            use_cpu=use_cpu,
+            evaluate=evaluate,
+            num_train_epochs=cfg.num_epochs,
+            report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+            bf16=dtype == "bfloat16",
+            fp16=dtype == "float16",
+            dataloader_num_workers=cfg.dataloader_workers,
+            # Every trainable parameter gets a gradient on every step, whatever the MoDE options: the adapters
+            # of layers that are not distilled on a step (distill_every, distill_schedule='rotate') still feed
+            # the mixture, and top-k routing zeroes weights without cutting the graph
+            # (tests/training/test_unused_parameters.py checks this). So DDP needs no unused-parameter search.
+            ddp_find_unused_parameters=False,
+            log_level="warning" if is_main else "error",
+            log_level_replica="error",
+        )
+    except ValueError as exc:  # e.g. an unknown --lr-scheduler or --report-to
+        raise ConfigError(f"invalid training option: {exc}") from None
+
+
 def _run(
-    trainer: Any,
+    trainer: MethodTrainer,
     info: dict[str, Any],
     out: Path,
     resume_from: Path | None,
@@ -393,8 +320,6 @@ def _run(
     if resume_from is not None and _finished_checkpoint(resume_from, trainer.args.max_steps):
         # killed while writing the final model: the Trainer would take one step past max_steps, so the
         # last checkpoint's weights are restored and saved as the final model instead
-        from transformers import TrainerState
-
         trainer._load_from_checkpoint(str(resume_from))
         trainer.state = TrainerState.load_from_json(str(resume_from / "trainer_state.json"))
         training_loss = _last_train_loss(out / "metrics.jsonl")
@@ -417,33 +342,18 @@ def _run(
         )
         write_run_info(out, info)
         try:
-            from modetune.card import write_model_card
-
             write_model_card(out, info)  # replaces PEFT's empty template
         except Exception as exc:  # a card must never cost the user their trained model
             logger.warning("could not write the model card: %s", exc)
     return TrainResult(out, trainer.state.global_step, training_loss, eval_loss, time.time() - started, is_main)
 
 
-def draw_training_curves(out: Path) -> Path | None:
-    """training_curves.png from the run's metrics; a failed plot is a warning, never a lost run."""
-    try:
-        from modetune.analysis import plot_training_curves
-
-        return plot_training_curves(out / "metrics.jsonl", out / "training_curves.png")
-    except Exception as exc:  # a plot must never cost the user their trained model
-        logger.warning("could not draw the training curves: %s", exc)
-        return None
-
-
-def training_arguments(cfg: Any, out: Path, *, use_cpu: bool, evaluate: bool, **extra: Any) -> Any:
+def training_arguments(cfg: Any, out: Path, *, use_cpu: bool, evaluate: bool, **extra: Any) -> TrainingArguments:
     """The `TrainingArguments` every modetune recipe shares (train, pretrain), from a config with the usual fields.
 
     Checkpoints are pruned by the trainer only after they are marked complete, so `save_total_limit` stays off
     here; progress and logs go through modetune's own callbacks.
     """
-    from transformers import TrainingArguments
-
     if use_cpu and _deepspeed_launch():
         # DeepSpeed's CPU path: accelerate drops DeepSpeed when told cpu=True (accelerate/state.py guards its
         # DeepSpeed set-up with `not cpu`), so it runs with use_cpu off and an explicit gloo process group
@@ -497,8 +407,6 @@ def _last_train_loss(metrics: Path) -> float:
 
 def _num_decoder_layers(path: Path) -> int | None:
     """The decoder depth from the model's config.json (None when the config does not say)."""
-    from transformers import AutoConfig
-
     try:
         config = AutoConfig.from_pretrained(str(path), local_files_only=True).get_text_config()
     except (OSError, ValueError, KeyError):
@@ -513,8 +421,6 @@ def _deepspeed_launch() -> bool:
 
 
 def _cuda_available() -> bool:
-    import torch
-
     return torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES", "x") != ""
 
 

@@ -1,5 +1,10 @@
-"""`transformers.Trainer`, taught three MoDE things: log every loss component, save only what trains,
-and make checkpoints that a killed process can never leave half-valid.
+"""`MethodTrainer`: `transformers.Trainer` taught three things every modetune recipe needs: log each loss
+component the model reports, save only what trains, and make checkpoints that a killed process can never
+leave half-valid.
+
+It trains two kinds of model: a `MethodModel` (a depth method around a causal LM, `modetune train`: only the
+method's weights and the PEFT adapter are saved) and a whole `PreTrainedModel` (`modetune pretrain`: saved
+with its own `save_pretrained`). Either reports what it logs through `training_logs(outputs, share_scale)`.
 
 Everything else (optimizer, schedule, gradient accumulation, mixed precision, DDP/FSDP/DeepSpeed through
 accelerate, resuming data order and RNG) is the Trainer's own, so `accelerate launch` / `torchrun` work.
@@ -21,7 +26,6 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from modetune.errors import ModetuneError
 from modetune.method_base import MethodModel, _is_peft
-from modetune.mode import MoDEModel
 from modetune.runs import CHECKPOINT_MARKER
 
 
@@ -29,31 +33,31 @@ class TrainingDivergedError(ModetuneError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
 
 
-class MoDETrainer(Trainer):
-    """A Trainer for a `MoDEModel` (plain or wrapping a PEFT model)."""
+class MethodTrainer(Trainer):
+    """A Trainer for a `MethodModel` (plain or wrapping a PEFT model) or a whole `PreTrainedModel`."""
 
     def __init__(self, *args: Any, keep_checkpoints: int | None = 2, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.keep_checkpoints = keep_checkpoints
         self._sums: dict[str, float] = {}
-        self._count = 0
         self._tokens = 0
         self._window_start = time.perf_counter()
         self.tokens_seen = 0
         self._refuse_a_deepspeed_optimizer_with_router_scale()
 
     @property
-    def mode_model(self) -> MoDEModel:
-        """The wrapped method model (the name predates the sibling methods; `MoDTrainer` narrows it)."""
-        model = self.accelerator.unwrap_model(self.model)
-        if not isinstance(model, MoDEModel):
-            raise TypeError(f"MoDETrainer needs a MoDEModel, got {type(model).__name__}")
-        return model
+    def trained_model(self) -> Any:
+        """The model being trained, without the accelerate/DDP wrappers."""
+        return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def wraps_method(self) -> bool:
+        """A depth method around a causal LM (saved as its own weights + adapter), not a whole model."""
+        return isinstance(self.trained_model, MethodModel)
 
     def _router_lr_scale(self) -> float:
-        """The wrapped method's router rate multiple (1 for a model that is not a method wrapper, e.g. MoM)."""
-        model = self.mode_model
-        return model.router_lr_scale if isinstance(model, MethodModel) else 1.0
+        """The wrapped method's router rate multiple (1 for a whole model, e.g. MoM)."""
+        return self.trained_model.router_lr_scale if self.wraps_method else 1.0
 
     def _refuse_a_deepspeed_optimizer_with_router_scale(self) -> None:
         """A DeepSpeed config with its own optimizer (or scheduler) bypasses `create_optimizer` (or sets every
@@ -82,7 +86,7 @@ class MoDETrainer(Trainer):
         scale = self._router_lr_scale()
         if scale == 1.0 or any(g.get("modetune_routers") for g in optimizer.param_groups):
             return optimizer
-        routers = [p for p in self.mode_model.router_parameters() if p.requires_grad]
+        routers = [p for p in self.trained_model.router_parameters() if p.requires_grad]
         ids = {id(p) for p in routers}
         decay_of: dict[int, float] = {}  # router parameter -> the weight decay of the group the Trainer put it in
         for group in optimizer.param_groups:
@@ -104,43 +108,29 @@ class MoDETrainer(Trainer):
 
     # -- loss and metrics ----------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if model.training:
-            self.mode_model.current_step = self.state.global_step
-        skip_logits = True if (model.training or self.args.prediction_loss_only) else None
         # The CE parts are this micro-batch's share of a mean over every rank's and micro-batch's tokens
         # (num_items_in_batch counts them all); the loss is then multiplied by the ranks (see _rank_scale).
         # Per-batch mean terms (MoD's load term, a MoE base model's aux loss) are divided by micro-batches x
         # ranks, so their weight does not grow with --grad-accum or the number of processes.
         steps = self.args.gradient_accumulation_steps if num_items_in_batch is not None else 1
         shares = steps * self._rank_scale(num_items_in_batch)
-        micro = shares if model.training else 1
-        outputs = model(**inputs, num_items_in_batch=num_items_in_batch, skip_logits=skip_logits, micro_batches=micro)
+        outputs = model(**inputs, num_items_in_batch=num_items_in_batch, **self._forward_options(model, shares))
         loss, _ = self._checked_loss(
-            outputs.loss, num_items_in_batch, "Lower --learning-rate, check the data, or use --dtype float32."
+            outputs.loss, num_items_in_batch, "Lower --learning-rate, check the data, or train in float32."
         )
-        if model.training:
-            self._share_scale = shares  # scaled back, each logged part estimates the step's mean
-            self._accumulate(outputs, inputs)
+        if model.training:  # scaled back by `shares`, each logged part estimates the step's mean
+            report = getattr(self.trained_model, "training_logs", None)  # a plain transformers model has none
+            self._record(report(outputs, shares) if report is not None else {}, inputs)
         return (loss, outputs) if return_outputs else loss
 
-    def _accumulate(self, outputs: Any, inputs: dict[str, torch.Tensor]) -> None:
-        """Loss components of this rank (rank 0 logs them: under several ranks, rank 0's estimate)."""
-        scale = getattr(self, "_share_scale", 1)
-        values: dict[str, float] = {}
-        if outputs.ce_loss is not None:
-            values["ce_ensemble"] = float(outputs.ce_loss) * scale
-        layers = self.mode_model.layer_indices
-        if outputs.distill_loss is not None:
-            for i, v in enumerate(outputs.distill_loss.tolist()):
-                values[f"distill/layer{layers[i]}"] = v * scale
-        if outputs.layer_ce is not None:
-            for i, v in enumerate(outputs.layer_ce.tolist()):
-                values[f"ce/layer{layers[i]}"] = v * scale
-        if outputs.router_mean is not None:
-            for i, v in enumerate(outputs.router_mean.tolist()):
-                values[f"router/layer{layers[i]}"] = v
-            values["router_entropy"] = float(outputs.router_entropy)
-        self._record(values, inputs)
+    def _forward_options(self, model: Any, shares: int) -> dict[str, Any]:
+        """A method's forward learns the step and skips the logits it does not need; a whole model no cache."""
+        if not self.wraps_method:
+            return {"use_cache": False}
+        if model.training:
+            self.trained_model.current_step = self.state.global_step
+        skip_logits = True if (model.training or self.args.prediction_loss_only) else None
+        return {"skip_logits": skip_logits, "micro_batches": shares if model.training else 1}
 
     def _checked_loss(
         self, loss: torch.Tensor, num_items_in_batch: int | torch.Tensor | None, advice: str
@@ -177,7 +167,7 @@ class MoDETrainer(Trainer):
         self.tokens_seen += tokens
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:  # a training log: add the MoDE components averaged since the last one
+        if "loss" in logs:  # a training log: add the model's components averaged since the last one
             for key, total in self._sums.items():
                 if not key.startswith("#"):
                     logs[key] = total / self._sums[f"#{key}"]
@@ -193,18 +183,18 @@ class MoDETrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
-        mode = self.mode_model
-        if state_dict is None:
-            mode.save_pretrained(output_dir)
+        model = self.trained_model
+        if not self.wraps_method or state_dict is None:
+            model.save_pretrained(output_dir)
         else:
             # FSDP (full state dict) / DeepSpeed ZeRO-3: this rank's parameters are shards, and the Trainer has
-            # gathered the whole state dict here; the MoDE weights and the PEFT adapter are written from it
+            # gathered the whole state dict here; the method's weights and the PEFT adapter are written from it
             gathered = {
-                k: v.detach().contiguous().cpu() for k, v in state_dict.items() if k.startswith(mode.state_prefixes)
+                k: v.detach().contiguous().cpu() for k, v in state_dict.items() if k.startswith(model.state_prefixes)
             }
             peft_state = {k[len("model.") :]: v for k, v in state_dict.items() if k.startswith("model.")}
-            mode.save_pretrained(
-                output_dir, method_state=gathered, **({"state_dict": peft_state} if _is_peft(mode.model) else {})
+            model.save_pretrained(
+                output_dir, method_state=gathered, **({"state_dict": peft_state} if _is_peft(model.model) else {})
             )
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
@@ -219,22 +209,43 @@ class MoDETrainer(Trainer):
         prune_checkpoints(Path(self.args.output_dir), self.keep_checkpoints)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        from peft import PeftModel, set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        mode = self.mode_model
         folder = Path(resume_from_checkpoint)
-        mode.load_method_weights(folder)
-        if isinstance(mode.model, PeftModel):
-            adapter = folder / "adapter_model.safetensors"
-            if not adapter.is_file():
-                raise ModetuneError(f"{adapter} is missing: the checkpoint {folder} is incomplete")
-            set_peft_model_state_dict(mode.model, load_file(str(adapter)))
+        if self.wraps_method:
+            _load_method_checkpoint(self.trained_model, folder)
+        else:
+            _load_whole_model_checkpoint(self.trained_model, folder)
         state = (
             json.loads((folder / "trainer_state.json").read_text()) if (folder / "trainer_state.json").exists() else {}
         )
         marker = json.loads((folder / CHECKPOINT_MARKER).read_text()) if (folder / CHECKPOINT_MARKER).exists() else {}
         self.tokens_seen = int(marker.get("tokens_seen", 0)) or int(state.get("num_input_tokens_seen", 0) or 0)
+
+
+def _load_method_checkpoint(model: MethodModel, folder: Path) -> None:
+    """The method's weights and, under PEFT, the adapter's, from a checkpoint folder."""
+    from peft import PeftModel, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    model.load_method_weights(folder)
+    if isinstance(model.model, PeftModel):
+        adapter = folder / "adapter_model.safetensors"
+        if not adapter.is_file():
+            raise ModetuneError(f"{adapter} is missing: the checkpoint {folder} is incomplete")
+        set_peft_model_state_dict(model.model, load_file(str(adapter)))
+
+
+def _load_whole_model_checkpoint(model: Any, folder: Path) -> None:
+    """A whole model's model.safetensors (tied output embeddings may be absent: they are the input ones)."""
+    from safetensors.torch import load_file
+
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ModetuneError(f"{weights} is missing: the checkpoint {folder} is incomplete")
+    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise ModetuneError(f"{weights} does not match the model (missing {missing}, unexpected {unexpected})")
+    model.tie_weights()
 
 
 def write_marker(folder: Path, payload: dict[str, Any]) -> None:

@@ -124,3 +124,31 @@ def test_heldout_split_is_fixed_by_document(tiny_model_dir, corpus_file):
     b = build_corpus([str(corpus_file)], tok, 16, 0.2)
     assert a.stats == b.stats and a.heldout == b.heldout
     assert is_heldout("x", 0.999) and not is_heldout("x", 0.001)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--corpus", "missing.txt"], "missing.txt"),
+        (["--arch", "mom", "--k-per-round", "9"], "k_per_round"),
+        (["--arch", "mom", "--num-rounds", "0"], "--num-rounds must be >= 1, got 0; leave it out"),
+        (["--arch", "mom", "--num-ffn-modules", "-1"], "--num-ffn-modules must be >= 1"),
+    ],
+)
+def test_a_failed_start_leaves_nothing_behind(tmp_path, tiny_model_dir, corpus_file, capsys, extra, message):
+    out = tmp_path / "new" / "run"
+    assert main([*_args(tiny_model_dir, corpus_file, out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "new").exists()  # no empty output directory (nor its parent) is left
+
+
+def test_resume_without_a_checkpoint_starts_again_like_train(tmp_path, tiny_model_dir, corpus_file):
+    out = tmp_path / "run"
+    assert main(_args(tiny_model_dir, corpus_file, out, "--max-steps", "2", "--save-steps", "0")) == 0
+    (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text() + '{"step": 1, "loss": 9')  # torn line
+    assert main(_args(tiny_model_dir, corpus_file, out, "--max-steps", "2", "--save-steps", "0", "--resume")) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "complete" and info["resumed"][0]["from"] == "start"
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # the torn line and the first attempt's lines are gone

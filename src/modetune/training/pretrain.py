@@ -1,9 +1,9 @@
-"""Pre-training from scratch, vanilla transformer or MoM, behind `modetune pretrain`.
+"""The pre-training recipe behind `modetune pretrain`: a vanilla transformer or MoM, from scratch.
 
 The same run directory as `modetune train` (run.json, metrics.jsonl, training_curves.png, checkpoint-N/
 marked complete only when whole, resume with the same data order, optimizer state and RNG) from the same
-pieces: `MoDETrainer`'s logging, checkpoint markers and NaN guard, the JSONL and progress callbacks and the
-curve plot. What differs is the model (a whole `PreTrainedModel`, saved as model.safetensors) and the data
+pieces: `MethodTrainer`'s logging, checkpoint markers and NaN guard, the run-directory helpers
+(`modetune.training.run_dir`: claim, resume check, metrics cut-back), the callbacks and the curve plot. What differs is the model (a whole `PreTrainedModel`, saved as model.safetensors) and the data
 (fixed-length blocks of a text corpus, `modetune.data.corpus`).
 
 Both architectures use the SmolLM2 tokenizer and llama-family modules (RMSNorm, rotary attention, SwiGLU),
@@ -13,7 +13,6 @@ the MoM pool from a vanilla run's (or any llama-family model's) layers.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -24,18 +23,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, default_data_collator
+from transformers import set_seed as hf_set_seed
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_callback import ProgressCallback as HFProgressCallback
 
-from modetune.errors import ConfigError, ModetuneError
+from modetune.architectures import locate
+from modetune.data.corpus import build_corpus
+from modetune.errors import ConfigError
+from modetune.loading import load_model_and_tokenizer, resolve_model
 from modetune.method_base import help_field as _help
-from modetune.mom.config import FIELD_HELP, ROUTERS, WEIGHTINGS
-from modetune.runs import RUN_FILE, read_run_info, write_run_info
-from modetune.training.trainer import (
-    CHECKPOINT_MARKER,
-    JsonlMetricsCallback,
-    MoDETrainer,
-    ProgressCallback,
-    latest_complete_checkpoint,
-)
+from modetune.mom.config import FIELD_HELP, ROUTERS, WEIGHTINGS, MoMConfig
+from modetune.mom.model import MoMForCausalLM, from_pretrained_layers
+from modetune.runs import RUN_FILE, write_run_info
+from modetune.training.recipe import training_arguments
+from modetune.training.run_dir import check_output, claim_output, draw_training_curves, prepare_resume
+from modetune.training.trainer import JsonlMetricsCallback, MethodTrainer, ProgressCallback
+from modetune.version import __version__
 
 logger = logging.getLogger(__name__)
 ARCHS = ("mom", "vanilla")
@@ -73,10 +77,12 @@ class PretrainConfig:
         "default to its layer count.",
         default="",
     )
-    num_attention_modules: int = _help(FIELD_HELP["num_attention_modules"] + " 0: --num-layers.", default=0)
-    num_ffn_modules: int = _help(FIELD_HELP["num_ffn_modules"] + " 0: --num-layers.", default=0)
+    num_attention_modules: int | None = _help(
+        FIELD_HELP["num_attention_modules"] + " Default: --num-layers.", default=None
+    )
+    num_ffn_modules: int | None = _help(FIELD_HELP["num_ffn_modules"] + " Default: --num-layers.", default=None)
     num_skip_modules: int = _help(FIELD_HELP["num_skip_modules"], default=1)
-    num_rounds: int = _help(FIELD_HELP["num_rounds"] + " 0: --num-layers.", default=0)
+    num_rounds: int | None = _help(FIELD_HELP["num_rounds"] + " Default: --num-layers.", default=None)
     k_per_round: int = _help(FIELD_HELP["k_per_round"], default=1)
     router: str = _help(FIELD_HELP["router"], default="gru")
     router_hidden_size: int = _help(FIELD_HELP["router_hidden_size"], default=0)
@@ -126,6 +132,12 @@ class PretrainConfig:
         for name in ("block_size", "hidden_size", "num_layers", "num_heads", "max_steps", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_attention_modules", "num_ffn_modules", "num_rounds"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}; leave it out to use "
+                    "--num-layers (or the --init-from model's layer count)"
+                )
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"--hidden-size {self.hidden_size} is not divisible by --num-heads {self.num_heads}")
         if self.num_kv_heads and self.num_heads % self.num_kv_heads:
@@ -138,8 +150,6 @@ class PretrainConfig:
 # -- models --------------------------------------------------------------------------------------------
 def vanilla_config(cfg: PretrainConfig, tokenizer: Any) -> Any:
     """A llama-style config of the requested size with the tokenizer's vocabulary and special tokens."""
-    from transformers import LlamaConfig
-
     inter = cfg.intermediate_size or 64 * math.ceil(cfg.hidden_size * 8 / 3 / 64)
     return LlamaConfig(
         vocab_size=len(tokenizer),
@@ -157,8 +167,6 @@ def vanilla_config(cfg: PretrainConfig, tokenizer: Any) -> Any:
 
 
 def mom_config(cfg: PretrainConfig, base: Any, num_layers: int, pool_init: str) -> Any:
-    from modetune.mom.config import MoMConfig
-
     return MoMConfig(
         base_config=base.to_dict() if base is not None else None,
         num_attention_modules=cfg.num_attention_modules or num_layers,
@@ -178,12 +186,7 @@ def mom_config(cfg: PretrainConfig, base: Any, num_layers: int, pool_init: str) 
 
 def build_model(cfg: PretrainConfig, tokenizer: Any) -> Any:
     """The model to pre-train, initialised from `cfg.seed` (or from --init-from's layers)."""
-    from transformers import LlamaForCausalLM, set_seed
-
-    from modetune.architectures import locate
-    from modetune.mom.model import MoMForCausalLM, from_pretrained_layers
-
-    set_seed(cfg.seed)
+    hf_set_seed(cfg.seed)
     if cfg.init_from:
         source = load_source_model(cfg.init_from)
         layers = len(locate(source).layers)
@@ -195,10 +198,6 @@ def build_model(cfg: PretrainConfig, tokenizer: Any) -> Any:
 
 
 def load_source_model(spec: str) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    from modetune.loading import load_model_and_tokenizer
-
     path = Path(spec)
     if (path / RUN_FILE).is_file() and (path / "config.json").is_file():
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
@@ -223,8 +222,6 @@ def parameter_counts(model: Any) -> dict[str, int]:
 
 def flops_per_token(model: Any, context: int) -> float:
     """Forward FLOPs (2 x multiply-adds) per token at `context` keys: the modules a token runs, the head."""
-    from modetune.mom.model import MoMForCausalLM
-
     if isinstance(model, MoMForCausalLM):
         return model.forward_flops_per_token(context)
     c = model.config
@@ -232,56 +229,6 @@ def flops_per_token(model: Any, context: int) -> float:
     hd = d // c.num_attention_heads
     attn = 2 * (d * d * 2 + d * c.num_key_value_heads * hd * 2) + 2 * 2 * d * context
     return L * (attn + 2 * 3 * d * ff) + 2 * d * c.vocab_size
-
-
-# -- trainer -------------------------------------------------------------------------------------------
-class PretrainTrainer(MoDETrainer):
-    """`MoDETrainer` for a whole causal LM: logs MoM routing, saves/loads model.safetensors."""
-
-    @property
-    def mode_model(self) -> Any:  # the name the shared trainer uses for the model it saves
-        return self.accelerator.unwrap_model(self.model)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs, num_items_in_batch=num_items_in_batch, use_cache=False)
-        loss, _ = self._checked_loss(outputs.loss, num_items_in_batch, "Lower --learning-rate.")
-        if model.training:
-            self._accumulate(outputs, inputs)
-        return (loss, outputs) if return_outputs else loss
-
-    def _accumulate(self, outputs: Any, inputs: dict[str, torch.Tensor]) -> None:
-        values: dict[str, float] = {}
-        if getattr(outputs, "router_entropy", None) is not None:
-            values["router_entropy"] = float(outputs.router_entropy)
-            for kind in ("attention", "ffn"):
-                for j, v in enumerate(getattr(outputs, f"{kind}_load").tolist()):
-                    values[f"router/{kind[:4]}{j}"] = v
-        self._record(values, inputs)
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        output_dir = output_dir or self.args.output_dir
-        if not self.args.should_save:
-            return
-        self.mode_model.save_pretrained(output_dir)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, Path(output_dir) / "training_args.bin")
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        from safetensors.torch import load_file
-
-        folder = Path(resume_from_checkpoint)
-        weights = folder / "model.safetensors"
-        if not weights.is_file():
-            raise ModetuneError(f"{weights} is missing: the checkpoint {folder} is incomplete")
-        model = self.mode_model
-        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-        tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-        if set(missing) - tied or unexpected:
-            raise ModetuneError(f"{weights} does not match the model (missing {missing}, unexpected {unexpected})")
-        model.tie_weights()
-        marker = json.loads((folder / CHECKPOINT_MARKER).read_text())
-        self.tokens_seen = int(marker.get("tokens_seen", 0))
 
 
 # -- the recipe ----------------------------------------------------------------------------------------
@@ -295,51 +242,7 @@ class PretrainResult:
     seconds: float
 
 
-def _prepare_output(cfg: PretrainConfig) -> Path | None:
-    out = Path(cfg.output)
-    if cfg.resume:
-        if not (out / RUN_FILE).is_file():
-            raise ModetuneError(f"--resume: {out} is not a run directory (no {RUN_FILE}); start it without --resume")
-        before = read_run_info(out).get("pretrain_config", {})
-        changed = {
-            k: (before.get(k), v)
-            for k, v in cfg.to_dict().items()
-            if k not in ("resume", "overwrite", "max_steps", "save_steps", "eval_steps") and before.get(k) != v
-        }
-        if changed:
-            detail = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in changed.items())
-            raise ModetuneError(f"--resume with different settings than the run in {out} ({detail})")
-        checkpoint = latest_complete_checkpoint(out)
-        if checkpoint is None:
-            raise ModetuneError(f"--resume: {out} has no complete checkpoint yet; start it again without --resume")
-        # metrics logged after that checkpoint will be logged again
-        metrics = out / "metrics.jsonl"
-        if metrics.is_file():
-            step = int(checkpoint.name.split("-")[-1])
-            kept = [ln for ln in metrics.read_text().splitlines() if _step_of(ln) is not None and _step_of(ln) <= step]
-            metrics.write_text("".join(f"{ln}\n" for ln in kept))
-        return checkpoint
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise ModetuneError(
-            f"{out} already exists and is not empty; pass --resume to continue it, --overwrite to write into it, "
-            "or choose another --output"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    return None
-
-
-def _step_of(line: str) -> int | None:
-    try:
-        return int(json.loads(line)["step"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        return None  # a torn line from a killed run
-
-
 def load_tokenizer(spec: str) -> Any:
-    from transformers import AutoTokenizer
-
-    from modetune.loading import resolve_model
-
     path = Path(spec)
     source = path if (path / "tokenizer_config.json").is_file() else resolve_model(spec).path
     tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
@@ -349,19 +252,30 @@ def load_tokenizer(spec: str) -> Any:
 
 
 def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> PretrainResult:
-    """Run one pre-training job end to end and leave a complete run directory in `cfg.output`."""
-    from transformers import default_data_collator
-    from transformers.trainer_callback import PrinterCallback
-    from transformers.trainer_callback import ProgressCallback as HFProgressCallback
-
-    from modetune import __version__
-    from modetune.data.corpus import build_corpus
-    from modetune.training.recipe import draw_training_curves, training_arguments
-
+    """Run one pre-training job end to end and leave a complete run directory in `cfg.output`; a start that
+    fails (bad corpus, option, model) leaves the file system as it was."""
     cfg.validate()
     started = time.time()
-    resume_from = _prepare_output(cfg)
     out = Path(cfg.output)
+    claim = claim_output(out)
+    try:
+        resume_from = check_output(out, cfg.resume, cfg.overwrite, {"pretrain_config": cfg})
+        trainer, info = _setup(cfg, out, argv)
+        if cfg.resume:
+            prepare_resume(out, resume_from, info)
+        write_run_info(out, info)
+    except BaseException:
+        claim.abandon()
+        raise
+    claim.created = None  # from here on, the directory holds the run: never removed
+    try:
+        return _run(trainer, cfg, info, out, resume_from, started)
+    finally:
+        claim.abandon()
+
+
+def _setup(cfg: PretrainConfig, out: Path, argv: list[str] | None) -> tuple[MethodTrainer, dict[str, Any]]:
+    """Tokenizer, corpus, model and trainer: everything that can fail on user input, before anything is written."""
     tokenizer = load_tokenizer(cfg.tokenizer)
     corpus = build_corpus(cfg.corpus, tokenizer, cfg.block_size, cfg.heldout_fraction, cfg.max_train_tokens)
     heldout = corpus.heldout[: cfg.eval_max_blocks] if cfg.eval_max_blocks else corpus.heldout
@@ -378,14 +292,8 @@ def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> PretrainResu
         "parameters": parameter_counts(model),
         "forward_flops_per_token": flops_per_token(model, context=cfg.block_size // 2),
     }
-    if resume_from is not None:
-        previous = read_run_info(out)
-        info["started"] = previous.get("started", info["started"])
-        info["resumed"] = [*previous.get("resumed", []), {"from": str(resume_from), "at": info["started"]}]
-    write_run_info(out, info)
-
     args = training_arguments(cfg, out, use_cpu=not torch.cuda.is_available(), evaluate=True)
-    trainer = PretrainTrainer(
+    trainer = MethodTrainer(
         model=model,
         args=args,
         train_dataset=corpus.train,
@@ -397,6 +305,13 @@ def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> PretrainResu
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(HFProgressCallback)
+    return trainer, info
+
+
+def _run(
+    trainer: MethodTrainer, cfg: PretrainConfig, info: dict[str, Any], out: Path, resume_from: Path | None,
+    started: float,
+) -> PretrainResult:  # fmt: skip
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     trainer.save_model(str(out))
     eval_loss = float(trainer.evaluate()["eval_loss"])
