@@ -12,7 +12,7 @@ import pytest
 from modetune.data import Example, load_dataset_file, load_datasets, write_examples
 from modetune.errors import DataError, ModetuneError
 
-# record counts from /work/shared/data/README.md
+# record counts from ../shared/data/README.md
 REAL_FILES = {
     "gsm8k/test.json": 1319,
     "svamp/test.json": 1000,
