@@ -13,11 +13,11 @@ from tests.experiments.test_grid_runner import _load
 def test_portable_paths_follow_the_repository_conventions(monkeypatch):
     run = _load("run")
     monkeypatch.setattr(run, "REPO", Path("/srv/work/main"))
-    monkeypatch.setattr(Path, "home", classmethod(lambda cls: Path("/home/someone")))
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: Path("/srv/home/someone")))
     text = json.dumps(
         {
             "command": "python -m modetune train --data /srv/work/shared/data/boolq/train.json synthetic:3000:2 "
-            "--output /home/someone/.cache/modetune/experiments/commonsense/lora/s0 --overwrite",
+            "--output /srv/home/someone/.cache/modetune/experiments/commonsense/lora/s0 --overwrite",
             "file": "/srv/work/main/experiments/x.json",
             "kept": ["https://example.org/srv/work/shared/data", "/srv/work/mainframe/y", "/srv/elsewhere/z"],
         }
