@@ -1,7 +1,7 @@
-"""Print the README's option tables from the CLI parsers; `--write` puts them between the OPTIONS markers.
+"""Print the option tables of docs/options.md from the CLI parsers; `--write` puts them between its OPTIONS markers.
 
-    python scripts/readme_options.py --write
-tests/test_readme.py fails when the README's tables are not this script's output, so a new or changed option
+    python scripts/docs_options.py --write
+tests/test_readme.py fails when docs/options.md's tables are not this script's output, so a new or changed option
 cannot go undocumented and a hand edit to a table cannot drift from the CLI.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from modetune.cli import build_parser
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+OPTIONS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "options.md"
 START, END = "<!-- OPTIONS -->", "<!-- /OPTIONS -->"
 
 
@@ -21,7 +21,7 @@ def options_markdown() -> str:
     """Every subcommand's options (nested ones such as `data fetch` included), one table per option group."""
     lines: list[str] = []
     for name, parser in _subcommands(build_parser(), "modetune"):
-        lines.append(f"#### `{name}`")
+        lines.append(f"## `{name}`")
         for group in parser._action_groups:
             actions = [a for a in group._group_actions if a.dest != "help" and not _is_subcommands(a)]
             if not actions:
@@ -33,16 +33,18 @@ def options_markdown() -> str:
     return "\n".join(lines)
 
 
-def write_readme(readme: Path = README) -> None:
-    text = readme.read_text()
+def write_page(page: Path = OPTIONS_PAGE) -> None:
+    text = page.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{page} has no {START} ... {END} markers to write the tables between")
     head, _, rest = text.partition(START)
     _, _, tail = rest.partition(END)
-    readme.write_text(f"{head}{START}\n\n{options_markdown()}\n{END}{tail}")
+    page.write_text(f"{head}{START}\n\n{options_markdown()}\n{END}{tail}")
 
 
-def readme_block(readme: Path = README) -> str:
-    """The README's text between the OPTIONS markers, as `write_readme` puts it there."""
-    return readme.read_text().partition(START)[2].partition(END)[0].strip("\n")
+def page_block(page: Path = OPTIONS_PAGE) -> str:
+    """The page's text between the OPTIONS markers, as `write_page` puts it there."""
+    return page.read_text().partition(START)[2].partition(END)[0].strip("\n")
 
 
 def _subcommands(parser: argparse.ArgumentParser, prefix: str):
@@ -75,7 +77,7 @@ def _text(help_text: str | None) -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--write"]:
-        write_readme()
-        print(f"wrote the option tables into {README}")
+        write_page()
+        print(f"wrote the option tables into {OPTIONS_PAGE}")
     else:
         print(options_markdown())
