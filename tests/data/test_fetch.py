@@ -12,7 +12,9 @@ import pytest
 
 from modetune.cli import main
 from modetune.data import fetch
-from modetune.data.fetch import DATA_FILES, DataFile, FetchError, fetch_data, fetch_file, files_for, verify_file
+from modetune.data.fetch import DATA_FILES, DataFile, FetchError, fetch_file, verify_file
+from modetune.evaluation import task_data
+from modetune.evaluation.task_data import fetch_data, files_for
 from tests.data.mirror import mirror_files, start, upstream_path
 
 
@@ -108,6 +110,7 @@ def test_offline_fails_at_once_with_one_line(toy, monkeypatch, capsys):
 def test_cli_fetch_prints_licenses(toy, monkeypatch, capsys):
     spec, server, cache = toy
     monkeypatch.setattr(fetch, "DATA_FILES", (spec,))
+    monkeypatch.setattr(task_data, "DATA_FILES", (spec,))  # the task-name resolution reads it from there
     monkeypatch.setenv("MODETUNE_DATA_URL", server.url)
     monkeypatch.setenv("MODETUNE_DATA_DIR", str(cache))
     assert main(["data", "fetch", "gsm8k"]) == 0

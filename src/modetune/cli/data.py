@@ -47,7 +47,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from modetune.data.fetch import DATA_FILES, citations, data_cache_dir, fetch_data, verify_file
+    from modetune.data.fetch import DATA_FILES, data_cache_dir, verify_file
+    from modetune.evaluation.task_data import citations, fetch_data
 
     root = Path(args.dir).expanduser() if args.dir else data_cache_dir()
     if args.data_command == "list":
