@@ -21,7 +21,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
 
 @dataclass(frozen=True)
 class Case:
-    area: str  # where the input goes in: a CLI command, MoDEConfig, the Python API
+    area: str  # where the input goes in: a CLI command (and method), MoDEConfig, the Python API
     what: str  # the bad input, in words
     run: Callable[[Path, dict[str, Path]], Any]  # CLI: returns argv; API: raises
     message: str  # exact text of the message ({tmp}: the test's directory, {model}: the tiny base model)
@@ -40,6 +40,15 @@ def _write(path: Path, data: bytes | str) -> Path:
 
 def _train(t: Path, c: dict[str, Path], *extra: str) -> list[str]:
     return ["train", "--model", str(c["model"]), "--output", str(t / "out"), "--data", "synthetic:8:1", *extra]
+
+
+def _pretrain(t: Path, c: dict[str, Path], *extra: str) -> list[str]:
+    corpus = t / "corpus.txt"
+    if not corpus.exists():
+        _write(corpus, "\n\n".join(f"story {i}: a cat sat on a mat and slept." for i in range(400)))
+    return ["pretrain", "--tokenizer", str(c["model"]), "--corpus", str(corpus), "--output", str(t / "out"),
+            "--hidden-size", "32", "--num-layers", "2", "--num-heads", "2", "--block-size", "16", "--max-steps", "1",
+            *extra]  # fmt: skip
 
 
 def _eval(t: Path, c: dict[str, Path], *extra: str, task: str = "gsm8k") -> list[str]:
@@ -305,6 +314,98 @@ CASES: dict[str, Case] = {
         "a base model whose tokenizer has neither a pad nor an EOS token",
         _tokenizer_without_pad_or_eos,
         "modetune train: error: the tokenizer of '{tmp}/model' has neither a pad nor an EOS token; add one to its tokenizer config",
+    ),
+    "train-unknown-method": Case(
+        "modetune train",
+        "`--method moe` (not a registered method)",
+        lambda t, c: _train(t, c, "--method", "moe"),
+        "modetune train: error: method='moe' is not supported; allowed: mode, mod",
+    ),
+    # -- modetune train --method mod (MoDification) -------------------------------------------------------------
+    "mod-threshold": Case(
+        "modetune train --method mod",
+        "`--threshold 1.5`",
+        lambda t, c: _train(t, c, "--method", "mod", "--threshold", "1.5"),
+        "modetune train: error: threshold=1.5 is out of range; allowed: 0 <= p < 1",
+    ),
+    "mod-capacity": Case(
+        "modetune train --method mod",
+        "`--capacity 0`",
+        lambda t, c: _train(t, c, "--method", "mod", "--capacity", "0"),
+        "modetune train: error: capacity=0.0 is out of range; allowed: 0 < capacity <= 1",
+    ),
+    "mod-operator": Case(
+        "modetune train --method mod",
+        "`--operator topp` (unknown name)",
+        lambda t, c: _train(t, c, "--method", "mod", "--operator", "topp"),
+        "modetune train: error: operator='topp' is not supported; allowed: 'threshold', 'topk'",
+    ),
+    "mod-routed-layers": Case(
+        "modetune train --method mod",
+        "`--routed-layers 9` on a 4-layer model",
+        lambda t, c: _train(t, c, "--method", "mod", "--routed-layers", "9"),
+        "modetune train: error: routed_layers=[9] names a layer the model does not have; allowed: 0..3",
+    ),
+    "mod-no-routed-layer": Case(
+        "modetune train --method mod",
+        "`--skip-first 9`: no layer left to route",
+        lambda t, c: _train(t, c, "--method", "mod", "--skip-first", "9"),
+        "modetune train: error: no layer gets a router: the model has 4 decoder layers and skip_first=9, skip_last=2; lower them or pass routed_layers",
+    ),
+    "mod-preset": Case(
+        "modetune train --method mod",
+        "`--preset paper` (a MoDE preset)",
+        lambda t, c: _train(t, c, "--method", "mod", "--preset", "paper"),
+        "modetune train: error: --preset paper is not a preset of --method mod; allowed: default",
+    ),
+    # -- modetune pretrain (vanilla and Mixture-of-Modules) ------------------------------------------------------
+    "pretrain-missing-corpus": Case(
+        "modetune pretrain",
+        "`--corpus` names a missing file",
+        lambda t, c: _pretrain(t, c, "--corpus", str(t / "missing.txt")),
+        "modetune pretrain: error: corpus file {tmp}/missing.txt does not exist",
+    ),
+    "pretrain-arch": Case(
+        "modetune pretrain",
+        "`--arch moe` (unknown name)",
+        lambda t, c: _pretrain(t, c, "--arch", "moe"),
+        "modetune pretrain: error: --arch must be one of mom, vanilla, got 'moe'",
+    ),
+    "pretrain-heads": Case(
+        "modetune pretrain",
+        "`--num-heads 3` with `--hidden-size 32`",
+        lambda t, c: _pretrain(t, c, "--num-heads", "3"),
+        "modetune pretrain: error: --hidden-size 32 is not divisible by --num-heads 3",
+    ),
+    "pretrain-init-from-vanilla": Case(
+        "modetune pretrain",
+        "`--init-from` with `--arch vanilla`",
+        lambda t, c: _pretrain(t, c, "--arch", "vanilla", "--init-from", str(c["model"])),
+        "modetune pretrain: error: --init-from builds a MoM pool from a model's layers; it needs --arch mom",
+    ),
+    "pretrain-resume-not-a-run": Case(
+        "modetune pretrain",
+        "`--resume` into a directory that is not a run",
+        lambda t, c: _pretrain(t, c, "--resume", "--output", str(_write(t / "notrun" / "a.txt", "x").parent)),
+        "modetune pretrain: error: --resume: {tmp}/notrun is not a run directory (no run.json); start it without --resume",
+    ),
+    "mom-rounds-zero": Case(
+        "modetune pretrain --arch mom",
+        "`--num-rounds 0`",
+        lambda t, c: _pretrain(t, c, "--num-rounds", "0"),
+        "modetune pretrain: error: --num-rounds must be >= 1, got 0; leave it out to use --num-layers (or the --init-from model's layer count)",
+    ),
+    "mom-k-per-round": Case(
+        "modetune pretrain --arch mom",
+        "`--k-per-round 9` with 2 modules and 1 SKIP",
+        lambda t, c: _pretrain(t, c, "--k-per-round", "9"),
+        "modetune pretrain: error: MoMConfig.k_per_round=9 exceeds the 3 attention options left (modules not pruned plus SKIP modules); lower k_per_round or add modules",
+    ),
+    "mom-router": Case(
+        "modetune pretrain --arch mom",
+        "`--router lstm` (unknown name)",
+        lambda t, c: _pretrain(t, c, "--router", "lstm"),
+        "modetune pretrain: error: --router 'lstm' is not supported; allowed: gru, linear",
     ),
     # -- modetune eval -------------------------------------------------------------------------------------------
     "eval-unknown-task": Case(

@@ -125,8 +125,9 @@ class PretrainConfig:
             raise ConfigError("--output is required")
         if self.arch not in ARCHS:
             raise ConfigError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
-        if self.router not in ROUTERS or self.weighting not in WEIGHTINGS:
-            raise ConfigError(f"--router must be one of {ROUTERS} and --weighting one of {WEIGHTINGS}")
+        for name, allowed in (("router", ROUTERS), ("weighting", WEIGHTINGS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"--{name} {getattr(self, name)!r} is not supported; allowed: {', '.join(allowed)}")
         if self.init_from and self.arch != "mom":
             raise ConfigError("--init-from builds a MoM pool from a model's layers; it needs --arch mom")
         for name in ("block_size", "hidden_size", "num_layers", "num_heads", "max_steps", "batch_size", "grad_accum"):
@@ -277,9 +278,9 @@ def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> PretrainResu
 def _setup(cfg: PretrainConfig, out: Path, argv: list[str] | None) -> tuple[MethodTrainer, dict[str, Any]]:
     """Tokenizer, corpus, model and trainer: everything that can fail on user input, before anything is written."""
     tokenizer = load_tokenizer(cfg.tokenizer)
+    model = build_model(cfg, tokenizer)  # before the corpus: a bad MoM option is refused before any tokenizing
     corpus = build_corpus(cfg.corpus, tokenizer, cfg.block_size, cfg.heldout_fraction, cfg.max_train_tokens)
     heldout = corpus.heldout[: cfg.eval_max_blocks] if cfg.eval_max_blocks else corpus.heldout
-    model = build_model(cfg, tokenizer)
     info: dict[str, Any] = {
         "modetune_version": __version__,
         "kind": "pretrain",
