@@ -414,6 +414,18 @@ CASES: dict[str, Case] = {
         lambda t, c: _eval(t, c, "--model", str(c["model"]), task="gsm9k"),
         "modetune eval: error: unknown task 'gsm9k'; known tasks: gsm8k, svamp, ",
     ),
+    "eval-model-and-run": Case(
+        "modetune eval",
+        "both `--model` and `--run` (or neither)",
+        lambda t, c: _eval(t, c, "--model", str(c["model"]), "--run", str(c["run"])),
+        "modetune eval: error: pass exactly one of --model MODEL or --run RUN_DIR",
+    ),
+    "eval-base-without-run": Case(
+        "modetune eval",
+        "`--base` with `--model` (it replaces a run's base)",
+        lambda t, c: _eval(t, c, "--model", str(c["model"]), "--base", str(c["model"])),
+        "modetune eval: error: --base replaces a run's base model; it needs --run RUN_DIR",
+    ),
     "eval-missing-data": Case(
         "modetune eval",
         "`--data` names a missing test file (found before the model is loaded)",

@@ -115,9 +115,11 @@ def test_malformed_record_exits_2(tiny_model_dir, tmp_path, capsys):
     assert "not one of true/false" in capsys.readouterr().err
 
 
-def test_model_or_run_is_required(tmp_path):
-    with pytest.raises(SystemExit):
-        main(["eval", "--task", "gsm8k", "--output", str(tmp_path)])
+@pytest.mark.parametrize("which", [[], ["--model", "a", "--run", "b"]])
+def test_exactly_one_of_model_or_run(tmp_path, capsys, which):
+    assert main(["eval", "--task", "gsm8k", "--output", str(tmp_path / "o"), *which]) == 2
+    assert "pass exactly one of --model MODEL or --run RUN_DIR" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_dora_cache_is_on_unless_no_dora_cache(tiny_model_dir, shared, tmp_path, monkeypatch):

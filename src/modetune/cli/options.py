@@ -42,21 +42,31 @@ def add_dataclass_options(
         if f.name in shared:
             _share_option(parser, f, title)
             continue
-        flag = "--" + f.name.replace("_", "-")
-        typ, is_list = _base_type(f.type)
-        default = f.default if f.default is not MISSING else None
-        help_text = f.metadata.get("help", "")
-        if typ is bool:
-            group.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text
-            )
-        elif is_list:
-            group.add_argument(flag, dest=f.name, type=typ, nargs="+", action="extend", default=None, help=help_text)
-        else:
-            shown = "" if default in (None, "") else f" (default: {default})"
-            group.add_argument(
-                flag, dest=f.name, type=typ, default=default, help=help_text + shown, metavar=f.name.upper()
-            )
+        _add_field_option(group, f)
+
+
+def _add_field_option(group: Any, f: Any) -> None:
+    """One field as an option: its flag (metadata `flag`, default --field-name), help, and where given its
+    `choices`, `metavar` and `required` (all from the field's metadata)."""
+    meta = f.metadata
+    flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+    typ, is_list = _base_type(f.type)
+    default = f.default if f.default is not MISSING else None
+    help_text = meta.get("help", "")
+    extra = {k: meta[k] for k in ("choices", "required") if k in meta}
+    if typ is bool:
+        group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+    elif is_list:
+        group.add_argument(
+            flag, dest=f.name, type=typ, nargs="+", action="extend", default=None, help=help_text,
+            metavar=meta.get("metavar", f.name.upper()), **extra,
+        )  # fmt: skip
+    else:
+        shown = "" if default in (None, "") else f" (default: {default})"
+        metavar = None if "choices" in meta else meta.get("metavar", f.name.upper())
+        group.add_argument(
+            flag, dest=f.name, type=typ, default=default, help=help_text + shown, metavar=metavar, **extra
+        )
 
 
 def _share_option(parser: argparse.ArgumentParser, f: Any, title: str) -> None:

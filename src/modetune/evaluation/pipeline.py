@@ -351,48 +351,16 @@ def evaluate_model(
         ModetuneError: unknown task, missing file, malformed record, numeric task in
             log-likelihood mode, or a bad option.
     """
-    if scoring not in SCORING_MODES:
-        raise ConfigError(f"unknown scoring '{scoring}'; use one of {', '.join(SCORING_MODES)}")
-    if ll_style not in (*LL_STYLES, "auto"):
-        raise ConfigError(f"unknown log-likelihood style '{ll_style}'; use one of auto, {', '.join(LL_STYLES)}")
-    if ll_norm not in (*LL_NORMS, "auto"):
-        raise ConfigError(f"unknown log-likelihood normalisation '{ll_norm}'; use one of auto, {', '.join(LL_NORMS)}")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-    settings = generation or GenerationSettings()
+    _check_options(scoring, ll_style, ll_norm, batch_size)
     specs = [t if isinstance(t, TaskSpec) else get_task(t) for t in tasks]
-    if not specs:
-        raise ConfigError("no task given")
     styles = {s.name: _style_for(s, ll_style) for s in specs}
     norms = {s.name: _norm_for(styles[s.name], ll_norm) for s in specs}
-    if scoring == "loglikelihood":
-        no_blank = [s.name for s in specs if styles[s.name] == "partial" and not s.blank]
-        if no_blank:
-            raise ConfigError(
-                f"--ll-style partial fills a '_' blank in the sentence (WinoGrande); {', '.join(no_blank)} "
-                "has no blank: use --ll-style text or label"
-            )
-        numeric = [s.name for s in specs if not s.multiple_choice]
-        if numeric:
-            raise ConfigError(
-                f"log-likelihood scoring needs multiple-choice tasks; {', '.join(numeric)} "
-                "have free-form numeric answers (use --scoring generate for them)"
-            )
+    _check_tasks(specs, scoring, styles)
+    settings = generation or GenerationSettings()
     files = _resolve_files(specs, data)
-
     # load everything first, so a bad file fails before any model time is spent
-    selected: dict[str, list[EvalExample]] = {}
-    n_total: dict[str, int] = {}
-    for spec in specs:
-        examples = load_task_examples(spec, files[spec.name], with_choices=scoring == "loglikelihood")
-        if not examples:
-            raise DataError(f"{files[spec.name]}: no examples")
-        n_total[spec.name] = len(examples)
-        selected[spec.name] = select_subset(examples, limit, seed)
-
-    contamination = None
-    if train_files:
-        contamination = check_contamination(selected, train_files)
+    selected, n_total = _load_selected(specs, files, scoring == "loglikelihood", limit, seed)
+    contamination = check_contamination(selected, train_files) if train_files else None
 
     if hasattr(model, "eval"):
         model.eval()
@@ -409,27 +377,13 @@ def evaluate_model(
                     model, tokenizer, spec, examples, prompts, settings, batch_size, seed, progress
                 )
             else:
+                style, norm = styles[spec.name], norms[spec.name]
                 rows, extra = _evaluate_loglikelihood(
-                    model,
-                    tokenizer,
-                    spec,
-                    examples,
-                    prompts,
-                    styles[spec.name],
-                    norms[spec.name],
-                    template,
-                    batch_size,
-                    progress,
+                    model, tokenizer, spec, examples, prompts, style, norm, template, batch_size, progress
                 )
-                extra = {**extra, "ll_style": styles[spec.name], "ll_norm": norms[spec.name]}
-            n = len(rows)
-            correct = sum(r["correct"] for r in rows)
-            lo, hi = wilson_interval(correct, n)
+                extra = {**extra, "ll_style": style, "ll_norm": norm}
             task_results[spec.name] = {
-                "accuracy": correct / n if n else 0.0,
-                "n": n,
-                "correct": correct,
-                "ci95": [lo, hi],
+                **_accuracy(rows),
                 "n_total": n_total[spec.name],
                 "file": str(files[spec.name]),
                 "category": spec.category,
@@ -463,6 +417,61 @@ def evaluate_model(
     if output_dir is not None:
         report.write(output_dir)
     return report
+
+
+def _check_options(scoring: str, ll_style: str, ll_norm: str, batch_size: int) -> None:
+    """Refuse a bad option before any task, file or model is read."""
+    if scoring not in SCORING_MODES:
+        raise ConfigError(f"unknown scoring '{scoring}'; use one of {', '.join(SCORING_MODES)}")
+    if ll_style not in (*LL_STYLES, "auto"):
+        raise ConfigError(f"unknown log-likelihood style '{ll_style}'; use one of auto, {', '.join(LL_STYLES)}")
+    if ll_norm not in (*LL_NORMS, "auto"):
+        raise ConfigError(f"unknown log-likelihood normalisation '{ll_norm}'; use one of auto, {', '.join(LL_NORMS)}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+
+
+def _check_tasks(specs: list[TaskSpec], scoring: str, styles: dict[str, str]) -> None:
+    """Refuse tasks the scoring cannot handle (log-likelihood needs choices; 'partial' needs a blank)."""
+    if not specs:
+        raise ConfigError("no task given")
+    if scoring != "loglikelihood":
+        return
+    no_blank = [s.name for s in specs if styles[s.name] == "partial" and not s.blank]
+    if no_blank:
+        raise ConfigError(
+            f"--ll-style partial fills a '_' blank in the sentence (WinoGrande); {', '.join(no_blank)} "
+            "has no blank: use --ll-style text or label"
+        )
+    numeric = [s.name for s in specs if not s.multiple_choice]
+    if numeric:
+        raise ConfigError(
+            f"log-likelihood scoring needs multiple-choice tasks; {', '.join(numeric)} "
+            "have free-form numeric answers (use --scoring generate for them)"
+        )
+
+
+def _load_selected(
+    specs: list[TaskSpec], files: Mapping[str, Path], with_choices: bool, limit: int | None, seed: int
+) -> tuple[dict[str, list[EvalExample]], dict[str, int]]:
+    """({task: the seeded subset of its examples}, {task: how many examples its file holds})."""
+    selected: dict[str, list[EvalExample]] = {}
+    n_total: dict[str, int] = {}
+    for spec in specs:
+        examples = load_task_examples(spec, files[spec.name], with_choices=with_choices)
+        if not examples:
+            raise DataError(f"{files[spec.name]}: no examples")
+        n_total[spec.name] = len(examples)
+        selected[spec.name] = select_subset(examples, limit, seed)
+    return selected, n_total
+
+
+def _accuracy(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy, count, correct and the Wilson 95% interval of one task's scored rows."""
+    n = len(rows)
+    correct = sum(r["correct"] for r in rows)
+    lo, hi = wilson_interval(correct, n)
+    return {"accuracy": correct / n if n else 0.0, "n": n, "correct": correct, "ci95": [lo, hi]}
 
 
 def _environment() -> dict[str, str]:
