@@ -14,7 +14,30 @@ import random
 from pathlib import Path
 from typing import Any
 
-from modetune.errors import ConfigError
+from rich.console import Console
+from rich.table import Table
+
+from modetune.analysis.curves import plot_training_curves
+from modetune.analysis.lens import example_batches, inspect_batches, prompt_batches
+from modetune.analysis.probe import collect_late_logits, probe_markdown, probe_router
+from modetune.analysis.report import (
+    plot_lens,
+    plot_routing_by_class,
+    plot_routing_heatmap,
+    write_json,
+    write_lens_tables,
+    write_routing_html,
+)
+from modetune.cli.options import setup_logging
+from modetune.data import Example, generate_problems, load_dataset_file
+from modetune.errors import CheckpointError, ConfigError, DataError
+from modetune.evaluation.tasks import find_task_file, get_task
+from modetune.loading import load_model_and_tokenizer, resolve_model
+from modetune.methods import saved_method
+from modetune.mode import SPEC as MODE
+from modetune.mode import get_mode_model
+from modetune.mode.config import MoDEConfig
+from modetune.runs import find_run_root, load_run, read_run_info
 
 _EPILOG = """\
 data:  --data FILE (any format `modetune train` reads), --data synthetic[:N[:LEVEL]] (held-out generated
@@ -101,9 +124,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _router_probe(model: Any, batches: list[Any], max_tokens: int, out: Path, console: Any) -> list[Path]:
-    from modetune.analysis.probe import collect_late_logits, probe_markdown, probe_router
-    from modetune.analysis.report import write_json
-
     if len(model.layer_indices) < 2:
         raise ConfigError("--router-probe needs k >= 2 late layers to route between; give a run or --num-layers 2+")
     console.print(f"router probe: collecting up to {max_tokens} labelled tokens, fitting probes ...")
@@ -140,9 +160,6 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _load_examples(args: argparse.Namespace) -> tuple[list[Any] | None, list[str] | None, str]:
     """(examples, prompts, description) of the data source, validated before any model is loaded."""
-    from modetune.data import Example, generate_problems, load_dataset_file
-    from modetune.errors import DataError
-
     if args.prompt is not None:
         return None, list(args.prompt), f"{len(args.prompt)} prompt(s)"
     if args.data is not None and args.data.split(":")[0] == "synthetic":
@@ -156,8 +173,6 @@ def _load_examples(args: argparse.Namespace) -> tuple[list[Any] | None, list[str
         examples = generate_problems(min(n, args.limit), seed=args.seed, difficulty=level, split="test")
         return examples, None, f"{len(examples)} held-out synthetic problems (level {level}, seed {args.seed})"
     if args.task is not None:
-        from modetune.evaluation.tasks import find_task_file, get_task
-
         spec = get_task(args.task)
         path = find_task_file(spec, args.data_dir)
         what = f"task {spec.name} ({path})"
@@ -184,76 +199,29 @@ def _load_examples(args: argparse.Namespace) -> tuple[list[Any] | None, list[str
 
 def _check_model_source(args: argparse.Namespace) -> dict[str, Any] | None:
     """The run's info (run.json), or None for --model; errors name the problem before anything loads."""
-    from modetune.errors import CheckpointError
-    from modetune.runs import find_run_root, read_run_info, saved_method_class
-
     if args.run_dir is None:
-        from modetune.loading import resolve_model
-
         resolve_model(args.model)
         return None
-    root = find_run_root(args.run_dir)
-    info = read_run_info(root)
-    method = saved_method_class(args.run_dir)
-    if method is not None and method.config_class.method_name != "MoDE":
-        raise CheckpointError(
-            f"{args.run_dir} is a MoD (MoDification) run; `modetune inspect` looks inside MoDE runs (late "
-            "layers and their router). Evaluate a MoD run with `modetune eval --run` or measure its "
-            "skipping with benchmarks/mod_bench.py"
-        )
-    if method is None:
+    info = read_run_info(find_run_root(args.run_dir))
+    spec = saved_method(args.run_dir)
+    if spec is None:
         raise CheckpointError(f"{args.run_dir} holds no trained model yet (mode_config.json is missing)")
+    if spec.name != MODE.name:
+        raise CheckpointError(
+            f"{args.run_dir} is a {spec.title} run; `modetune inspect` looks inside MoDE runs (late layers and "
+            "their router). Evaluate it with `modetune eval --run`"
+            + (" or measure its skipping with benchmarks/mod_bench.py" if spec.name == "mod" else "")
+        )
     return info
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from modetune.analysis.curves import plot_training_curves
-    from modetune.analysis.lens import example_batches, inspect_batches, prompt_batches
-    from modetune.analysis.report import (
-        plot_lens,
-        plot_routing_by_class,
-        plot_routing_heatmap,
-        write_json,
-        write_lens_tables,
-        write_routing_html,
-    )
-    from modetune.cli.options import setup_logging
-
     setup_logging()
     _check_args(args)
     examples, prompts, data_desc = _load_examples(args)
     info = _check_model_source(args)
-
-    from modetune.loading import load_model_and_tokenizer
-    from modetune.mode import get_mode_model
-    from modetune.mode.config import MoDEConfig
-    from modetune.runs import load_run
-
     console = Console()
-    models: dict[str, tuple[Any, Any]] = {}
-    if args.run_dir is not None:
-        tuned, tokenizer, info = load_run(args.run_dir, dtype=args.dtype, device=args.device)
-        subject = f"run {info['run_dir']}"
-        if not args.no_base:
-            base_spec = info.get("base_model", {})
-            spec = (
-                base_spec.get("path")
-                if base_spec.get("path") and Path(base_spec["path"]).exists()
-                else (base_spec.get("spec"))
-            )
-            base, _ = load_model_and_tokenizer(spec, dtype=args.dtype, device=args.device)
-            # "before" = where the run's training started: its own MoDE configuration, freshly initialised
-            start = MoDEConfig.from_dict(tuned.mode_config.to_dict())
-            models["base"] = (get_mode_model(base, start), tokenizer)
-        models["run"] = (tuned, tokenizer)
-    else:
-        base, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
-        subject = f"model {args.model} (untrained MoDE wrapper, k={args.num_layers})"
-        models["model"] = (get_mode_model(base, MoDEConfig(num_layers=args.num_layers)), tokenizer)
-
+    models, tokenizer, subject, info = _load_models(args, info)
     if prompts is not None:
         batches = prompt_batches(prompts, tokenizer, cutoff_len=args.cutoff_len)
     else:
@@ -264,12 +232,48 @@ def run(args: argparse.Namespace) -> int:
     for name, (model, tok) in models.items():
         console.print(f"inspecting {name} on {data_desc} ...")
         results[name] = inspect_batches(model, tok, batches, top_n=args.top_n, map_examples=args.map_examples)
-
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     main_name = "run" if "run" in results else "model"
+    files = _write_files(results, main_name, subject, data_desc, Path(args.output))
+    if args.router_probe:
+        files += _router_probe(models[main_name][0], batches, args.probe_tokens, Path(args.output), console)
+    if info is not None:
+        metrics = Path(info["run_dir"]) / "metrics.jsonl"
+        if metrics.is_file():
+            files.append(plot_training_curves(metrics, Path(args.output) / "training_curves.png"))
+    _print_summary(console, results, results[main_name], subject, data_desc)
+    print("files written:")
+    for path in files:
+        print(f"  {path}")
+    return 0
+
+
+def _load_models(
+    args: argparse.Namespace, info: dict[str, Any] | None
+) -> tuple[dict[str, tuple[Any, Any]], Any, str, dict[str, Any] | None]:
+    """({name: (MoDE model, tokenizer)}, tokenizer, subject, run info): a run and, unless --no-base, its base
+    wrapped with the run's own MoDE configuration freshly initialised (where its training started); or a
+    --model wrapped untrained with k = --num-layers."""
+    models: dict[str, tuple[Any, Any]] = {}
+    if args.run_dir is None:
+        base, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
+        models["model"] = (get_mode_model(base, MoDEConfig(num_layers=args.num_layers)), tokenizer)
+        return models, tokenizer, f"model {args.model} (untrained MoDE wrapper, k={args.num_layers})", info
+    tuned, tokenizer, info = load_run(args.run_dir, dtype=args.dtype, device=args.device)
+    if not args.no_base:
+        record = info.get("base_model", {})
+        spec = record.get("path") if record.get("path") and Path(record["path"]).exists() else record.get("spec")
+        base, _ = load_model_and_tokenizer(spec, dtype=args.dtype, device=args.device)
+        start = MoDEConfig.from_dict(tuned.mode_config.to_dict())
+        models["base"] = (get_mode_model(base, start), tokenizer)
+    models["run"] = (tuned, tokenizer)
+    return models, tokenizer, f"run {info['run_dir']}", info
+
+
+def _write_files(results: dict[str, Any], main_name: str, subject: str, data_desc: str, out: Path) -> list[Path]:
+    """lens.json, the lens tables and plot, and the routing maps (PNG and one HTML page) of the main model."""
+    out.mkdir(parents=True, exist_ok=True)
     main = results[main_name]
-    files = [
+    return [
         write_json({"subject": subject, "data": data_desc, "results": results}, out / "lens.json"),
         *write_lens_tables(results, out),
         plot_lens(results, out / "lens.png"),
@@ -279,14 +283,11 @@ def run(args: argparse.Namespace) -> int:
             main, out / "routing.html", f"modetune inspect: routing map of {main_name}", f"{subject}, {data_desc}"
         ),
     ]
-    if args.router_probe:
-        files += _router_probe(models[main_name][0], batches, args.probe_tokens, out, console)
-    if info is not None:
-        metrics = Path(info["run_dir"]) / "metrics.jsonl"
-        if metrics.is_file():
-            files.append(plot_training_curves(metrics, out / "training_curves.png"))
 
-    table = Table(title=f"{subject}: late layers on {data_desc} ({main['tokens']} labelled tokens)")
+
+def _print_summary(console: Console, results: dict[str, Any], main: dict[str, Any], subject: str, data: str) -> None:
+    """Per late layer: lens and adapter CE/accuracy and the router's weight, per model; then the oracle line."""
+    table = Table(title=f"{subject}: late layers on {data} ({main['tokens']} labelled tokens)")
     table.add_column("layer", justify="right")
     for name in results:
         table.add_column(f"{name} lens CE / acc", justify="right")
@@ -302,15 +303,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{row['router_mean']:.2f} / {row['router_argmax_share']:.0%}",
             ]
         table.add_row(*cells)
-    ens = [
-        "ensemble",
-        *[
-            x
-            for res in results.values()
-            for x in ("", f"{res['ensemble']['ce']:.3f} / {res['ensemble']['acc']:.1%}", "")
-        ],
-    ]
-    table.add_row(*ens)
+    ensemble = [f"{res['ensemble']['ce']:.3f} / {res['ensemble']['acc']:.1%}" for res in results.values()]
+    table.add_row("ensemble", *[x for e in ensemble for x in ("", e, "")])
     console.print(table)
     for name, res in results.items():
         o = res["oracle"]
@@ -319,7 +313,3 @@ def run(args: argparse.Namespace) -> int:
             f"oracle CE {o['oracle_ce']:.3f} vs final {res['final']['ce']:.3f} vs ensemble {res['ensemble']['ce']:.3f};"
             f" router entropy {res['router']['entropy']:.3f} nats"
         )
-    print("files written:")
-    for path in files:
-        print(f"  {path}")
-    return 0

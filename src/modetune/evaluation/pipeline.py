@@ -365,33 +365,12 @@ def evaluate_model(
     if hasattr(model, "eval"):
         model.eval()
     started = time.time()
-    task_results: dict[str, dict[str, Any]] = {}
-    predictions: list[dict[str, Any]] = []
     with dora_caching(model, dora_cache):
-        for spec in specs:
-            examples = selected[spec.name]
-            prompts = [build_prompt_text(ex, template, tokenizer) for ex in examples]
-            t0 = time.time()
-            if scoring == "generate":
-                rows, extra = _evaluate_generate(
-                    model, tokenizer, spec, examples, prompts, settings, batch_size, seed, progress
-                )
-            else:
-                style, norm = styles[spec.name], norms[spec.name]
-                rows, extra = _evaluate_loglikelihood(
-                    model, tokenizer, spec, examples, prompts, style, norm, template, batch_size, progress
-                )
-                extra = {**extra, "ll_style": style, "ll_norm": norm}
-            task_results[spec.name] = {
-                **_accuracy(rows),
-                "n_total": n_total[spec.name],
-                "file": str(files[spec.name]),
-                "category": spec.category,
-                "scoring": scoring,
-                "seconds": round(time.time() - t0, 2),
-                **extra,
-            }
-            predictions.extend(rows)
+        sources = {s.name: {"n_total": n_total[s.name], "file": str(files[s.name])} for s in specs}
+        task_results, predictions = _score_tasks(
+            model, tokenizer, specs, selected, sources, scoring, settings, (styles, norms), template, batch_size,
+            seed, progress,
+        )  # fmt: skip
 
     average = sum(r["accuracy"] for r in task_results.values()) / len(task_results)
     results: dict[str, Any] = {
@@ -417,6 +396,50 @@ def evaluate_model(
     if output_dir is not None:
         report.write(output_dir)
     return report
+
+
+def _score_tasks(
+    model: Any,
+    tokenizer: Any,
+    specs: list[TaskSpec],
+    selected: dict[str, list[EvalExample]],
+    sources: dict[str, dict[str, Any]],
+    scoring: str,
+    settings: GenerationSettings,
+    ll: tuple[dict[str, str], dict[str, str]],
+    template: str,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """({task: accuracy, interval, its source (`sources`), timing, scoring details}, every scored row)."""
+    styles, norms = ll
+    task_results: dict[str, dict[str, Any]] = {}
+    predictions: list[dict[str, Any]] = []
+    for spec in specs:
+        examples = selected[spec.name]
+        prompts = [build_prompt_text(ex, template, tokenizer) for ex in examples]
+        t0 = time.time()
+        if scoring == "generate":
+            rows, extra = _evaluate_generate(
+                model, tokenizer, spec, examples, prompts, settings, batch_size, seed, progress
+            )
+        else:
+            style, norm = styles[spec.name], norms[spec.name]
+            rows, extra = _evaluate_loglikelihood(
+                model, tokenizer, spec, examples, prompts, style, norm, template, batch_size, progress
+            )
+            extra = {**extra, "ll_style": style, "ll_norm": norm}
+        task_results[spec.name] = {
+            **_accuracy(rows),
+            **sources[spec.name],
+            "category": spec.category,
+            "scoring": scoring,
+            "seconds": round(time.time() - t0, 2),
+            **extra,
+        }
+        predictions.extend(rows)
+    return task_results, predictions
 
 
 def _check_options(scoring: str, ll_style: str, ll_norm: str, batch_size: int) -> None:

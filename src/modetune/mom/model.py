@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import copy
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -212,6 +212,30 @@ class MoMCausalLMOutput(CausalLMOutputWithPast):
 
 
 # -- the model -----------------------------------------------------------------------------------------
+@dataclass
+class _Routing:
+    """What one forward's routers did, round by round: loads, entropies, balance terms, the picks."""
+
+    balance: bool
+    keep_routes: bool
+    loads_a: list[torch.Tensor] = field(default_factory=list)
+    loads_f: list[torch.Tensor] = field(default_factory=list)
+    entropies: list[torch.Tensor] = field(default_factory=list)
+    balance_terms: list[torch.Tensor] = field(default_factory=list)
+    routes: list[tuple[Any, Any]] = field(default_factory=list)
+
+    def add(self, model: MoMForCausalLM, attention: tuple[Any, Any], ffn: tuple[Any, Any], real: torch.Tensor) -> None:
+        (picks_a, probs_a), (picks_f, probs_f) = attention, ffn
+        if self.balance:
+            self.balance_terms.append(model._balance(picks_a, probs_a, real) + model._balance(picks_f, probs_f, real))
+        self.loads_a.append(model._load(picks_a, probs_a.shape[-1], real))
+        self.loads_f.append(model._load(picks_f, probs_f.shape[-1], real))
+        self.entropies.append(model._entropy(probs_a, real))
+        self.entropies.append(model._entropy(probs_f, real))
+        if self.keep_routes:
+            self.routes.append((picks_a, picks_f))
+
+
 class MoMForCausalLM(PreTrainedModel, GenerationMixin):
     """A Mixture-of-Modules causal LM: embeddings, a module pool, two routers, H rounds, final norm, head."""
 
@@ -385,80 +409,22 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        B, T = x.shape[:2]
-
-        if use_cache is None:
-            use_cache = bool(getattr(cfg, "use_cache", True)) and not self.training
-        if cache is not None and not isinstance(cache, MoMCache):
-            if cache.get_seq_length() > 0:
-                raise ValueError("MoMForCausalLM needs its own MoMCache; got a filled " + type(cache).__name__)
-            cache = None
-        if use_cache and cache is None:
-            per_round = 1 if cfg.attention_assembly == "qkv" else cfg.num_attention_modules
-            cache = MoMCache(cfg.num_rounds, per_round)
+        T = x.shape[1]
+        use_cache, cache = self._cache_for(cache, use_cache)
         past = cache.get_seq_length() if cache is not None else 0
-
-        key_valid = torch.ones(B, past + T, dtype=torch.bool, device=x.device)
-        if attention_mask is not None:
-            if attention_mask.dim() != 2:
-                raise ValueError("MoMForCausalLM takes a 2D attention_mask (1 = real token, 0 = padding)")
-            m = attention_mask.to(torch.bool)
-            key_valid[:, -m.shape[1] :] = m[:, -(past + T) :]
-        if position_ids is None:
-            position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+        key_valid, position_ids = self._key_valid_and_positions(x, attention_mask, position_ids, past)
         position_embeddings = self.rotary_emb(x, position_ids=position_ids)
 
-        state_a = state_f = None
-        loads_a, loads_f, entropies, routes, balance = [], [], [], [], []
+        routing = _Routing(balance=bool(cfg.load_balance_weight and labels is not None), keep_routes=output_routes)
         real = key_valid[:, -T:]
+        state_a = state_f = None
         for h in range(cfg.num_rounds):
-            # attention: every module some token picked runs on the chunk, masked to the tokens that picked it
-            w, picked, picks_a, probs_a, state_a = self._route(
-                self.attention_router, x, state_a, h, cfg.num_attention_modules, cfg.pruned_attention_modules
+            x, picks_a, probs_a, state_a = self._attention_round(
+                x, h, state_a, cache, key_valid, past, position_embeddings
             )
-            out = None
-            if cfg.attention_assembly == "qkv":
-                x = x + self._qkv_assembled_attention(x, w, picked, h, cache, key_valid, past, position_embeddings)
-            for j, module in enumerate(self.attention_modules):
-                sel = picked[..., j]
-                if cfg.attention_assembly == "qkv" or not bool(sel.any()):
-                    continue
-                slot = cache.kv_slot(h, j) if cache is not None else None
-                if cache is not None:
-                    cache.pad_slot(h, j, x, self._kv_heads, self._head_dim)
-                sel_all = cache.update_selection(h, j, sel) if cache is not None else sel
-                mask = self._attention_mask(sel_all, key_valid, past, T, x.dtype)
-                y = module(x, position_embeddings, mask, _SlotView(cache, slot) if cache is not None else None)
-                y = y * w[..., j : j + 1]
-                out = y if out is None else out + y
-            if out is not None:
-                x = x + out
-            # FFN: each module runs only on the tokens that picked it
-            w, picked, picks_f, probs_f, state_f = self._route(
-                self.ffn_router, x, state_f, h, cfg.num_ffn_modules, cfg.pruned_ffn_modules
-            )
-            out = None
-            for j, module in enumerate(self.ffn_modules):
-                sel = picked[..., j]
-                if bool(sel.all()):
-                    y = module(x) * w[..., j : j + 1]
-                elif bool(sel.any()):
-                    y = torch.zeros_like(x)
-                    y[sel] = module(x[sel]) * w[..., j][sel][:, None]
-                else:
-                    continue
-                out = y if out is None else out + y
-            if out is not None:
-                x = x + out
+            x, picks_f, probs_f, state_f = self._ffn_round(x, h, state_f)
             if picks_a is not None:
-                if cfg.load_balance_weight and labels is not None:
-                    balance.append(self._balance(picks_a, probs_a, real) + self._balance(picks_f, probs_f, real))
-                loads_a.append(self._load(picks_a, probs_a.shape[-1], real))
-                loads_f.append(self._load(picks_f, probs_f.shape[-1], real))
-                entropies.append(self._entropy(probs_a, real))
-                entropies.append(self._entropy(probs_f, real))
-                if output_routes:
-                    routes.append((picks_a, picks_f))
+                routing.add(self, (picks_a, probs_a), (picks_f, probs_f), real)
 
         if cache is not None:
             cache.length += T
@@ -471,17 +437,103 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=cfg.vocab_size, **kwargs)
-            if balance:
-                loss = loss + cfg.load_balance_weight * torch.stack(balance).mean()
+            if routing.balance_terms:
+                loss = loss + cfg.load_balance_weight * torch.stack(routing.balance_terms).mean()
         return MoMCausalLMOutput(
             loss=loss,
             logits=logits,
             cache=cache if use_cache else None,
-            attention_load=torch.stack(loads_a).mean(0) if loads_a else None,
-            ffn_load=torch.stack(loads_f).mean(0) if loads_f else None,
-            router_entropy=torch.stack(entropies).mean() if entropies else None,
-            routes=tuple(routes) if output_routes else None,
+            attention_load=torch.stack(routing.loads_a).mean(0) if routing.loads_a else None,
+            ffn_load=torch.stack(routing.loads_f).mean(0) if routing.loads_f else None,
+            router_entropy=torch.stack(routing.entropies).mean() if routing.entropies else None,
+            routes=tuple(routing.routes) if output_routes else None,
         )
+
+    def _cache_for(self, cache: Any, use_cache: bool | None) -> tuple[bool, MoMCache | None]:
+        """(whether to return a cache, the MoMCache to use): an empty foreign cache is replaced by our own."""
+        cfg = self.config
+        if use_cache is None:
+            use_cache = bool(getattr(cfg, "use_cache", True)) and not self.training
+        if cache is not None and not isinstance(cache, MoMCache):
+            if cache.get_seq_length() > 0:
+                raise ValueError("MoMForCausalLM needs its own MoMCache; got a filled " + type(cache).__name__)
+            cache = None
+        if use_cache and cache is None:
+            per_round = 1 if cfg.attention_assembly == "qkv" else cfg.num_attention_modules
+            cache = MoMCache(cfg.num_rounds, per_round)
+        return use_cache, cache
+
+    @staticmethod
+    def _key_valid_and_positions(
+        x: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.LongTensor | None, past: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, past+T] which keys are real tokens, [B, T] position ids counting real tokens only)."""
+        B, T = x.shape[:2]
+        key_valid = torch.ones(B, past + T, dtype=torch.bool, device=x.device)
+        if attention_mask is not None:
+            if attention_mask.dim() != 2:
+                raise ValueError("MoMForCausalLM takes a 2D attention_mask (1 = real token, 0 = padding)")
+            m = attention_mask.to(torch.bool)
+            key_valid[:, -m.shape[1] :] = m[:, -(past + T) :]
+        if position_ids is None:
+            position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+        return key_valid, position_ids
+
+    def _attention_round(
+        self,
+        x: torch.Tensor,
+        h: int,
+        state: torch.Tensor | None,
+        cache: MoMCache | None,
+        key_valid: torch.Tensor,
+        past: int,
+        position_embeddings: Any,
+    ) -> tuple[torch.Tensor, Any, Any, torch.Tensor | None]:
+        """Round h's assembled attention: every module some token picked runs on the chunk, masked to the
+        tokens that picked it. Returns (x, picks, probs, router state)."""
+        cfg = self.config
+        T = x.shape[1]
+        w, picked, picks, probs, state = self._route(
+            self.attention_router, x, state, h, cfg.num_attention_modules, cfg.pruned_attention_modules
+        )
+        if cfg.attention_assembly == "qkv":
+            x = x + self._qkv_assembled_attention(x, w, picked, h, cache, key_valid, past, position_embeddings)
+            return x, picks, probs, state
+        out = None
+        for j, module in enumerate(self.attention_modules):
+            sel = picked[..., j]
+            if not bool(sel.any()):
+                continue
+            slot = cache.kv_slot(h, j) if cache is not None else None
+            if cache is not None:
+                cache.pad_slot(h, j, x, self._kv_heads, self._head_dim)
+            sel_all = cache.update_selection(h, j, sel) if cache is not None else sel
+            mask = self._attention_mask(sel_all, key_valid, past, T, x.dtype)
+            y = module(x, position_embeddings, mask, _SlotView(cache, slot) if cache is not None else None)
+            y = y * w[..., j : j + 1]
+            out = y if out is None else out + y
+        return (x + out if out is not None else x), picks, probs, state
+
+    def _ffn_round(
+        self, x: torch.Tensor, h: int, state: torch.Tensor | None
+    ) -> tuple[torch.Tensor, Any, Any, torch.Tensor | None]:
+        """Round h's assembled FFN: each module runs only on the tokens that picked it."""
+        cfg = self.config
+        w, picked, picks, probs, state = self._route(
+            self.ffn_router, x, state, h, cfg.num_ffn_modules, cfg.pruned_ffn_modules
+        )
+        out = None
+        for j, module in enumerate(self.ffn_modules):
+            sel = picked[..., j]
+            if bool(sel.all()):
+                y = module(x) * w[..., j : j + 1]
+            elif bool(sel.any()):
+                y = torch.zeros_like(x)
+                y[sel] = module(x[sel]) * w[..., j][sel][:, None]
+            else:
+                continue
+            out = y if out is None else out + y
+        return (x + out if out is not None else x), picks, probs, state
 
     def _qkv_assembled_attention(
         self,
