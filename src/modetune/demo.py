@@ -7,14 +7,27 @@ arithmetic generator (train and test problems are disjoint by construction).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
+from modetune.analysis import layer_losses
+from modetune.data import build_prompt, generate_problems
+from modetune.evaluation.extraction import score_generation
+from modetune.evaluation.runner import generate_texts
+from modetune.evaluation.stats import wilson_interval
+from modetune.loading import load_model_and_tokenizer, resolve_model
 from modetune.method_base import help_field as _help
+from modetune.mode import get_mode_model
 from modetune.mode.config import MoDEConfig
+from modetune.runs import load_run
 from modetune.training.config import TrainConfig
+from modetune.training.recipe import train
 
 
 @dataclass
@@ -36,11 +49,6 @@ class DemoConfig:
 
 
 def _accuracy(model: Any, tokenizer: Any, problems: list[Any]) -> dict[str, Any]:
-    from modetune.data import build_prompt
-    from modetune.evaluation.extraction import score_generation
-    from modetune.evaluation.runner import generate_texts
-    from modetune.evaluation.stats import wilson_interval
-
     prompts = [build_prompt(p, "alpaca", tokenizer) for p in problems]
     texts = generate_texts(model, tokenizer, prompts, max_new_tokens=40, batch_size=25)
     correct = [score_generation("gsm8k", text, p.answer)[1] for text, p in zip(texts, problems, strict=True)]
@@ -50,17 +58,6 @@ def _accuracy(model: Any, tokenizer: Any, problems: list[Any]) -> dict[str, Any]
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Measure, train, measure again; returns (and writes) the report."""
-    import shutil
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from modetune.analysis import layer_losses
-    from modetune.data import generate_problems
-    from modetune.loading import load_model_and_tokenizer, resolve_model
-    from modetune.mode import get_mode_model
-    from modetune.runs import load_run
-    from modetune.training.recipe import train
 
     console = Console()
     started = time.time()

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from modetune.data.sft import build_sft_dataset, make_collator
+
 
 @torch.no_grad()
 def layer_losses(
@@ -23,8 +25,6 @@ def layer_losses(
     `model` is a `MoDEModel` (an untrained one shows the logit lens of each late layer through its norm).
     Returns {"ensemble": float, "layers": {layer_index: float}, "router_mean": {layer_index: float}, "tokens": int}.
     """
-    from modetune.data import build_sft_dataset, make_collator
-
     dataset = build_sft_dataset(list(examples), tokenizer, template, cutoff_len, train_on_inputs=False)
     collate = make_collator(tokenizer)
     modes = [(module, module.training) for module in model.modules()]  # restored exactly afterwards

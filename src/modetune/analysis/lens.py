@@ -29,6 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from modetune.data.sft import build_sft_dataset, make_collator
+
 TOKEN_CLASSES = ("digits", "words", "punctuation", "whitespace/other")
 
 
@@ -346,8 +348,6 @@ def example_batches(
     examples: Sequence[Any], tokenizer: Any, *, template: str = "alpaca", cutoff_len: int = 256, batch_size: int = 8
 ) -> list[dict[str, torch.Tensor]]:
     """Tokenized batches of `Example` records as in training: only the response tokens are labelled."""
-    from modetune.data import build_sft_dataset, make_collator
-
     dataset = build_sft_dataset(list(examples), tokenizer, template, cutoff_len, train_on_inputs=False)
     collate = make_collator(tokenizer)
     return [

@@ -11,6 +11,11 @@ import argparse
 import json
 from pathlib import Path
 
+from rich.console import Console
+
+from modetune.errors import ConfigError
+from modetune.evaluation.compare import compare_runs, render_comparison
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -45,11 +50,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from modetune.errors import ConfigError
-    from modetune.evaluation.compare import compare_runs, render_comparison
-
     if args.bootstrap < 100:
         raise ConfigError(f"--bootstrap must be at least 100 resamples, got {args.bootstrap}")
     report = compare_runs(

@@ -3,12 +3,17 @@
     modetune data fetch [TASK ...|all] [--dir DIR] [--force]
     modetune data list [--dir DIR]
 
-All logic lives in `modetune.data.fetch`; this module only parses options and prints.
+All logic lives in `modetune.data.fetch` (files) and `modetune.evaluation.task_data` (task names); this
+module only parses options and prints.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from modetune.data.fetch import DATA_FILES, data_cache_dir, verify_file
+from modetune.evaluation.task_data import citations, fetch_data
 
 _EPILOG = """\
 fetchable: gsm8k svamp aqua multiarith addsub singleeq mawps mathqa boolq piqa siqa winogrande arc_easy
@@ -45,11 +50,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from modetune.data.fetch import DATA_FILES, data_cache_dir, verify_file
-    from modetune.evaluation.task_data import citations, fetch_data
-
     root = Path(args.dir).expanduser() if args.dir else data_cache_dir()
     if args.data_command == "list":
         for spec in DATA_FILES:

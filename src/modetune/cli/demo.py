@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from modetune.cli.options import add_dataclass_options, dataclass_from_args, setup_logging
-from modetune.demo import DemoConfig
+from modetune.demo import DemoConfig, run_demo
+from modetune.errors import ConfigError
+from modetune.loading import resolve_model
+from modetune.runs import RUN_FILE
+from modetune.training.config import PEFT_METHODS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -21,13 +26,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def check_demo_config(cfg: DemoConfig) -> None:
     """Every demo option (and the directory it will replace) checked before anything is loaded or deleted."""
-    from pathlib import Path
-
-    from modetune.errors import ConfigError
-    from modetune.loading import resolve_model
-    from modetune.runs import RUN_FILE
-    from modetune.training.config import PEFT_METHODS
-
     for name in ("train_problems", "test_problems", "max_steps", "batch_size", "num_layers"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
@@ -47,8 +45,6 @@ def check_demo_config(cfg: DemoConfig) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modetune.demo import run_demo
-
     setup_logging("modetune.data", "modetune.training")
     cfg = dataclass_from_args(DemoConfig, args)
     check_demo_config(cfg)

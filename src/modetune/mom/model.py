@@ -70,6 +70,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from modetune.architectures import locate
 from modetune.errors import ConfigError, UnsupportedArchitectureError
 from modetune.mom.config import MOM_FAMILIES, MoMConfig
 
@@ -637,8 +638,6 @@ def from_pretrained_layers(model: PreTrainedModel, config: MoMConfig | None = No
     `config` gives pool sizes, rounds, K and router, used as given (its `base_config` is replaced by the
     model's config); without one: m^A = m^F = H = L, K = 1, one SKIP.
     """
-    from modetune.architectures import locate
-
     model_type = getattr(model.config, "model_type", None)
     if model_type not in MOM_FAMILIES:
         raise UnsupportedArchitectureError(
