@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from modetune.cli.options import add_dataclass_options, dataclass_from_args, setup_logging
+from modetune.training.config import OPTIMIZATION_GROUP, optimization_fields
 from modetune.training.pretrain import PretrainConfig, config_fields, pretrain
 
 
@@ -17,8 +18,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "on a text corpus, into a run directory like `modetune train`'s (metrics, curves, resumable checkpoints). "
         "--init-from builds the MoM pool from an existing model's layers (phase 2 of the paper).",
     )
-    mom = PretrainConfig.MOM_FIELDS
-    add_dataclass_options(parser, PretrainConfig, "run", skip=mom)
+    mom, shared = PretrainConfig.MOM_FIELDS, optimization_fields()
+    add_dataclass_options(parser, PretrainConfig, "run", skip=mom + shared)
+    add_dataclass_options(
+        parser, PretrainConfig, OPTIMIZATION_GROUP, skip=tuple(n for n in config_fields() if n not in shared)
+    )
     add_dataclass_options(parser, PretrainConfig, "MoM", skip=tuple(n for n in config_fields() if n not in mom))
     parser.set_defaults(run=run)
 

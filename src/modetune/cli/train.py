@@ -19,7 +19,7 @@ from modetune.cli.options import add_dataclass_options, dataclass_from_args, set
 from modetune.errors import ConfigError
 from modetune.method_base import MethodConfig, MethodSpec
 from modetune.methods import get_method, registered_methods
-from modetune.training.config import TrainConfig
+from modetune.training.config import OPTIMIZATION_GROUP, TrainConfig, optimization_fields
 from modetune.training.recipe import train
 
 _EXPLICIT = "_explicit_method_options"
@@ -33,7 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "MoDification (--method mod). With MoDE, --num-layers 1 trains the PEFT method alone (the ensemble is "
         "the final layer), which is the baseline for a controlled comparison.",
     )
-    add_dataclass_options(parser, TrainConfig, "run")
+    shared = optimization_fields()
+    own = tuple(f.name for f in fields(TrainConfig) if f.name not in shared)
+    add_dataclass_options(parser, TrainConfig, "run", skip=shared)
+    add_dataclass_options(parser, TrainConfig, OPTIMIZATION_GROUP, skip=own)
     added: set[str] = set()
     for name in registered_methods():
         spec = get_method(name)

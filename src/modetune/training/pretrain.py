@@ -17,7 +17,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from modetune.method_base import help_field as _help
 from modetune.mom.config import FIELD_HELP, ROUTERS, WEIGHTINGS, MoMConfig
 from modetune.mom.model import MoMForCausalLM, from_pretrained_layers
 from modetune.runs import RUN_FILE, write_run_info
+from modetune.training.config import OptimConfig
 from modetune.training.recipe import training_arguments
 from modetune.training.run_dir import check_output, claim_output, draw_training_curves, prepare_resume
 from modetune.training.trainer import JsonlMetricsCallback, MethodTrainer, ProgressCallback
@@ -46,10 +47,17 @@ ARCHS = ("mom", "vanilla")
 
 
 @dataclass
-class PretrainConfig:
-    """A pre-training run: architecture and size, corpus, optimisation, output."""
+class PretrainConfig(OptimConfig):
+    """A pre-training run: architecture and size, corpus; output and optimisation as every recipe's
+    (`OptimConfig`), with pre-training's defaults."""
 
-    output: str = _help("Run directory to create (checkpoints, metrics, final model).", default="")
+    # pre-training's defaults for the shared options (the fields keep OptimConfig's place and help)
+    max_steps: int = _help("Optimizer steps.", default=200)
+    learning_rate: float = _help("Peak learning rate.", default=1e-3)
+    lr_scheduler: str = _help("Schedule: cosine, linear, constant, ...", default="cosine")
+    warmup_steps: int = _help("Linear warm-up steps.", default=10)
+    weight_decay: float = _help("AdamW weight decay.", default=0.1)
+
     arch: str = _help("'mom' (Mixture-of-Modules) or 'vanilla' (a llama-style transformer).", default="mom")
     corpus: list[str] = _help(  # noqa: RUF009
         "Text (default: shared): 'shared' (the training files of ../shared/data as plain text, 1.6 M SmolLM2 tokens) "
@@ -90,21 +98,6 @@ class PretrainConfig:
     attention_assembly: str = _help(FIELD_HELP["attention_assembly"], default="outputs")
     load_balance_weight: float = _help(FIELD_HELP["load_balance_weight"], default=0.0)
     router_init_bias: float = _help(FIELD_HELP["router_init_bias"], default=0.0)
-    max_steps: int = _help("Optimizer steps.", default=200)
-    learning_rate: float = _help("Peak learning rate.", default=1e-3)
-    lr_scheduler: str = _help("Schedule: cosine, linear, constant, ...", default="cosine")
-    warmup_steps: int = _help("Linear warm-up steps.", default=10)
-    weight_decay: float = _help("AdamW weight decay.", default=0.1)
-    max_grad_norm: float = _help("Gradient clipping norm (0: off).", default=1.0)
-    batch_size: int = _help("Sequences per device per step.", default=8)
-    grad_accum: int = _help("Gradient accumulation steps.", default=1)
-    seed: int = _help("Seed for initialisation, data order and dropout.", default=0)
-    save_steps: int = _help("Write a resumable checkpoint every N steps (0: only the final model).", default=50)
-    save_total_limit: int = _help("Keep at most this many checkpoints.", default=2)
-    logging_steps: int = _help("Log metrics every N steps.", default=1)
-    eval_steps: int = _help("Held-out loss every N steps (0: only at the end).", default=0)
-    resume: bool = _help("Continue from the latest complete checkpoint in --output.", default=False)
-    overwrite: bool = _help("Allow writing into a non-empty --output that is not resumed.", default=False)
 
     MOM_FIELDS = (
         "num_attention_modules",
@@ -121,8 +114,7 @@ class PretrainConfig:
     )
 
     def validate(self) -> None:
-        if not self.output:
-            raise ConfigError("--output is required")
+        self.validate_optimization()
         if self.arch not in ARCHS:
             raise ConfigError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         for name, allowed in (("router", ROUTERS), ("weighting", WEIGHTINGS)):
@@ -130,7 +122,7 @@ class PretrainConfig:
                 raise ConfigError(f"--{name} {getattr(self, name)!r} is not supported; allowed: {', '.join(allowed)}")
         if self.init_from and self.arch != "mom":
             raise ConfigError("--init-from builds a MoM pool from a model's layers; it needs --arch mom")
-        for name in ("block_size", "hidden_size", "num_layers", "num_heads", "max_steps", "batch_size", "grad_accum"):
+        for name in ("block_size", "hidden_size", "num_layers", "num_heads", "max_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("num_attention_modules", "num_ffn_modules", "num_rounds"):
@@ -143,9 +135,6 @@ class PretrainConfig:
             raise ConfigError(f"--hidden-size {self.hidden_size} is not divisible by --num-heads {self.num_heads}")
         if self.num_kv_heads and self.num_heads % self.num_kv_heads:
             raise ConfigError(f"--num-heads {self.num_heads} is not divisible by --num-kv-heads {self.num_kv_heads}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # -- models --------------------------------------------------------------------------------------------
