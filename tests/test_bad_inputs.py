@@ -51,6 +51,16 @@ def _pretrain(t: Path, c: dict[str, Path], *extra: str) -> list[str]:
             *extra]  # fmt: skip
 
 
+def _bigger_tokenizer(t: Path, c: dict[str, Path]) -> str:
+    """The tiny model's tokenizer with 10 more tokens: more than the model has embedding rows for."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(c["model"]))
+    tokenizer.add_tokens([f"<extra{i}>" for i in range(10)])
+    tokenizer.save_pretrained(str(t / "bigger-tokenizer"))
+    return str(t / "bigger-tokenizer")
+
+
 def _eval(t: Path, c: dict[str, Path], *extra: str, task: str = "gsm8k") -> list[str]:
     return ["eval", "--task", task, "--output", str(t / "eval"), "--no-progress", *extra]
 
@@ -400,6 +410,12 @@ CASES: dict[str, Case] = {
         "`--k-per-round 9` with 2 modules and 1 SKIP",
         lambda t, c: _pretrain(t, c, "--k-per-round", "9"),
         "modetune pretrain: error: MoMConfig.k_per_round=9 exceeds the 3 attention options left (modules not pruned plus SKIP modules); lower k_per_round or add modules",
+    ),
+    "mom-init-from-tokenizer": Case(
+        "modetune pretrain --arch mom",
+        "`--init-from MODEL` with a `--tokenizer` larger than MODEL's vocabulary",
+        lambda t, c: _pretrain(t, c, "--init-from", str(c["model"]), "--tokenizer", _bigger_tokenizer(t, c)),
+        "modetune pretrain: error: --tokenizer {tmp}/bigger-tokenizer has 464 tokens, more than the 454 embedding rows of --init-from {model}; pass the tokenizer of that model (--tokenizer {model})",
     ),
     "mom-router": Case(
         "modetune pretrain --arch mom",

@@ -179,6 +179,12 @@ def build_model(cfg: PretrainConfig, tokenizer: Any) -> Any:
     hf_set_seed(cfg.seed)
     if cfg.init_from:
         source = load_source_model(cfg.init_from)
+        rows = source.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:
+            raise ConfigError(
+                f"--tokenizer {cfg.tokenizer} has {len(tokenizer)} tokens, more than the {rows} embedding rows of "
+                f"--init-from {cfg.init_from}; pass the tokenizer of that model (--tokenizer {cfg.init_from})"
+            )
         layers = len(locate(source).layers)
         return from_pretrained_layers(source, mom_config(cfg, None, layers, "layers")).train()
     base = vanilla_config(cfg, tokenizer)
