@@ -138,11 +138,14 @@ def write_report(cells) -> None:
     if done:
         _plot_curves(rows, by_row, MILESTONES)
         _plot_forest(rows, by_row, MILESTONES)
-        lines += [
-            "Figures: `experiments/figures/long_curves.png` (accuracy on the generator's held-out problems against "
-            "steps), `experiments/figures/long_forest.png` (Δ vs baseline with its 95% CI per milestone).",
-            "",
+        figures = [
+            ("long_curves.png", "accuracy on the generator's held-out problems against steps"),
+            ("long_forest.png", "Δ vs baseline with its 95% CI per milestone"),
         ]
+        shown = [
+            f"`experiments/figures/{name}` ({what})" for name, what in figures if (grid_report.FIGURES / name).is_file()
+        ]
+        lines += [f"Figures: {', '.join(shown)}.", ""] if shown else []
     lines.append(END)
     path = grid_report.RESULTS_MD
     text = path.read_text() if path.is_file() else f"# Results\n\n{BEGIN}\n{END}\n"
