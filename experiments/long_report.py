@@ -184,6 +184,9 @@ def _plot_curves(rows, by_row, milestones) -> None:
         steps, means, lows, highs = zip(*points, strict=True)
         line = ax.plot(steps, means, marker="o", label=row.label.split(". ", 1)[-1][:40])[0]
         ax.fill_between(steps, lows, highs, alpha=0.2, color=line.get_color())
+    ax.set_xlim(0, max(milestones) * 1.05)
+    ax.set_ylim(0, 100)
+    ax.set_xticks([0, *milestones])
     ax.set_xlabel("training step (batch 8)")
     ax.set_ylabel("accuracy, % (generator, levels 1-3)")
     ax.set_title("At 10x the budget: mean over seeds, band = seed range", fontsize=9)
