@@ -55,4 +55,4 @@ def test_train_method_mod_writes_a_resumable_run(tmp_path, tiny_model_dir, capsy
     # `modetune inspect` is MoDE's instrument: a MoD run is refused with a message saying what to use
     assert main(["inspect", "--run", str(out), "--prompt", "hi", "--output", str(tmp_path / "inspect")]) == 2
     assert not (tmp_path / "inspect").exists()
-    assert "is a MoD (MoDification) run" in capsys.readouterr().err
+    assert "is a MoDification run; `modetune inspect` looks inside MoDE runs" in capsys.readouterr().err
