@@ -38,7 +38,7 @@ from modetune.mom.model import MoMForCausalLM, from_pretrained_layers
 from modetune.runs import RUN_FILE, write_run_info
 from modetune.training.config import OptimConfig
 from modetune.training.recipe import training_arguments
-from modetune.training.run_dir import check_output, claim_output, draw_training_curves, prepare_resume
+from modetune.training.run_dir import check_output, draw_training_curves, prepare_resume, run_directory
 from modetune.training.trainer import JsonlMetricsCallback, MethodTrainer, ProgressCallback
 from modetune.version import __version__
 
@@ -253,21 +253,14 @@ def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> PretrainResu
     cfg.validate()
     started = time.time()
     out = Path(cfg.output)
-    claim = claim_output(out)
-    try:
+    with run_directory(out) as claim:
         resume_from = check_output(out, cfg.resume, cfg.overwrite, {"pretrain_config": cfg})
         trainer, info = _setup(cfg, out, argv)
         if cfg.resume:
             prepare_resume(out, resume_from, info)
         write_run_info(out, info)
-    except BaseException:
-        claim.abandon()
-        raise
-    claim.created = None  # from here on, the directory holds the run: never removed
-    try:
+        claim.keep()
         return _run(trainer, cfg, info, out, resume_from, started)
-    finally:
-        claim.abandon()
 
 
 def _setup(cfg: PretrainConfig, out: Path, argv: list[str] | None) -> tuple[MethodTrainer, dict[str, Any]]:

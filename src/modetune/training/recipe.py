@@ -32,14 +32,7 @@ from modetune.methods import get_method
 from modetune.runs import base_model_record, set_base_model_name, write_run_info
 from modetune.training.config import TrainConfig
 from modetune.training.lock import OutputNotWritableError
-from modetune.training.run_dir import (
-    Claim,
-    check_output,
-    claim_output,
-    draw_training_curves,
-    is_main_process,
-    prepare_resume,
-)
+from modetune.training.run_dir import check_output, draw_training_curves, is_main_process, prepare_resume, run_directory
 from modetune.training.trainer import JsonlMetricsCallback, MethodTrainer, ProgressCallback, latest_complete_checkpoint
 from modetune.version import __version__
 
@@ -185,8 +178,7 @@ def train(cfg: TrainConfig, method_cfg: MethodConfig, argv: list[str] | None = N
     started = time.time()
     out = Path(cfg.output)
     is_main = is_main_process()
-    claim = claim_output(out) if is_main else Claim()
-    try:
+    with run_directory(out, is_main) as claim:
         configs = {"train_config": cfg, f"{cfg.method}_config": method_cfg}
         resume_from = check_output(out, cfg.resume, cfg.overwrite, configs, is_main)
         trainer, info, has_eval = _setup(cfg, method_cfg, out, resume_from, argv, is_main)
@@ -195,22 +187,18 @@ def train(cfg: TrainConfig, method_cfg: MethodConfig, argv: list[str] | None = N
             if cfg.resume:
                 prepare_resume(out, resume_from, info)
             write_run_info(out, info)
-    except BaseException:
-        claim.abandon()
-        raise
-    claim.created = None  # from here on, the directory holds the run: never removed
-    try:
-        return _run(trainer, info, out, resume_from, has_eval, started, is_main)
-    except OSError as exc:
-        if exc.errno not in _WRITE_ERRNOS:
-            raise
-        last = latest_complete_checkpoint(out)
-        raise OutputNotWritableError(
-            f"writing to {out} failed ({exc.strerror}: {exc.filename or out}); the last complete checkpoint "
-            f"({last or 'none yet'}) is intact. Free some space or fix the permissions, then continue with --resume"
-        ) from None
-    finally:
-        claim.abandon()
+        claim.keep()
+        try:
+            return _run(trainer, info, out, resume_from, has_eval, started, is_main)
+        except OSError as exc:
+            if exc.errno not in _WRITE_ERRNOS:
+                raise
+            last = latest_complete_checkpoint(out)
+            raise OutputNotWritableError(
+                f"writing to {out} failed ({exc.strerror}: {exc.filename or out}); the last complete checkpoint "
+                f"({last or 'none yet'}) is intact. Free some space or fix the permissions, then continue with "
+                "--resume"
+            ) from None
 
 
 def _setup(

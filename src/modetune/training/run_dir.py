@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +40,10 @@ class Claim:
     lock: RunLock | None = None
     created: Path | None = None
 
+    def keep(self) -> None:
+        """The run has started: from here on the directory holds it and is never removed."""
+        self.created = None
+
     def abandon(self) -> None:
         """A failed start: leave the file system as it was (no empty or half-made output directory)."""
         if self.lock is not None:
@@ -66,6 +72,17 @@ def claim_output(out: Path) -> Claim:
         claim.abandon()
         raise
     return claim
+
+
+@contextmanager
+def run_directory(out: Path, is_main: bool = True) -> Iterator[Claim]:
+    """Hold `out` for one run (rank 0 only under a multi-process launch): locked while the block runs, removed
+    again (with any parent this run created) if the block fails before `Claim.keep`, never after it."""
+    claim = claim_output(out) if is_main else Claim()
+    try:
+        yield claim
+    finally:
+        claim.abandon()
 
 
 def _field_defaults(config: Any) -> dict[str, Any]:
