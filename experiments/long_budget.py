@@ -329,14 +329,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_report(log) -> None:
-    import importlib
-
-    try:
-        import long_report
-
-        importlib.reload(long_report).write_report(all_cells())
-    except Exception as exc:  # a report bug must not stop the grid; the pieces are safe on disk
-        log(f"report failed: {exc!r}")
+    """Regenerate RESULTS.md's long-budget section and its figures (experiments/long_report.py)."""
+    grid.reload_and_report("long_report", all_cells(), log)
 
 
 if __name__ == "__main__":

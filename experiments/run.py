@@ -485,14 +485,18 @@ def inspect_cells(cells: list[Cell], log) -> int:
 
 
 def _write_report(log) -> None:
-    """Regenerate RESULTS.md and the plots (experiments/report.py, reloaded so edits apply mid-grid)."""
+    """Regenerate RESULTS.md and the plots (experiments/report.py)."""
+    reload_and_report("report", all_cells(), log)
+
+
+def reload_and_report(module: str, cells, log) -> None:
+    """`module.write_report(cells)`, the module reloaded so that edits apply mid-grid; a report bug is logged,
+    never raised: it must not stop the grid (the cells are safe on disk)."""
     import importlib
 
     try:
-        import report
-
-        importlib.reload(report).write_report(all_cells())
-    except Exception as exc:  # a report bug must not stop the grid; the cells are safe on disk
+        importlib.reload(importlib.import_module(module)).write_report(cells)
+    except Exception as exc:
         log(f"report failed: {exc!r}")
 
 
