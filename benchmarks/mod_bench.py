@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modetune.files import replace_marked_block
+
 ROOT = Path(__file__).resolve().parents[1]
 SECTION_START, SECTION_END = "<!-- mod-bench:start -->", "<!-- mod-bench:end -->"
 TABLE_START, TABLE_END = "<!-- mod-table:start -->", "<!-- mod-table:end -->"
@@ -240,18 +242,6 @@ def render(results: dict[str, Any]) -> tuple[str, str]:
     return "\n".join(lines) + "\n", "\n".join(table) + "\n"
 
 
-def replace_between(path: Path, start: str, end: str, block: str) -> None:
-    """Replace the marked block in `path` (or append it), leaving every other section as it was."""
-    text = path.read_text() if path.exists() else ""
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        tail = rest.split(end, 1)[1]
-        text = head + block.rstrip("\n") + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
-
-
 # -- main -------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -369,9 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     section, table = render(results)
     if args.report:
-        replace_between(Path(args.report), SECTION_START, SECTION_END, section)
+        replace_marked_block(Path(args.report), SECTION_START, SECTION_END, section)
     if args.readme:
-        replace_between(Path(args.readme), TABLE_START, TABLE_END, table)
+        replace_marked_block(Path(args.readme), TABLE_START, TABLE_END, table)
     print(section)
     return 0
 

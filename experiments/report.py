@@ -16,6 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from modetune.files import replace_marked_block
+
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = Path(os.environ.get("MODETUNE_EXPERIMENTS_REPORT", HERE / "RESULTS.md"))
 FIGURES = RESULTS_MD.parent / "figures"
@@ -250,10 +252,7 @@ def write_report(cells) -> None:
         "",
         END,
     ]
-    text = RESULTS_MD.read_text() if RESULTS_MD.is_file() else f"# Results\n\n{BEGIN}\n{END}\n"
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    RESULTS_MD.write_text(head + "\n".join(lines) + tail)
+    replace_marked_block(RESULTS_MD, BEGIN, END, "\n".join(lines), heading="# Results\n\n")
 
 
 def _plot(track_name: str, rows, track) -> None:

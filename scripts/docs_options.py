@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from modetune.cli import build_parser
+from modetune.files import replace_marked_block
 
 OPTIONS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "options.md"
 START, END = "<!-- OPTIONS -->", "<!-- /OPTIONS -->"
@@ -34,12 +35,10 @@ def options_markdown() -> str:
 
 
 def write_page(page: Path = OPTIONS_PAGE) -> None:
-    text = page.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{page} has no {START} ... {END} markers to write the tables between")
-    head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
-    page.write_text(f"{head}{START}\n\n{options_markdown()}\n{END}{tail}")
+    try:
+        replace_marked_block(page, START, END, f"{START}\n\n{options_markdown()}\n{END}", if_missing="error")
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def page_block(page: Path = OPTIONS_PAGE) -> str:

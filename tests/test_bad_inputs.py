@@ -627,7 +627,7 @@ def test_doc_table_matches_the_cases():
 
 
 if __name__ == "__main__":  # rewrite the table in docs/bad-inputs.md
-    text = DOC.read_text()
-    head, rest = text.split(BEGIN)
-    DOC.write_text(head + BEGIN + "\n" + render_table() + END + rest.split(END)[1])
+    from modetune.files import replace_marked_block
+
+    replace_marked_block(DOC, BEGIN, END, f"{BEGIN}\n{render_table()}{END}", if_missing="error")
     print(f"wrote {len(CASES)} rows to {DOC}", file=sys.stderr)

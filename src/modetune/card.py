@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from modetune.errors import ConfigError
+from modetune.files import atomic_write_text
 from modetune.methods import MethodSpec, get_method, registered_methods
 from modetune.runs import find_run_root, read_run_info, write_run_info
 
@@ -179,11 +180,7 @@ def render_model_card(info: dict[str, Any], run_name: str = "run") -> str:
 def write_model_card(run_dir: str | os.PathLike[str], info: dict[str, Any]) -> Path:
     """Write ``README.md`` into the run directory atomically (replacing PEFT's template)."""
     run_dir = Path(run_dir)
-    path = run_dir / "README.md"
-    tmp = run_dir / ".README.md.tmp"
-    tmp.write_text(render_model_card(info, run_dir.name), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(run_dir / "README.md", render_model_card(info, run_dir.name))
 
 
 def record_evaluation(run_dir: str | os.PathLike[str], results: dict[str, Any], output_dir: str | None) -> Path:

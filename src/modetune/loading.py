@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from modetune.errors import ConfigError, ModetuneError
+from modetune.files import atomic_write_text
 
 if TYPE_CHECKING:
     import torch
@@ -438,9 +439,7 @@ def _gguf_sha256(path: Path) -> str:
     digest = _sha256(path)
     with contextlib.suppress(OSError):  # the memo is an optimization only
         memo_dir.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**key, "sha256": digest}))
-        os.replace(tmp, memo)
+        atomic_write_text(memo, json.dumps({**key, "sha256": digest}))
     return digest
 
 

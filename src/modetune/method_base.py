@@ -34,6 +34,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from modetune.architectures import LocatedModel, locate
 from modetune.errors import CheckpointError, ConfigError, ModetuneError
+from modetune.files import atomic_write_text
 from modetune.version import __version__
 
 PEFT_CONFIG_NAME = "adapter_config.json"
@@ -92,11 +93,8 @@ def check_bool(cfg: Any, name: str) -> None:
 
 def save_config_json(path: Path, fields_: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
     """Write a method config (plus `_extra`) atomically: a killed process leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
     payload = {**fields_, **({"_extra": extra} if extra else {})}
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 class MethodConfig:

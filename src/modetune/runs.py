@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from modetune.errors import CheckpointError, ModetuneError
+from modetune.files import atomic_write_text
 from modetune.method_base import MethodModel
 from modetune.methods import get_method, registered_methods, saved_method
 
@@ -66,9 +67,7 @@ def set_base_model_name(model: Any, name: str | None) -> None:
 
 def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
     """Atomically (re)write run.json."""
-    tmp = run_dir / f".{RUN_FILE}.tmp"
-    tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
-    os.replace(tmp, run_dir / RUN_FILE)
+    atomic_write_text(run_dir / RUN_FILE, json.dumps(info, indent=2, default=str) + "\n")
 
 
 def read_run_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:

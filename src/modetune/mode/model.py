@@ -461,7 +461,10 @@ class MoDEModel(MethodModel):
         ):
             if per_layer is not None:  # distillation covers the late layers but the final one: zip stops there
                 values.update(
-                    {f"{name}/layer{i}": v * scale for i, v in zip(self.layer_indices, per_layer.tolist(), strict=False)}
+                    {
+                        f"{name}/layer{i}": v * scale
+                        for i, v in zip(self.layer_indices, per_layer.tolist(), strict=False)
+                    }
                 )
         if outputs.router_mean is not None:
             values["router_entropy"] = float(outputs.router_entropy)

@@ -18,6 +18,7 @@ from typing import Any
 
 from modetune.analysis.curves import plot_training_curves
 from modetune.errors import ModetuneError
+from modetune.files import atomic_write_text
 from modetune.runs import RUN_FILE, read_run_info
 from modetune.training.lock import LOCK_NAME, OutputNotWritableError, RunLock, acquire_run_lock
 from modetune.training.trainer import latest_complete_checkpoint
@@ -139,9 +140,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     kept = [
         line for line in path.read_text().splitlines() if (step := _step_of(line)) is not None and step <= last_step
     ]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def prepare_resume(out: Path, resume_from: Path | None, info: dict[str, Any]) -> None:

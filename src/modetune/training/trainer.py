@@ -25,6 +25,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from modetune.errors import ModetuneError
+from modetune.files import atomic_write_text
 from modetune.method_base import MethodModel, _is_peft
 from modetune.runs import CHECKPOINT_MARKER
 
@@ -250,12 +251,7 @@ def _load_whole_model_checkpoint(model: Any, folder: Path) -> None:
 
 def write_marker(folder: Path, payload: dict[str, Any]) -> None:
     """Mark a checkpoint complete: written last, atomically, after every other file is on disk."""
-    tmp = folder / f".{CHECKPOINT_MARKER}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / CHECKPOINT_MARKER)
+    atomic_write_text(folder / CHECKPOINT_MARKER, json.dumps(payload), fsync=True)
 
 
 def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:

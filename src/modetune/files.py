@@ -1,0 +1,38 @@
+"""Writing files so that a killed process leaves the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = False) -> Path:
+    """Write `text` (UTF-8) to a temporary file beside `path` and rename it into place. With `fsync`, the bytes
+    are on disk before the rename (for a file whose presence means "everything before it is complete")."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        if fsync:
+            handle.flush()
+            os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def replace_marked_block(
+    path: str | os.PathLike[str], begin: str, end: str, block: str, *, if_missing: str = "append", heading: str = ""
+) -> Path:
+    """Put `block` (which starts with `begin` and ends with `end`) where the file's text from `begin` through
+    `end` is, leaving every other part as it was. Without the markers: append `heading` + `block`
+    (``if_missing="append"``), or refuse (``"error"``: a page whose markers were deleted by hand)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if begin in text and end in text.partition(begin)[2]:
+        head, _, rest = text.partition(begin)
+        text = head + block.rstrip("\n") + rest.partition(end)[2]
+    elif if_missing == "error":
+        raise ValueError(f"{path} has no {begin} ... {end} markers to write between")
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + heading + block.rstrip("\n") + "\n"
+    return atomic_write_text(path, text)
