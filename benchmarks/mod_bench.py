@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from modetune.files import replace_marked_block
+from modetune.mod.model import kv_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION_START, SECTION_END = "<!-- mod-bench:start -->", "<!-- mod-bench:end -->"
@@ -122,12 +123,6 @@ def tiny_items(n: int) -> list[tuple[list[int], list[list[int]], int]]:
 
 
 # -- measurements -----------------------------------------------------------------------------------------
-def kv_bytes(cache: Any) -> int:
-    return sum(
-        t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values) if t is not None
-    )
-
-
 def prefill_and_decode(variant: Variant, ids: list[int], steps: int) -> dict[str, Any]:
     import torch
     from transformers import DynamicCache

@@ -204,10 +204,6 @@ def _get(root: nn.Module, path: str) -> nn.Module | None:
     return obj  # type: ignore[return-value]
 
 
-def supported_model_types() -> list[str]:
-    return sorted(ARCHITECTURES)
-
-
 def locate(model: PreTrainedModel) -> LocatedModel:
     """Find layers, norm and head of a `*ForCausalLM`: from the table, else by discovery; loud when neither works.
 

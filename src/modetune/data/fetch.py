@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modetune.errors import ModetuneError
+from modetune.loading import cache_dir
 
 __all__ = [
     "DATA_FILES",
@@ -199,15 +200,16 @@ DATA_FILES: tuple[DataFile, ...] = (
 )  # fmt: skip
 
 
+def data_dir_entries() -> list[Path]:
+    """The directories listed in ``$MODETUNE_DATA_DIR`` (``os.pathsep``-separated), in order."""
+    return [Path(p).expanduser() for p in os.environ.get("MODETUNE_DATA_DIR", "").split(os.pathsep) if p.strip()]
+
+
 def data_cache_dir() -> Path:
     """Where fetched files go: the first entry of ``$MODETUNE_DATA_DIR``, else ``<modetune cache>/data``
     (``~/.cache/modetune/data``; ``$MODETUNE_CACHE`` moves the modetune cache)."""
-    env = [p for p in os.environ.get("MODETUNE_DATA_DIR", "").split(os.pathsep) if p.strip()]
-    if env:
-        return Path(env[0]).expanduser()
-    from modetune.loading import cache_dir
-
-    return cache_dir() / "data"
+    entries = data_dir_entries()
+    return entries[0] if entries else cache_dir() / "data"
 
 
 def fetchable_names() -> list[str]:

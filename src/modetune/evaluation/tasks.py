@@ -17,13 +17,14 @@ file is scored through a custom task: `custom_task` (``--task NAME --answer-type
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modetune.data.fetch import data_cache_dir, data_dir_entries, fetchable_names
+from modetune.data.loaders import load_dataset_file
 from modetune.errors import ConfigError, DataError, ModetuneError
 
 __all__ = [
@@ -224,8 +225,6 @@ def custom_task(name: str, answer_type: str, choices: Sequence[str] | None = Non
 
 def infer_labels(path: str | Path) -> list[str]:
     """The answer labels a file announces in its ``Answer format: a/b/...`` lines (first-seen order)."""
-    from modetune.data.loaders import load_dataset_file
-
     labels: dict[str, None] = {}
     for rec in load_dataset_file(path):
         fmt = _FORMAT_LINE.search(rec.instruction)
@@ -255,11 +254,7 @@ def default_data_dirs() -> list[Path]:
     """Directories searched when a task has no explicit ``--data``: ``$MODETUNE_DATA_DIR``, then
     ``./data``, ``./shared/data`` and ``../shared/data`` (the project's shared data next to the repo),
     then the data cache of ``modetune data fetch``."""
-    from modetune.data.fetch import data_cache_dir
-
-    dirs: list[Path] = []
-    env = os.environ.get("MODETUNE_DATA_DIR", "")
-    dirs.extend(Path(p).expanduser() for p in env.split(os.pathsep) if p.strip())
+    dirs = data_dir_entries()
     cwd = Path.cwd()
     dirs.extend([cwd / "data", cwd / "shared" / "data", cwd.parent / "shared" / "data"])
     cache = data_cache_dir()
@@ -300,8 +295,6 @@ def find_task_file(task: TaskSpec | str, data: str | Path | None = None) -> Path
             if candidate.is_file():
                 return candidate
     where = ", ".join(str(d) for d in searched)
-    from modetune.data.fetch import fetchable_names
-
     fetch = (
         f"run `modetune data fetch {spec.name}` to download it (pinned, sha256-checked), or "
         if spec.name in fetchable_names()
@@ -404,8 +397,6 @@ def _normalise_gold(spec: TaskSpec, gold: str | None, where: str) -> str:
 def load_task_examples(task: TaskSpec | str, path: str | Path, *, with_choices: bool = False) -> list[EvalExample]:
     """Read a task's test file (LLM-Adapters JSON/JSONL, or GSM8K ``question``/``#### N``) and check every
     gold answer fits the task; ``with_choices`` also parses the options (log-likelihood mode)."""
-    from modetune.data.loaders import load_dataset_file
-
     spec = get_task(task) if isinstance(task, str) else task
     path = Path(path)
     records = load_dataset_file(path)

@@ -33,7 +33,6 @@ from typing import Any
 from modetune.errors import ConfigError
 
 try:
-    import trl
     import trl.trainer.sft_trainer as _sft_module
     from trl import SFTTrainer
 except ImportError as exc:  # pragma: no cover - depends on the optional dependency
@@ -131,7 +130,3 @@ class MoDESFTTrainer(SFTTrainer):
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
-
-def trl_version() -> str:
-    """The installed TRL version (recorded by callers that want provenance)."""
-    return str(getattr(trl, "__version__", "unknown"))

@@ -43,6 +43,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from modetune.architectures import first_tensor
 from modetune.errors import ModetuneError, UnsupportedArchitectureError
 from modetune.method_base import CACHE_FIELD, MethodModel
 from modetune.mod.config import MoDConfig
@@ -110,9 +111,7 @@ class MoDCache(DynamicCache):
 
     def kv_bytes(self) -> int:
         """Bytes held by all keys and values."""
-        return sum(
-            t.numel() * t.element_size() for layer in self.layers for t in (layer.keys, layer.values) if t is not None
-        )
+        return kv_bytes(self)
 
     def record(self, layer_idx: int, positions: torch.Tensor, valid: torch.Tensor, all_valid: bool) -> None:
         """Note the positions (and padding slots) of the keys layer `layer_idx` just stored."""
@@ -278,7 +277,7 @@ class MoDModel(MethodModel):
         w = self._mix_weight(router, logits)
 
         if self.mod_config.skipped_kv == "keep":  # every token through the block; only kept ones take its output
-            out = _first(block(hidden, **kwargs))
+            out = first_tensor(block(hidden, **kwargs))
             wk = w[..., None].to(hidden.dtype)
             return torch.where(select[..., None], wk * out + (1 - wk) * hidden, hidden)
 
@@ -286,7 +285,7 @@ class MoDModel(MethodModel):
             # one decoding step: no gather, and the single query may see every key this layer stored
             if not bool(select[0, 0]):
                 return hidden
-            out = _first(block(hidden, **{**kwargs, "attention_mask": None}))
+            out = first_tensor(block(hidden, **{**kwargs, "attention_mask": None}))
             cache.record(layer_idx, all_positions, select, True)
             wk = w[..., None].to(hidden.dtype)
             return wk * out + (1 - wk) * hidden
@@ -308,7 +307,7 @@ class MoDModel(MethodModel):
         call.pop("cache_position", None)
         call["attention_mask"] = self._layer_mask(layer_idx, positions, slot_valid, cache, hidden.dtype)
         kept = _gather(hidden, order)
-        out = _first(block(kept, **call))
+        out = first_tensor(block(kept, **call))
         if cache is not None:
             cache.record(layer_idx, positions, slot_valid, bool(slot_valid.all()))
         wk = _gather(w, order)[..., None].to(hidden.dtype)
@@ -488,9 +487,11 @@ def get_mod_model(model: nn.Module, config: MoDConfig | None = None, **overrides
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
-def _first(output: Any) -> torch.Tensor:
-    """A decoder layer's hidden states (transformers 5 returns a tensor, older families a tuple)."""
-    return output[0] if isinstance(output, tuple) else output
+def kv_bytes(cache: Any) -> int:
+    """Bytes held by all keys and values of a transformers cache (a `DynamicCache`, a `MoDCache`)."""
+    return sum(
+        t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values) if t is not None
+    )
 
 
 def _gather(t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
