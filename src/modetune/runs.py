@@ -25,6 +25,7 @@ from typing import Any
 
 from modetune.errors import CheckpointError, ModetuneError
 from modetune.files import atomic_write_text
+from modetune.loading import EMBEDDED_MODELS, load_model_and_tokenizer, resolve_model
 from modetune.method_base import MethodModel
 from modetune.methods import get_method, registered_methods, saved_method
 
@@ -35,8 +36,6 @@ CHECKPOINT_MARKER = "modetune-checkpoint-complete.json"  # written last into eac
 def base_hub_id(spec: str, resolved: Any) -> str | None:
     """The hub id of a resolved base model: an embedded model's original repo, a cached hub id itself, a
     directory inside a Hugging Face cache (``models--ORG--NAME/snapshots/...``); None otherwise."""
-    from modetune.loading import EMBEDDED_MODELS
-
     if resolved.kind == "embedded":
         return EMBEDDED_MODELS[spec].hub_id or None
     if resolved.kind == "hub":
@@ -106,8 +105,6 @@ def _base_candidates(base: dict[str, Any]) -> list[str]:
 def resolve_run_base(info: dict[str, Any], root: Path, base: str | None = None) -> str:
     """The model spec a run's base loads from (see `_base_candidates`); ``base`` overrides. A run whose
     base is found nowhere raises a `CheckpointError` naming what was tried and the fix."""
-    from modetune.loading import resolve_model
-
     if base is not None:
         return str(base)
     record = info.get("base_model") or {}
@@ -145,8 +142,6 @@ def load_run(
     `resolve_run_base` says, so a run copied to another machine loads by its hub id or embedded model name.
     A different model is refused by the base fingerprint check."""
     from transformers import AutoTokenizer
-
-    from modetune.loading import load_model_and_tokenizer
 
     weights_dir = Path(run_dir)
     root = find_run_root(weights_dir)

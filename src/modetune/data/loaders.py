@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modetune.data.hf import _is_datasets_object, is_hf_source, load_hf_rows, parse_columns
 from modetune.errors import DataError
 
 __all__ = [
@@ -490,8 +491,6 @@ def load_dataset_file(
         DataError: missing/unreadable/empty file, malformed JSON, or a bad record; the message names
             the file and the JSONL line number or JSON-array record index.
     """
-    from modetune.data.hf import is_hf_source, load_hf_rows, parse_columns
-
     fmt = _FORMAT_ALIASES.get(str(format).lower())
     if fmt is None:
         raise DataError(f"unknown dataset format '{format}' for {path}; use one of auto, {', '.join(FORMATS)}")
@@ -551,8 +550,6 @@ def load_datasets(
 
     The same seed always gives the same list. Extra keyword arguments go to `load_dataset_file`.
     """
-    from modetune.data.hf import _is_datasets_object
-
     if isinstance(paths, (str, Path)) or _is_datasets_object(paths):
         paths = [paths]
     paths = [p if _is_datasets_object(p) else Path(p) for p in paths]

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from modetune.data.loaders import load_dataset_file
 from modetune.errors import ModetuneError
 
 __all__ = ["check_contamination", "load_training_questions", "normalize_question"]
@@ -32,8 +33,6 @@ def load_training_questions(paths: Iterable[str | Path]) -> tuple[set[str], list
     """Normalised question texts (``instruction``/``question``/``prompt``/last user message) of the
     training files. Returns (questions, files read, problems) — unreadable files are reported, not
     raised, so a moved training file does not block an evaluation."""
-    from modetune.data.loaders import load_dataset_file
-
     questions: set[str] = set()
     read: list[str] = []
     problems: list[str] = []

@@ -30,6 +30,8 @@ from typing import Any
 
 from modetune.errors import ModetuneError
 from modetune.evaluation.runner import dora_caching
+from modetune.loading import load_model_and_tokenizer
+from modetune.runs import load_run
 
 try:
     from lm_eval.api.registry import register_model
@@ -54,15 +56,11 @@ def _load(run: str | None, model: Any, base: str | None, dtype: str, device: str
     if run is not None:
         # `base` overrides where the run's base model is loaded from (e.g. it moved); the method's base
         # fingerprint check refuses a different model with a clear error
-        from modetune.runs import load_run
-
         loaded_model, tokenizer, info = load_run(str(run), dtype=dtype, device=device, base=base)
         return loaded_model, tokenizer, {**info, **({"base_override": str(base)} if base is not None else {})}
     spec = model if model is not None else base
     if spec is None:
         raise ModetuneError("--model_args needs run=RUN_DIR (a MoDE run) or model=SPEC (a plain model)")
-    from modetune.loading import load_model_and_tokenizer
-
     loaded_model, tokenizer = load_model_and_tokenizer(str(spec), dtype=dtype, device=device)
     return loaded_model, tokenizer, {"model": str(spec)}
 

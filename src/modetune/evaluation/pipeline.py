@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modetune.data.loaders import Example
+from modetune.data.templates import build_prompt
 from modetune.errors import ConfigError, DataError, ModetuneError
 from modetune.evaluation.contamination import check_contamination
 from modetune.evaluation.extraction import score_generation
@@ -121,9 +123,6 @@ class EvalReport:
 
 def build_prompt_text(example: EvalExample, template: str = "alpaca", tokenizer: Any = None) -> str:
     """The prompt for a test question, built by the same code as training prompts."""
-    from modetune.data.loaders import Example
-    from modetune.data.templates import build_prompt
-
     return build_prompt(Example(instruction=example.instruction, input=example.input), template, tokenizer)
 
 

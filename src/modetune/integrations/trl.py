@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from modetune.errors import ConfigError
+from modetune.mode import MoDEModel
 
 try:
     import trl.trainer.sft_trainer as _sft_module
@@ -42,8 +43,6 @@ __all__ = ["MoDESFTTrainer"]
 
 
 def _refuse_unsupported(model: Any, args: Any, kwargs: dict[str, Any]) -> None:
-    from modetune.mode import MoDEModel
-
     if not isinstance(model, MoDEModel):
         raise ConfigError(
             f"MoDESFTTrainer trains a MoDEModel (get_mode_model(...)); got {type(model).__name__}. "
@@ -129,4 +128,3 @@ class MoDESFTTrainer(SFTTrainer):
             # like Trainer.compute_loss: the token count spans every rank and DDP averages the gradients
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
-
