@@ -19,7 +19,7 @@ TEXT_SUFFIXES = {
     ".md", ".rst", ".txt", ".json", ".jsonl", ".csv", ".py", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".sh", ".html",
 }  # fmt: skip
 # An absolute path: the work area, root's home, or a user's home, at the start of a word (so neither a URL's
-# path nor a relative path such as ../work/ or ~/work/ counts). Spelled so that this file does not match itself.
+# path nor a relative path under .. or ~ counts). Spelled so that this file does not match itself.
 MACHINE_PATH = re.compile(r"(?<![\w.~/-])/(?:(?:work|root)/|home/[\w.-]+/)")
 # (path, what must stay and why). Nothing yet: add an entry only for a path that must be literal, with its reason.
 ALLOWED: dict[str, str] = {}
@@ -59,6 +59,6 @@ def test_the_pattern_finds_machine_paths_and_nothing_else():
         '"file": "/' + 'root/.cache/modetune/t.json"',
         "cd /" + "home/someone/modetune",
     ]
-    kept = ["../shared/data/x.json", "~/.cache/modetune", "https://example.org/work/x", "experiments/work/y", "/tmp/x"]
+    kept = ["../shared/data/x.json", "~/.cache/modetune", "https://example.org/" + "work/x", "experiments/" + "work/y", "/tmp/x"]
     assert all(MACHINE_PATH.search(s) for s in found)
     assert not any(MACHINE_PATH.search(s) for s in kept)
