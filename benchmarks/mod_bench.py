@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from modetune.files import replace_marked_block
-from modetune.mod.model import kv_bytes
+from modetune.mod.routing import kv_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION_START, SECTION_END = "<!-- mod-bench:start -->", "<!-- mod-bench:end -->"

@@ -423,6 +423,31 @@ CASES: dict[str, Case] = {
         lambda t, c: _pretrain(t, c, "--router", "lstm"),
         "modetune pretrain: error: --router 'lstm' is not supported; allowed: gru, linear",
     ),
+    # -- modetune export -----------------------------------------------------------------------------------------
+    "export-out-not-empty": Case(
+        "modetune export",
+        "`OUT` an existing, non-empty directory",
+        lambda t, c: ["export", str(c["run"]), str(_write(t / "precious" / "thesis.txt", "keep").parent)],
+        "modetune export: error: {tmp}/precious already exists and is not empty; choose a new directory (nothing was written)",
+    ),
+    "export-plain-model": Case(
+        "modetune export",
+        "`RUN` a plain transformers model directory",
+        lambda t, c: ["export", str(c["model"]), str(t / "out")],
+        "modetune export: error: {model} is a plain transformers model directory (a vanilla model, no MoDE/MoD/MoM); it loads without modetune as it is: nothing to export",
+    ),
+    "export-not-a-directory": Case(
+        "modetune export",
+        "`RUN` that does not exist",
+        lambda t, c: ["export", str(t / "nowhere"), str(t / "out")],
+        "modetune export: error: {tmp}/nowhere is not a directory; pass a run directory (or one of its checkpoint-N)",
+    ),
+    "export-bad-dtype": Case(
+        "modetune export",
+        "`--dtype int8`",
+        lambda t, c: ["export", str(c["run"]), str(t / "out"), "--dtype", "int8"],
+        "modetune export: error: argument --dtype: invalid choice: 'int8' (choose from 'float32', 'bfloat16', 'float16')",
+    ),
     # -- modetune eval -------------------------------------------------------------------------------------------
     "eval-unknown-task": Case(
         "modetune eval",

@@ -29,6 +29,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from modetune.errors import UnsupportedArchitectureError
+from modetune.tensors import first_tensor
 
 
 @dataclass(frozen=True)
@@ -293,14 +294,6 @@ def _find_layers(model: PreTrainedModel, backbone_path: str, backbone: nn.Module
     if "encoder" in f"{backbone_path}.{name}".split(".") or "encoder" in type(backbone).__name__.lower():
         raise _refuse(model, "it is an encoder model (BERT-style) exposed as a causal LM, which is out of scope")
     return f"{backbone_path}.{name}", layers  # type: ignore[return-value]
-
-
-def first_tensor(value: Any) -> torch.Tensor | None:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
-        return value[0]
-    return getattr(value, "last_hidden_state", None) if not isinstance(value, (tuple, list)) else None
 
 
 def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:

@@ -17,7 +17,6 @@ a `PreTrainedModel` pre-trained by `modetune pretrain`), so it uses the transfor
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import warnings
@@ -30,7 +29,6 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from modetune.architectures import LocatedModel, locate
 from modetune.errors import CheckpointError, ConfigError, ModetuneError
@@ -39,7 +37,6 @@ from modetune.version import __version__
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 # the output field of the KV cache: `cache` from transformers 5.24 on (`past_key_values` is its deprecated alias)
-CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
 try:  # PEFT is a dependency, but keep the core importable without it
     from peft import PeftModel
@@ -357,7 +354,16 @@ class MethodModel(nn.Module):
                     p.requires_grad_(False)
         return wrapped
 
+    def export_settings(self) -> dict[str, Any]:
+        """The settings the exported model (`modetune export`, `MethodSpec.export_class`) is built from."""
+        return self.method_config.to_dict()
+
     # -- PEFT conveniences ---------------------------------------------------------------------------
+    @property
+    def is_peft(self) -> bool:
+        """True when the base model is wrapped by a PEFT adapter (not yet merged)."""
+        return _is_peft(self.model)
+
     def merge_and_unload(self: M) -> M:
         """Merge a wrapped LoRA-style adapter into the base weights; the method's modules stay as they are."""
         if _is_peft(self.model):
@@ -398,6 +404,8 @@ class MethodSpec:
     `MethodModel` (default: `model_class(model, config)`); `presets` are named starting configurations for
     `--preset` (e.g. MoDE's 'paper'); `summary` is one sentence for the CLI help and the model card;
     `order` places the method in listings (help, error messages): lower first, then by registration.
+    `export_class` is the model class `modetune export` writes (a `modetune.hub.WrapperForCausalLM` whose
+    module, with the modetune modules it imports, becomes the export's modeling file); None: no export.
     """
 
     name: str
@@ -410,6 +418,7 @@ class MethodSpec:
     wrap: Callable[[nn.Module, Any], MethodModel] | None = None
     presets: dict[str, Callable[..., MethodConfig]] = field(default_factory=dict)
     order: int = 100
+    export_class: type | None = None
 
     def build(self, model: nn.Module, config: MethodConfig) -> MethodModel:
         return self.wrap(model, config) if self.wrap is not None else self.model_class(model, config)

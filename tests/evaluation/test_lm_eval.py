@@ -233,3 +233,29 @@ def test_dora_cache_gives_lm_eval_the_same_scores(mode_model, tiny_tokenizer, ta
     plain = _evaluate(ModetuneLM(model=model, tokenizer=tiny_tokenizer, dora_cache=False), task_dir, tasks)["samples"]
     for task in tasks:
         assert [s["resps"] for s in cached[task]] == [s["resps"] for s in plain[task]]
+
+
+def test_stock_hf_model_scores_an_export_as_modetune_does(mode_run_dir, task_dir, tmp_path):
+    """lm-eval's own `hf` model on `modetune export`'s output: the per-choice log-likelihoods of
+    `modetune eval --scoring loglikelihood` (modetune's scorer on the loaded run)."""
+    from modetune.export import export_run
+    from modetune.runs import load_run
+
+    export_run(mode_run_dir, tmp_path / "export")
+    out = lm_eval.simple_evaluate(
+        model="hf",
+        model_args={"pretrained": str(tmp_path / "export"), "trust_remote_code": True, "dtype": "float32"},
+        tasks=["modetune_tiny_mc"],
+        task_manager=lm_eval.tasks.TaskManager(include_path=str(task_dir), include_defaults=False),
+        log_samples=True,
+        bootstrap_iters=0,
+        device="cpu",
+    )
+    model, tokenizer, _ = load_run(mode_run_dir, dtype="float32", device="cpu")
+    for sample in out["samples"]["modetune_tiny_mc"]:
+        doc = sample["doc"]
+        ours = loglikelihoods(
+            model, tokenizer, [(f"Question: {doc['question']}\nAnswer:", " " + c) for c in doc["choices"]]
+        )
+        theirs = [resp[0][0] for resp in sample["resps"]]
+        assert theirs == pytest.approx([lp for lp, _, _ in ours], abs=1e-4)

@@ -11,7 +11,7 @@ from modetune.cli import build_parser
 from modetune.cli.train import method_config_from_args
 from modetune.errors import ConfigError
 from modetune.mode import SPEC as MODE
-from modetune.mode.model import confidence_feature_count, confidence_features
+from modetune.mode.ensemble import confidence_feature_count, confidence_features
 from tests.conftest import build_tiny_model
 from tests.mode.test_model import reference_head
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from modetune.analysis.lens import capture_late_states
-from modetune.mode.model import confidence_features
+from modetune.mode.ensemble import confidence_features
 
 PROBE_INPUTS = ("constant", "final_state", "all_states", "confidence", "final_state+confidence")
 

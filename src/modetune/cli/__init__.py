@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "compare": "modetune.cli.compare",
     "pretrain": "modetune.cli.pretrain",
     "inspect": "modetune.cli.inspect",
+    "export": "modetune.cli.export",
     "data": "modetune.cli.data",
 }
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from modetune.method_base import MethodSpec, register_method
 from modetune.mod.config import MoDConfig
-from modetune.mod.model import MoDCache, MoDModel, MoDOutput, get_mod_model
+from modetune.mod.hub import MoDForCausalLM
+from modetune.mod.model import MoDModel, MoDOutput, get_mod_model
+from modetune.mod.routing import MoDCache
 
 CITATION = """@inproceedings{zhang2025modification,
   title     = {MoDification: Mixture of Depths Made Easy},
@@ -31,6 +33,7 @@ SPEC = register_method(
         citation=CITATION,
         wrap=get_mod_model,
         order=10,
+        export_class=MoDForCausalLM,
     )
 )
 

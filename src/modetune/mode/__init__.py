@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from modetune.method_base import MethodSpec, register_method
 from modetune.mode.config import CONFIG_NAME, PAPER_PRESET, MoDEConfig
+from modetune.mode.hub import MoDEForCausalLM
 from modetune.mode.model import WEIGHTS_NAME, MoDEModel, MoDEOutput, get_mode_model
 
 CITATION = """@article{luo2024mode,
@@ -33,6 +34,7 @@ SPEC = register_method(
         wrap=get_mode_model,
         presets={"paper": MoDEConfig.paper},
         order=0,
+        export_class=MoDEForCausalLM,
     )
 )
 

@@ -32,17 +32,10 @@ import torch.nn.functional as F
 
 from modetune.architectures import LinearHead, LocatedModel
 from modetune.mode.config import MoDEConfig
+from modetune.mode.ensemble import mix
 
 IGNORE_INDEX = -100
 Projector = Callable[[torch.Tensor], torch.Tensor]  # normalized hidden [n, d] -> logits [n, V]
-
-
-def mix(xs: list[torch.Tensor] | tuple[torch.Tensor, ...], gates: torch.Tensor) -> torch.Tensor:
-    """sum_i gates[..., i] * xs[i]: the router's mixture, one fused multiply-add per layer (no stacked copy)."""
-    mixed = xs[0] * gates[..., :1].to(xs[0].dtype)
-    for i in range(1, len(xs)):
-        mixed = mixed.addcmul(xs[i], gates[..., i : i + 1].to(xs[i].dtype))
-    return mixed
 
 
 def divergence(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:

@@ -22,28 +22,33 @@ vocabulary projection, like the base model (soft-capped heads project every laye
 
 from __future__ import annotations
 
-import copy
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from modetune.architectures import first_tensor, verify_located
+from modetune.architectures import verify_located
 from modetune.errors import ConfigError, ModetuneError
-from modetune.method_base import CACHE_FIELD, MethodModel, vocab_size_of
+from modetune.hub import CACHE_FIELD
+from modetune.method_base import MethodModel, vocab_size_of
 from modetune.mode.config import MoDEConfig
+from modetune.mode.ensemble import (
+    Router,
+    capture_late_states,
+    confidence_features,
+    ensemble_logits,
+    keep_positions,
+    make_adapter,
+    normalized_states,
+)
 from modetune.mode.losses import (
     LossParts,
     LossPlan,
     auto_chunk_size,
     liger_unavailable,
-    mix,
     mode_loss_chunked,
     mode_loss_liger,
     mode_loss_reference,
@@ -53,115 +58,6 @@ from modetune.mode.losses import (
 )
 
 WEIGHTS_NAME = "mode_model.safetensors"
-
-
-# --------------------------------------------------------------------------------------------------
-# The two small trainable pieces: per-layer adapters and the router
-# --------------------------------------------------------------------------------------------------
-class NormAdapter(nn.Module):
-    """A trainable copy of the model's final norm (same class, same initial weights)."""
-
-    def __init__(self, final_norm: nn.Module):
-        super().__init__()
-        self.norm = copy.deepcopy(final_norm).float()
-        self.norm._forward_hooks.clear()
-        self.norm._forward_pre_hooks.clear()
-        for p in self.norm.parameters():
-            p.requires_grad_(True)
-
-    def forward(self, h: torch.Tensor, final_norm: nn.Module) -> torch.Tensor:
-        return self.norm(h.float())
-
-
-class AffineAdapter(nn.Module):
-    """A d x d affine map initialised to the identity, followed by the model's frozen final norm."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.linear = nn.Linear(hidden_size, hidden_size, bias=True)
-        with torch.no_grad():
-            self.linear.weight.copy_(torch.eye(hidden_size))
-            self.linear.bias.zero_()
-
-    def forward(self, h: torch.Tensor, final_norm: nn.Module) -> torch.Tensor:
-        mapped = self.linear(h.float())
-        return final_norm(mapped.to(h.dtype)).float()
-
-
-class SharedNormAdapter(nn.Module):
-    """No trainable weights: the late layer goes through the model's own (frozen) final norm."""
-
-    def forward(self, h: torch.Tensor, final_norm: nn.Module) -> torch.Tensor:
-        return final_norm(h).float()
-
-
-def confidence_feature_count(k: int) -> int:
-    """Entropy and max log-prob of each of the k late layers, plus top-1 agreement of the k - 1 others."""
-    return 3 * k - 1 if k > 1 else 0
-
-
-@torch.no_grad()
-def confidence_features(ys: list[torch.Tensor], project: Any, chunk_size: int) -> torch.Tensor:
-    """[..., 3k - 1]: each late layer's prediction entropy and max log-prob, then whether each non-final layer's
-    top-1 token is the final layer's; chunk by chunk over positions, so at most [chunk, vocab] logits per layer
-    are alive. Without gradient: the router learns to read how sure each layer is, not to change it."""
-    lead = ys[0].shape[:-1]
-    flat = [y.reshape(-1, y.shape[-1]) for y in ys]
-    out = []
-    for start in range(0, flat[0].shape[0], chunk_size):
-        entropies, max_logps, tops = [], [], []
-        for y in flat:
-            logp = F.log_softmax(project(y[start : start + chunk_size]).float(), dim=-1)
-            entropies.append(-(logp.exp() * logp).sum(-1))
-            top = logp.max(-1)
-            max_logps.append(top.values)
-            tops.append(top.indices)
-        agree = [(top == tops[-1]).float() for top in tops[:-1]]
-        out.append(torch.stack(entropies + max_logps + agree, dim=-1))
-    return torch.cat(out).reshape(*lead, -1)
-
-
-class Router(nn.Module):
-    """g = softmax(x W_g + b) over the k late layers, per token (b absent with router_bias=False, the paper's
-    form); optionally keep only the top_k weights. With router_confidence, x = [y_L; features]."""
-
-    def __init__(self, hidden_size: int, config: MoDEConfig):
-        super().__init__()
-        k = config.num_layers
-        extra = confidence_feature_count(k) if config.router_confidence else 0
-        self.gate = nn.Linear(hidden_size + extra, k, bias=config.router_bias)
-        self.top_k = config.top_k if config.router == "topk" else None
-        with torch.no_grad():
-            self.gate.weight.zero_()
-            if self.gate.bias is not None:
-                self.gate.bias.zero_()
-            if config.router_init == "final" and k > 1 and self.gate.bias is not None:
-                # softmax gives the final layer router_final_weight and the others (1 - w) / (k - 1) each
-                w = config.router_final_weight
-                self.gate.bias[-1] = torch.log(torch.tensor(w * (k - 1) / (1.0 - w)))
-
-    def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        if features is not None:
-            x = torch.cat([x.float(), features.float()], dim=-1)
-        gates = F.softmax(self.gate(x.float()), dim=-1)
-        if self.top_k is not None and self.top_k < gates.shape[-1]:
-            top = gates.topk(self.top_k, dim=-1)
-            kept = torch.zeros_like(gates).scatter(-1, top.indices, top.values)
-            gates = kept / kept.sum(-1, keepdim=True)
-        return gates
-
-
-def make_adapter(kind: str, final_norm: nn.Module | None, hidden_size: int) -> nn.Module:
-    if kind == "norm":
-        if final_norm is None:
-            raise ConfigError(
-                "adapter='norm' copies the model's final norm, but this model has none; "
-                "allowed here: adapter='affine' or adapter='none'"
-            )
-        return NormAdapter(final_norm)
-    if kind == "affine":
-        return AffineAdapter(hidden_size)
-    return SharedNormAdapter()
 
 
 @dataclass(frozen=True)
@@ -281,36 +177,15 @@ class MoDEModel(MethodModel):
         self._vocab_size = vocab_size_of(self._located)  # sizes the loss and routing chunks (not per forward)
 
     # -- capturing the late layers' hidden states ----------------------------------------------------
-    @contextmanager
-    def _capture_late_states(self) -> Iterator[dict[int, torch.Tensor]]:
-        """Forward hooks that record h_i of each non-final late layer and y_L (the final norm's output)."""
-        states: dict[int, torch.Tensor] = {}
+    def _capture_late_states(self) -> Any:
+        """Hooks that record h_i of each non-final late layer and y_L (the final norm's output)."""
         loc = self._located
-
-        def store(slot: int):
-            def hook(_module, _args, output):
-                states[slot] = first_tensor(output)  # decoder layers return a tensor, a tuple or a list
-
-            return hook
-
-        k = len(self.layer_indices)
-        handles = [
-            loc.layers[idx].register_forward_hook(store(slot)) for slot, idx in enumerate(self.layer_indices[:-1])
-        ]
         final_source = loc.final_norm if loc.final_norm is not None else loc.layers[self.layer_indices[-1]]
-        handles.append(final_source.register_forward_hook(store(k - 1)))
-        try:
-            yield states
-        finally:
-            for handle in handles:
-                handle.remove()
+        return capture_late_states(loc.layers, self.layer_indices, final_source)
 
     def _normalized_states(self, states: dict[int, torch.Tensor]) -> list[torch.Tensor]:
         """k tensors [batch, seq, d]: N_i(h_i) for the non-final late layers, then y_L."""
-        final_norm = self._located.final_norm or nn.Identity()
-        ys = [adapter(states[i], final_norm) for i, adapter in enumerate(self.adapters)]
-        ys.append(states[len(self.adapters)].float())
-        return ys
+        return normalized_states(self.adapters, states, self._located.final_norm)
 
     def _project(self, y: torch.Tensor) -> torch.Tensor:
         return self._located.project(y.to(self.dtype))
@@ -362,7 +237,7 @@ class MoDEModel(MethodModel):
             backbone_out = self._located.backbone(**backbone_kwargs)
         if labels is None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
             # decoding: only the kept positions are normalized, routed and projected
-            states = {slot: _keep_positions(h, logits_to_keep) for slot, h in states.items()}
+            states = {slot: keep_positions(h, logits_to_keep) for slot, h in states.items()}
             logits_to_keep = 0
         ys = self._normalized_states(states)  # k x [B, T, d]
         gates = self.route(ys)  # [B, T, k]
@@ -408,11 +283,10 @@ class MoDEModel(MethodModel):
         self, ys: list[torch.Tensor], gates: torch.Tensor, logits_to_keep: int | torch.Tensor = 0
     ) -> torch.Tensor:
         """sum_i g_i * head(y_i) at the kept positions; one projection when the head path is affine."""
-        ys = [_keep_positions(y, logits_to_keep) for y in ys]
-        gates = _keep_positions(gates, logits_to_keep)
-        if self._located.head_is_affine() and self.mode_config.mix_in_hidden_space:
-            return self._project(mix(ys, gates))
-        return mix([self._project(y).float() for y in ys], gates).to(self.dtype)
+        ys = [keep_positions(y, logits_to_keep) for y in ys]
+        gates = keep_positions(gates, logits_to_keep)
+        mix_hidden = self._located.head_is_affine() and self.mode_config.mix_in_hidden_space
+        return ensemble_logits(ys, gates, self._project, mix_hidden, self.dtype)
 
     def _loss(
         self,
@@ -521,13 +395,3 @@ def get_mode_model(
     elif overrides:
         config = MoDEConfig.from_dict({**config.to_dict(), **overrides})
     return MoDEModel(model, config, verify=verify)
-
-
-# --------------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------------
-def _keep_positions(t: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
-    """The positions a `*ForCausalLM` would compute logits for (`logits_to_keep`, as in transformers)."""
-    if isinstance(logits_to_keep, int):
-        return t if logits_to_keep == 0 else t[:, -logits_to_keep:]
-    return t[:, logits_to_keep]

@@ -9,7 +9,8 @@ departs from the paper, is written at the top of `modetune/mom/model.py`.
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from modetune.mom.config import FIELD_HELP, MOM_FAMILIES, MoMConfig
-from modetune.mom.model import MoMCache, MoMCausalLMOutput, MoMForCausalLM, from_pretrained_layers
+from modetune.mom.from_layers import from_pretrained_layers
+from modetune.mom.model import MoMCache, MoMCausalLMOutput, MoMForCausalLM
 
 AutoConfig.register(MoMConfig.model_type, MoMConfig, exist_ok=True)
 AutoModelForCausalLM.register(MoMConfig, MoMForCausalLM, exist_ok=True)

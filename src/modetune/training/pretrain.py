@@ -33,8 +33,8 @@ from modetune.data.corpus import build_corpus
 from modetune.errors import ConfigError
 from modetune.loading import load_model_and_tokenizer, resolve_model
 from modetune.method_base import help_field as _help
+from modetune.mom import MoMForCausalLM, from_pretrained_layers
 from modetune.mom.config import FIELD_HELP, ROUTERS, WEIGHTINGS, MoMConfig
-from modetune.mom.model import MoMForCausalLM, from_pretrained_layers
 from modetune.runs import RUN_FILE, write_run_info
 from modetune.training.config import OptimConfig
 from modetune.training.recipe import training_arguments
