@@ -448,6 +448,12 @@ CASES: dict[str, Case] = {
         lambda t, c: ["export", str(c["run"]), str(t / "out"), "--dtype", "int8"],
         "modetune export: error: argument --dtype: invalid choice: 'int8' (choose from 'float32', 'bfloat16', 'float16')",
     ),
+    "pretrain-fp16-on-cpu": Case(
+        "modetune pretrain",
+        "`--mixed-precision fp16` on a machine without a CUDA GPU",
+        lambda t, c: _pretrain(t, c, "--mixed-precision", "fp16"),
+        "modetune pretrain: error: --mixed-precision fp16 needs a CUDA GPU (on CPU it would run in float32); use bf16 here",
+    ),
     # -- modetune eval -------------------------------------------------------------------------------------------
     "eval-unknown-task": Case(
         "modetune eval",

@@ -65,6 +65,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -146,22 +147,25 @@ class _SlotView:
 
 
 # -- modules and routers --------------------------------------------------------------------------------
-class AttentionModule(nn.Module):
-    """A decoder layer's attention half: its input norm and its attention (the family's own classes)."""
+class AttentionModule(GradientCheckpointingLayer):
+    """A decoder layer's attention half: its input norm and its attention (the family's own classes); recomputed
+    in backward under gradient checkpointing, as transformers' own decoder layers are."""
 
     def __init__(self, norm: nn.Module, attn: nn.Module):
         super().__init__()
         self.input_layernorm, self.self_attn = norm, attn
 
-    def forward(self, x: torch.Tensor, position_embeddings: Any, mask: torch.Tensor | None, cache: Any) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, position_embeddings: Any, mask: torch.Tensor | None, cache: Any = None
+    ) -> torch.Tensor:
         out, _ = self.self_attn(
             self.input_layernorm(x), position_embeddings=position_embeddings, attention_mask=mask, cache=cache
         )
         return out
 
 
-class FFNModule(nn.Module):
-    """A decoder layer's FFN half: its post-attention norm and its MLP."""
+class FFNModule(GradientCheckpointingLayer):
+    """A decoder layer's FFN half: its post-attention norm and its MLP (recomputed under gradient checkpointing)."""
 
     def __init__(self, norm: nn.Module, mlp: nn.Module):
         super().__init__()
@@ -241,7 +245,7 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = MoMConfig
     base_model_prefix = "mom"
     main_input_name = "input_ids"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True  # the pool modules; the qkv assembly's attention is not recomputed
     _supports_sdpa = True
     _supports_attention_backend = True
     _no_split_modules = ["AttentionModule", "FFNModule"]  # noqa: RUF012 (transformers' class attributes)
@@ -508,7 +512,7 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
                 cache.pad_slot(h, j, x, self._kv_heads, self._head_dim)
             sel_all = cache.update_selection(h, j, sel) if cache is not None else sel
             mask = self._attention_mask(sel_all, key_valid, past, T, x.dtype)
-            y = module(x, position_embeddings, mask, _SlotView(cache, slot) if cache is not None else None)
+            y = module(x, position_embeddings, mask, cache=_SlotView(cache, slot) if cache is not None else None)
             y = y * w[..., j : j + 1]
             out = y if out is None else out + y
         return (x + out if out is not None else x), picks, probs, state

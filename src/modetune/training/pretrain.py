@@ -44,6 +44,7 @@ from modetune.version import __version__
 
 logger = logging.getLogger(__name__)
 ARCHS = ("mom", "vanilla")
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
 
 
 @dataclass
@@ -98,6 +99,11 @@ class PretrainConfig(OptimConfig):
     attention_assembly: str = _help(FIELD_HELP["attention_assembly"], default="outputs")
     load_balance_weight: float = _help(FIELD_HELP["load_balance_weight"], default=0.0)
     router_init_bias: float = _help(FIELD_HELP["router_init_bias"], default=0.0)
+    mixed_precision: str = _help(
+        "'no' (float32), 'bf16' or 'fp16': forward and backward run under autocast in that precision while the "
+        "weights and the optimizer state stay float32 (transformers' mixed precision; every weight trains here).",
+        default="no",
+    )
 
     MOM_FIELDS = (
         "num_attention_modules",
@@ -120,6 +126,13 @@ class PretrainConfig(OptimConfig):
         for name, allowed in (("router", ROUTERS), ("weighting", WEIGHTINGS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name} {getattr(self, name)!r} is not supported; allowed: {', '.join(allowed)}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ConfigError(
+                f"--mixed-precision {self.mixed_precision!r} is not supported; allowed: {', '.join(MIXED_PRECISIONS)}"
+            )
+        if self.mixed_precision == "fp16" and not torch.cuda.is_available():
+            # accelerate has no fp16 autocast on CPU: the run would silently compute in float32
+            raise ConfigError("--mixed-precision fp16 needs a CUDA GPU (on CPU it would run in float32); use bf16 here")
         if self.init_from and self.arch != "mom":
             raise ConfigError("--init-from builds a MoM pool from a model's layers; it needs --arch mom")
         for name in ("block_size", "hidden_size", "num_layers", "num_heads", "max_steps"):
@@ -281,7 +294,14 @@ def _setup(cfg: PretrainConfig, out: Path, argv: list[str] | None) -> tuple[Meth
         "parameters": parameter_counts(model),
         "forward_flops_per_token": flops_per_token(model, context=cfg.block_size // 2),
     }
-    args = training_arguments(cfg, out, use_cpu=not torch.cuda.is_available(), evaluate=True)
+    args = training_arguments(
+        cfg,
+        out,
+        use_cpu=not torch.cuda.is_available(),
+        evaluate=True,
+        bf16=cfg.mixed_precision == "bf16",
+        fp16=cfg.mixed_precision == "fp16",
+    )
     trainer = MethodTrainer(
         model=model,
         args=args,
