@@ -186,3 +186,24 @@ def test_bundle_puts_dependencies_first_and_keeps_their_docstrings():
     assert order == sorted(order)
     assert "# MoD's inference core" in source
     compile(source, "modeling_modetune.py", "exec")
+
+
+def test_exports_loaded_one_after_another_in_one_process_match(runs, exports):
+    """transformers builds a loaded model on the meta device: anything not in the weights file (a non-persistent
+    buffer) would hold leftover memory. Loading several exports in a row in one process exposed such a buffer."""
+    for name in ("mode", "mod", "mom", "mod"):
+        model = AutoModelForCausalLM.from_pretrained(exports[name], trust_remote_code=True, dtype=torch.float32)
+        reference, _, _ = _reference(runs[name])
+        with torch.no_grad():
+            logits = model.eval()(input_ids=torch.tensor(PROMPTS)).logits
+        assert (logits - reference).abs().max().item() <= 1e-5, name
+
+
+@pytest.mark.parametrize("name", ["mode", "mod"])
+def test_the_method_modules_hold_nothing_outside_the_weights_file(exports, name):
+    """Every tensor of the method's own modules is in the weights file: a non-persistent buffer would be left
+    uninitialised by transformers' loading (the base model re-creates its own, e.g. rotary frequencies)."""
+    model = AutoModelForCausalLM.from_pretrained(exports[name], trust_remote_code=True, dtype=torch.float32)
+    saved = set(model.state_dict())
+    outside = [n for n, _ in model.named_buffers() if n not in saved and not n.startswith("model.")]
+    assert outside == []

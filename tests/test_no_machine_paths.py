@@ -59,6 +59,12 @@ def test_the_pattern_finds_machine_paths_and_nothing_else():
         '"file": "/' + 'root/.cache/modetune/t.json"',
         "cd /" + "home/someone/modetune",
     ]
-    kept = ["../shared/data/x.json", "~/.cache/modetune", "https://example.org/" + "work/x", "experiments/" + "work/y", "/tmp/x"]
+    kept = [
+        "../shared/data/x.json",
+        "~/.cache/modetune",
+        "https://example.org/" + "work/x",
+        "experiments/" + "work/y",
+        "/tmp/x",
+    ]
     assert all(MACHINE_PATH.search(s) for s in found)
     assert not any(MACHINE_PATH.search(s) for s in kept)

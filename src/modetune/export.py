@@ -184,7 +184,10 @@ def lora_of(model: MethodModel) -> tuple[dict[str, list[float]], dict[str, torch
 
 
 def wrapper_for(model: MethodModel, merge_adapters: bool) -> WrapperForCausalLM:
-    """The run's exported form: its registered wrapper class holding the base model and the method's weights."""
+    """The run's exported form: its registered wrapper class holding the base model and the method's weights.
+
+    With `merge_adapters`, `model`'s adapter is merged in place first (`MethodModel.merge_and_unload`).
+    """
     spec = method_spec_of(model)
     if spec.export_class is None:
         raise ConfigError(f"method {spec.name!r} has no exported form yet")

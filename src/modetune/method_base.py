@@ -375,7 +375,11 @@ class MethodModel(nn.Module):
         # `options`: what transformers' Trainer also passes (every_n_layers, offload), handed on when set
         kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
         extra = {k: v for k, v in options.items() if v is not None}
-        self.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, **extra)
+        enable = getattr(self.causal_lm, "activation_checkpointing_enable", None)  # its name from transformers 5.2x
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=kwargs, **extra)
+        else:
+            self.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, **extra)
         if _is_peft(self.model) or any(p.requires_grad for p in self.model.parameters()):
             self.causal_lm.enable_input_require_grads()
 

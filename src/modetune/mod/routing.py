@@ -35,8 +35,12 @@ class Router(nn.Module):
         with torch.no_grad():
             self.score.weight.zero_()
             self.score.bias.fill_(config.router_init_bias)
-        # sigmoid(b0), computed exactly as forward() computes it at step 0, so w = g / init_score is exactly 1
-        self.register_buffer("init_score", torch.sigmoid(torch.tensor(config.router_init_bias)), persistent=False)
+        self.init_bias = float(config.router_init_bias)  # a number, not a buffer: nothing to (re)initialise on load
+
+    @property
+    def init_score(self) -> torch.Tensor:
+        """sigmoid(b0), computed exactly as forward() computes it at step 0, so w = g / init_score is exactly 1."""
+        return torch.sigmoid(torch.tensor(self.init_bias, dtype=torch.float32, device=self.score.bias.device))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x = hidden.float()
