@@ -1,20 +1,22 @@
 """On SmolLM2-135M: how exactly `modetune export` reproduces each method, and how far half precision moves the loss.
 
-    OMP_NUM_THREADS=1 python benchmarks/export_precision.py        # ~3 min on one CPU thread
+    OMP_NUM_THREADS=1 python benchmarks/export_precision.py          # ~12 min on one CPU thread
+    python benchmarks/export_precision.py --docs                     # its tables into the docs
 
 For each method, a model with non-trivial method weights (MoDE k = 3 with LoRA on q/v and a perturbed router;
-MoD with routers perturbed so tokens are skipped; MoM built from SmolLM2's own layers with a perturbed router; for the losses, with its routes fixed to SmolLM2's
-layer order, the phase-2 starting point)
+MoD with routers perturbed so tokens are skipped; MoM built from SmolLM2's own layers with a perturbed router;
+for the losses, with its routes fixed to SmolLM2's layer order, the phase-2 starting point)
 is (1) exported and loaded back through transformers' `trust_remote_code` path, and the largest logit difference
 against modetune's model is recorded with whether 20 greedy tokens agree; (2) run on a fixed batch of GSM8K
 test questions in float32 and as training runs it in bf16 and fp16 (frozen base stored in half precision,
 trainables float32, bf16 under autocast; MoM: float32 weights under autocast), recording the loss difference.
-Writes benchmarks/export_precision.json and prints the table of docs/training.md and docs/export.md.
+Writes benchmarks/export_precision.json; `--docs` then writes its tables into docs/export.md and docs/training.md.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -25,6 +27,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from modetune.export import MODELING_FILE, bundle_sources, wrapper_for
+from modetune.files import replace_marked_block
 from modetune.loading import load_model_and_tokenizer
 from modetune.mod import get_mod_model
 from modetune.mode import get_mode_model
@@ -57,7 +60,10 @@ def build(method: str, dtype: str, fixed_routes: bool = False) -> torch.nn.Modul
         for router in model.routers:
             _perturb(router.score, 0.05)
     else:
-        config = MoMConfig(num_rounds=len(base.model.layers), router_init_bias=3.0)
+        layers = len(base.model.layers)  # a pool of SmolLM2's 30 layers, 30 rounds
+        config = MoMConfig(
+            num_attention_modules=layers, num_ffn_modules=layers, num_rounds=layers, router_init_bias=3.0
+        )
         model = from_pretrained_layers(base.float(), config)
         _perturb(model.attention_router, 0.01)
         _perturb(model.ffn_router, 0.01)
@@ -112,6 +118,48 @@ def loss_in(method: str, dtype: str, inputs: dict[str, torch.Tensor]) -> float:
         return float(model(**inputs).loss)
 
 
+NAMES = {
+    "mode": "MoDE (k = 3, LoRA on q/v)",
+    "mod": "MoD (threshold, tokens skipped)",
+    "mom": "MoM (30 modules, 30 rounds)",
+}
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def export_table(rows: list[dict]) -> str:
+    lines = ["| method | largest logit difference, export vs modetune (fp32) | 20 greedy tokens |", "|---|---|---|"]
+    for row in rows:
+        for key, suffix in (("export", ""), ("export_merged", ", LoRA merged by `--merge-adapters`")):
+            if key in row:
+                got = row[key]
+                same = "identical" if got["greedy_tokens_equal"] else "differ"
+                lines.append(f"| {NAMES[row['method']]}{suffix} | {got['max_logit_difference']:.2g} | {same} |")
+    return "\n".join(lines)
+
+
+def precision_table(rows: list[dict]) -> str:
+    lines = ["| method | loss, float32 | bf16 (Δ) | fp16 (Δ) |", "|---|---|---|---|"]
+    for row in rows:
+        loss = row["loss"]
+        cells = [f"{loss['float32']:.4f}"]
+        for dtype in ("bfloat16", "float16"):
+            value = loss[dtype]
+            cells.append("refused on CPU" if value != value else f"{value:.4f} ({value - loss['float32']:+.4f})")
+        lines.append(f"| {NAMES[row['method']]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_docs() -> None:
+    rows = json.loads(OUT.read_text())["rows"]
+    for page, name, table in (
+        ("export.md", "export", export_table(rows)),
+        ("training.md", "precision", precision_table(rows)),
+    ):
+        begin, end = f"<!-- export_precision.py {name}: begin -->", f"<!-- export_precision.py {name}: end -->"
+        replace_marked_block(DOCS / page, begin, end, f"{begin}\n{table}\n{end}", if_missing="error")
+    print("wrote the tables into docs/export.md and docs/training.md")
+
+
 def main() -> None:
     _, tokenizer = load_model_and_tokenizer(MODEL, dtype="float32", device="cpu")
     inputs = batch(tokenizer, gsm8k_test_texts(8))
@@ -132,4 +180,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    write_docs() if sys.argv[1:] == ["--docs"] else main()

@@ -207,3 +207,14 @@ def test_the_method_modules_hold_nothing_outside_the_weights_file(exports, name)
     saved = set(model.state_dict())
     outside = [n for n, _ in model.named_buffers() if n not in saved and not n.startswith("model.")]
     assert outside == []
+
+
+def test_the_attention_implementation_asked_for_reaches_the_base_model(runs, exports):
+    model = AutoModelForCausalLM.from_pretrained(
+        exports["mod"], trust_remote_code=True, dtype=torch.float32, attn_implementation="eager"
+    )
+    assert model.model.config._attn_implementation == "eager"
+    reference, _, _ = _reference(runs["mod"])
+    with torch.no_grad():
+        logits = model.eval()(input_ids=torch.tensor(PROMPTS)).logits
+    assert (logits - reference).abs().max().item() <= 1e-4  # eager against sdpa: the same maths, other rounding

@@ -82,6 +82,8 @@ class WrapperForCausalLM(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: WrapperConfig) -> None:
         super().__init__(config)
+        if getattr(config, "_attn_implementation", None):  # from_pretrained(..., attn_implementation=...) reaches it
+            config.text_config._attn_implementation = config._attn_implementation
         # in the dtype transformers is building the wrapper in (from_pretrained's `dtype`), not text_config's own
         self.model = AutoModelForCausalLM.from_config(config.text_config, dtype=torch.get_default_dtype())
         if config.lora:

@@ -1,6 +1,6 @@
 """MoD's inference core: the routers, the per-layer KV cache and token routing through a decoder layer.
 
-This module imports nothing from modetune but `modetune.errors` and `modetune.tensors`, so `modetune export`
+This module imports nothing from modetune but `modetune.errors`, `modetune.hub` and `modetune.tensors`, so `modetune export`
 copies it into a model directory that plain transformers loads (`trust_remote_code=True`). `TokenRouting` is
 the routing itself, shared by `MoDModel` (training, PEFT) and the exported model: its host lists the routers
 (`self.routers`), the routed layer indices, the settings (`self.mod_config`) and, through `_routed_stack()`,
@@ -19,6 +19,7 @@ from torch import nn
 from transformers import DynamicCache, PretrainedConfig
 
 from modetune.errors import ModetuneError, UnsupportedArchitectureError
+from modetune.hub import CACHE_FIELD
 from modetune.tensors import first_tensor
 
 
@@ -303,7 +304,7 @@ class TokenRouting:
 
         def after(_module, _args, kwargs, output):
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
-            cache = output.get("cache") or output.get("past_key_values") or cache
+            cache = getattr(output, CACHE_FIELD, None) or cache
             if isinstance(cache, MoDCache):
                 cache.seen_tokens += self._step_tokens
             return output
