@@ -37,3 +37,26 @@ def test_mod_bench_smoke(tmp_path, monkeypatch):
     assert "\nold\n" not in again and "after" in again and "| threshold p=0.5 |" in again
     mod_bench.main(args)  # a second run replaces its section instead of appending another
     assert report.read_text().count("## MoDification") == 1
+
+
+def test_mod_curve_smoke(tmp_path, monkeypatch):
+    """benchmarks/mod_curve.py: every baseline at every share, shares close to those asked for, and the plot."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("mod_curve", None)
+    import mod_curve
+
+    output, report = tmp_path / "curve.json", tmp_path / "RESULTS.md"
+    report.write_text("# Benchmarks\n\nkept\n")
+    args = ["--tiny", "--fractions", "0.2", "0.4", "--arc-n", "4", "--output", str(output), "--report", str(report)]
+    assert mod_curve.main(args) == 0
+    results = json.loads(output.read_text())
+    methods = [row["method"] for row in results["rows"]]
+    assert methods == ["static_layers", "static_attention", "random_routing"] * 2
+    assert len(results["block_influence"]) == 6 and 0 < results["attention_share_of_layer_compute"] < 1
+    for row in results["rows"]:
+        assert row["perplexity_gsm8k"] > 0 and 0 < row["skipped_compute"] < 1
+        if row["method"] == "random_routing":
+            assert row["processed"] < 1
+    assert output.with_suffix(".png").stat().st_size > 0
+    text = report.read_text()
+    assert "kept" in text and "| static_layers |" in text and text.count(mod_curve.CURVE_START) == 1

@@ -222,3 +222,21 @@ def test_sink_tokens_are_always_processed():
         mod(_ids(1, 12), cache=cache, use_cache=True)  # sigmoid(3) < 0.99: only the sinks pass
     for idx in mod.layer_indices:
         assert torch.equal(cache.key_positions(idx)[0], torch.tensor([0, 1]))
+
+
+def test_random_operator_processes_its_capacity_whatever_the_scores():
+    """operator='random' (the chance baseline): each token is processed with probability `capacity`, the same under
+    a fixed torch seed, and the routers' scores play no part."""
+    base = build_tiny_model("llama", num_hidden_layers=5)
+    mod = get_mod_model(base, MoDConfig(operator="random", capacity=0.3, skip_first=1, skip_last=1, sink_tokens=0))
+    ids = _ids(2, 200)
+    fractions = []
+    for routers_scale in (0.0, 5.0):
+        _randomize_routers(mod, seed=1, scale=routers_scale)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            fractions.append(mod(ids, use_cache=False).processed_fraction)
+    assert torch.equal(fractions[0], fractions[1])
+    assert ((fractions[0] - 0.3).abs() < 0.08).all()
+    generated = mod.generate(ids[:1, :8], max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert generated.shape == (1, 12)

@@ -15,7 +15,7 @@ from modetune.method_base import MethodConfig, check_choice, check_int, check_nu
 
 CONFIG_NAME = "mod_config.json"
 
-OPERATORS = ("threshold", "topk")
+OPERATORS = ("threshold", "topk", "random")
 ROUTER_INPUTS = ("normed", "hidden")
 ROUTER_WEIGHTS = ("normalized", "sigmoid", "straight_through")
 SKIPPED_KV = ("drop", "keep")
@@ -32,7 +32,9 @@ class MoDConfig(MethodConfig):
         "How a routed layer picks the tokens it processes: 'threshold' (MoDification: a token is processed when its "
         "router score sigmoid(s) exceeds --threshold; causal, the count adapts per layer) or 'topk' (MoD: the "
         "--capacity fraction of each sequence with the highest scores; at decoding a new token is processed when its "
-        "score reaches the lowest score selected in the prompt).",
+        "score reaches the lowest score selected in the prompt) or 'random' (a diagnostic: each token is processed "
+        "with probability --capacity whatever its score, drawn from torch's random generator: do the routers beat "
+        "chance?).",
         default="threshold",
     )
     threshold: float = help_field(
@@ -41,7 +43,8 @@ class MoDConfig(MethodConfig):
         default=0.5,
     )
     capacity: float = help_field(
-        "For operator='topk', in (0, 1]: the fraction of each sequence's tokens a routed layer processes.",
+        "For operator='topk', in (0, 1]: the fraction of each sequence's tokens a routed layer processes (for "
+        "operator='random': the probability that a token is processed).",
         default=0.5,
     )
     sink_tokens: int = help_field(

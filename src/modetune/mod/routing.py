@@ -156,6 +156,8 @@ class TokenRouting:
         sink = positions < cfg.sink_tokens
         if cfg.operator == "threshold":
             return ((g > cfg.threshold) | sink) & valid
+        if cfg.operator == "random":  # chance: the same expected share of tokens, whatever the router says
+            return ((torch.rand(g.shape, device=g.device) < cfg.capacity) | sink) & valid
         if cache is not None and layer_idx in cache.topk_floor:  # decoding: causal stand-in for top-k
             return ((g >= cache.topk_floor[layer_idx][:, None]) | sink) & valid
         k = torch.ceil(cfg.capacity * valid.sum(1).float()).long()  # [B]

@@ -1,0 +1,272 @@
+#!/usr/bin/env python
+"""MoDification's quality-compute curve: each way of skipping layer compute, at the same shares, without training.
+
+    OMP_NUM_THREADS=1 python benchmarks/mod_curve.py [--arc-n 2376] [--fractions 0.1 0.2 0.3 0.4] \
+        [--report benchmarks/RESULTS.md]
+    python benchmarks/mod_curve.py --tiny                 # smoke run on a tiny random llama (seconds)
+
+The baselines a conversion has to beat, each at the same share of the decoder layers' forward FLOPs skipped
+(`skipped_compute`, counted at 1k tokens: every linear layer, plus attention's 4·T·a per token):
+
+* `static_layers`: delete the n decoder layers with the lowest block influence, 1 - cos(x_in, x_out)
+  (ShortGPT), measured on calibration text (GSM8K train), n = round(share · L);
+* `static_attention`: drop the attention of the n layers whose attention block changes the residual stream least
+  (1 - cos(x, x + attn(x))); its skipped share counts the attention's part of a layer only;
+* `random_routing`: MoD's routing with `operator="random"` on the default routed layers (all but the first and
+  last 2): each token skips each routed layer with the probability that gives the share (chance routing, the
+  floor a trained router must clear).
+
+Quality: perplexity of held-out GSM8K-test text (chunks of --ppl-len tokens; no general-text corpus ships with
+this machine's data: see the note in benchmarks/RESULTS.md) and ARC-Easy test accuracy (log-likelihood of each
+choice, mean per token, first --arc-n questions). Writes benchmarks/mod_curve.json and
+benchmarks/figures/mod_curve.png; the conversion's own rows join the same file when it is trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from mod_bench import DATA, Variant, arc_items, perplexity, task_accuracy, tiny_items, tiny_models  # noqa: E402
+
+from modetune.architectures import locate  # noqa: E402
+from modetune.files import replace_marked_block  # noqa: E402
+from modetune.mod import get_mod_model  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "mod_curve.json"
+FIGURE = ROOT / "benchmarks" / "figures" / "mod_curve.png"
+CONTEXT = 1024  # tokens at which the compute shares are counted
+
+
+# -- where the compute is -----------------------------------------------------------------------------------
+def layer_flops(layer: nn.Module, config: Any, context: int = CONTEXT) -> tuple[float, float]:
+    """(attention, whole layer) forward FLOPs per token of one decoder layer at `context` tokens."""
+
+    def linear(module: nn.Module) -> int:
+        return sum(2 * m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+    heads = config.num_attention_heads
+    width = heads * (getattr(config, "head_dim", None) or config.hidden_size // heads)
+    attention = linear(layer.self_attn) + 4 * context * width
+    return attention, linear(layer) + 4 * context * width
+
+
+# -- block influence (ShortGPT) -----------------------------------------------------------------------------
+@torch.no_grad()
+def block_influence(model: nn.Module, blocks: list[list[int]]) -> tuple[list[float], list[float]]:
+    """Per decoder layer: 1 - mean cos(x_in, x_out) of the whole layer, and of its attention block alone."""
+    layers = locate(model).layers
+    sums_layer, sums_attn, count = [0.0] * len(layers), [0.0] * len(layers), 0
+    captured: dict[str, torch.Tensor] = {}
+
+    def before(i: int) -> Callable[..., None]:
+        def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured[f"in{i}"] = args[0] if args else kwargs["hidden_states"]
+
+        return hook
+
+    def after(i: int) -> Callable[..., None]:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            captured[f"out{i}"] = output if isinstance(output, torch.Tensor) else output[0]
+
+        return hook
+
+    def attention(i: int) -> Callable[..., None]:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            captured[f"attn{i}"] = output[0]
+
+        return hook
+
+    handles = []
+    for i, layer in enumerate(layers):
+        handles += [layer.register_forward_pre_hook(before(i), with_kwargs=True), layer.register_forward_hook(after(i)),
+                    layer.self_attn.register_forward_hook(attention(i))]  # fmt: skip
+    try:
+        for ids in blocks:
+            model(input_ids=torch.tensor([ids]), use_cache=False)
+            for i in range(len(layers)):
+                x = captured[f"in{i}"][0].float()
+                sums_layer[i] += float((1 - torch.cosine_similarity(x, captured[f"out{i}"][0].float(), dim=-1)).sum())
+                mid = x + captured[f"attn{i}"][0].float()
+                sums_attn[i] += float((1 - torch.cosine_similarity(x, mid, dim=-1)).sum())
+            count += len(ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [s / count for s in sums_layer], [s / count for s in sums_attn]
+
+
+@contextmanager
+def removed(model: nn.Module, layers: list[int], attention_only: bool) -> Iterator[None]:
+    """The listed decoder layers (or only their attention) pass the residual stream through unchanged."""
+    located = locate(model).layers
+    patched = []
+    for i in layers:
+        target = located[i].self_attn if attention_only else located[i]
+        if attention_only:
+            target.forward = lambda hidden_states, *a, **k: (torch.zeros_like(hidden_states), None)
+        else:
+            target.forward = lambda hidden_states, *a, **k: hidden_states
+        patched.append(target)
+    try:
+        yield
+    finally:
+        for target in patched:
+            del target.forward
+
+
+# -- the curve ------------------------------------------------------------------------------------------------
+def measure(variant: Variant, text: list[int], items: list, args: argparse.Namespace) -> dict[str, float]:
+    ppl, processed = perplexity(variant, text, args.ppl_len, args.ppl_chunks)
+    return {
+        "perplexity_gsm8k": ppl,
+        "processed": processed,
+        "arc_easy": task_accuracy(variant, items) if items else None,
+    }
+
+
+def curve(base: nn.Module, text: list[int], calib: list[list[int]], items: list, args: argparse.Namespace) -> dict:
+    layers = locate(base).layers
+    config = base.config.get_text_config()
+    attn_share, layer_total = (sum(v) for v in zip(*(layer_flops(layer, config) for layer in layers), strict=True))
+    attention_fraction = attn_share / layer_total
+    influence, attn_influence = block_influence(base, calib)
+    L = len(layers)
+    base_quality = measure(Variant("base", base, None), text, items, args)
+    rows = []
+
+    def add(method: str, skipped: float, quality: dict[str, float], **extra: Any) -> None:
+        rows.append({"method": method, "skipped_compute": round(skipped, 4), "perplexity": None, **quality, **extra})
+        print(json.dumps(rows[-1]), flush=True)
+
+    mod = get_mod_model(base, operator="random")
+    routed = len(mod.layer_indices)
+    for share in args.fractions:
+        n = max(1, round(share * L))
+        order = sorted(range(L), key=influence.__getitem__)[:n]
+        with removed(base, order, attention_only=False):
+            add("static_layers", n / L, measure(Variant("static", base, None), text, items, args), layers=sorted(order))
+        n_attn = min(L, max(1, round(share / attention_fraction * L)))
+        order = sorted(range(L), key=attn_influence.__getitem__)[:n_attn]
+        with removed(base, order, attention_only=True):
+            quality = measure(Variant("attention", base, None), text, items, args)
+        add("static_attention", n_attn * attention_fraction / L, quality, layers=sorted(order))
+        capacity = max(0.01, 1 - share * L / routed)
+        torch.manual_seed(0)
+        quality = measure(Variant("random", mod, {"operator": "random", "capacity": capacity}), text, items, args)
+        add("random_routing", (1 - quality["processed"]) * routed / L, quality, capacity=round(capacity, 4))
+    return {
+        "base_perplexity": None,
+        "base_perplexity_gsm8k": base_quality["perplexity_gsm8k"],
+        "base_arc_easy": base_quality["arc_easy"],
+        "attention_share_of_layer_compute": round(attention_fraction, 4),
+        "block_influence": [round(v, 5) for v in influence],
+        "attention_influence": [round(v, 5) for v in attn_influence],
+        "rows": rows,
+    }
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    base = results["base_perplexity_gsm8k"]
+    for method in sorted({r["method"] for r in results["rows"]}):
+        rows = sorted((r for r in results["rows"] if r["method"] == method), key=lambda r: r["skipped_compute"])
+        ax.plot([100 * r["skipped_compute"] for r in rows], [r["perplexity_gsm8k"] / base for r in rows], "o-",
+                label=method)  # fmt: skip
+    ax.set_yscale("log")
+    ax.axhline(1.25, color="grey", linestyle=":", label="target: 1.25 x base")
+    ax.set_xlabel("share of decoder-layer compute skipped (%, at 1k tokens)")
+    ax.set_ylabel("perplexity / base (GSM8K test, log scale)")
+    ax.set_title(results.get("model", ""))
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+CURVE_START, CURVE_END = "<!-- mod-curve:start -->", "<!-- mod-curve:end -->"
+
+
+def render(results: dict) -> str:
+    """The curve as a markdown table (benchmarks/RESULTS.md)."""
+    base_ppl, base_arc = results["base_perplexity_gsm8k"], results["base_arc_easy"]
+    lines = [
+        CURVE_START,
+        f"Model {results['model']}: perplexity of held-out GSM8K-test text ({results['ppl_chunks']} x "
+        f"{results['ppl_len']} tokens; base {base_ppl:.2f}) and ARC-Easy accuracy (first {results['arc_easy_n']} test "
+        f"questions; base {base_arc:.3f}), no training. Attention is "
+        f"{100 * results['attention_share_of_layer_compute']:.0f}% of a decoder layer's compute at "
+        f"{results['context_for_compute']} tokens. `{results['command']}`",
+        "",
+        "| method | layer compute skipped | perplexity / base | ARC-Easy |",
+        "|---|---|---|---|",
+    ]
+    for row in sorted(results["rows"], key=lambda r: (r["method"], r["skipped_compute"])):
+        arc = "" if row["arc_easy"] is None else f"{row['arc_easy']:.3f}"
+        ratio = row["perplexity_gsm8k"] / base_ppl
+        lines.append(f"| {row['method']} | {100 * row['skipped_compute']:.1f}% | {ratio:.2f}x | {arc} |")
+    lines += ["", f"Figure: `{FIGURE.relative_to(ROOT)}`.", CURVE_END]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny random llama (smoke test; writes nothing by default)")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4])
+    parser.add_argument("--ppl-len", type=int, default=512)
+    parser.add_argument("--ppl-chunks", type=int, default=8)
+    parser.add_argument("--calib-blocks", type=int, default=4, help="512-token blocks of GSM8K train for influence")
+    parser.add_argument("--arc-n", type=int, default=2376, help="ARC-Easy test questions (2376: all)")
+    parser.add_argument("--output", default=None, help=f"default: {OUT.relative_to(ROOT)} (none with --tiny)")
+    parser.add_argument("--report", help="markdown file to write the table into (between mod-curve markers)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.tiny:
+        base, _, (text,) = tiny_models()
+        calib, items, name = [text[:64], text[64:128]], tiny_items(min(args.arc_n, 8)), "tiny random llama"
+        args.ppl_len, args.ppl_chunks = 32, 2
+    else:
+        from modetune.loading import load_model_and_tokenizer
+
+        base, tokenizer = load_model_and_tokenizer(args.model, dtype="float32", device="cpu")
+        test = (DATA / "gsm8k_openai" / "test.jsonl").read_text().splitlines()
+        train = (DATA / "gsm8k_openai" / "train.jsonl").read_text().splitlines()
+        text = tokenizer("\n\n".join(f"{r['question']}\n{r['answer']}" for r in map(json.loads, test)))["input_ids"]
+        calib_ids = tokenizer("\n\n".join(f"{r['question']}\n{r['answer']}" for r in map(json.loads, train[:400])))
+        calib = [calib_ids["input_ids"][i * 512 : (i + 1) * 512] for i in range(args.calib_blocks)]
+        items, name = arc_items(tokenizer, args.arc_n), args.model
+    base.eval()
+    results = {"model": name, "context_for_compute": CONTEXT, "ppl_len": args.ppl_len, "ppl_chunks": args.ppl_chunks,
+               "arc_easy_n": len(items), **curve(base, text, calib, items, args),
+               "command": "python benchmarks/mod_curve.py " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
+    output = args.output or (None if args.tiny else str(OUT))
+    if output:
+        Path(output).write_text(json.dumps(results, indent=2) + "\n")
+        plot(results, FIGURE if output == str(OUT) else Path(output).with_suffix(".png"))
+    if args.report:
+        replace_marked_block(Path(args.report), CURVE_START, CURVE_END, render(results),
+                             heading="## MoDification: the quality-compute curve\n\n")  # fmt: skip
+    print(json.dumps({k: v for k, v in results.items() if k != "rows"}))
+    return 0 if all(math.isfinite(r["perplexity_gsm8k"]) for r in results["rows"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
