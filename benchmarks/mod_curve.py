@@ -210,18 +210,23 @@ def render(results: dict) -> str:
     lines = [
         CURVE_START,
         f"Model {results['model']}: perplexity of held-out GSM8K-test text ({results['ppl_chunks']} x "
-        f"{results['ppl_len']} tokens; base {base_ppl:.2f}) and ARC-Easy accuracy (first {results['arc_easy_n']} test "
-        f"questions; base {base_arc:.3f}), no training. Attention is "
+        f"{results['ppl_len']} tokens; base {base_ppl:.2f})"
+        + (
+            f" and ARC-Easy accuracy (first {results['arc_easy_n']} test questions; base {base_arc:.3f})"
+            if base_arc is not None
+            else ""
+        )
+        + ", no training. Attention is "
         f"{100 * results['attention_share_of_layer_compute']:.0f}% of a decoder layer's compute at "
         f"{results['context_for_compute']} tokens. `{results['command']}`",
         "",
-        "| method | layer compute skipped | perplexity / base | ARC-Easy |",
-        "|---|---|---|---|",
+        "| method | layer compute skipped | perplexity / base |" + (" ARC-Easy |" if base_arc is not None else ""),
+        "|---|---|---|" + ("---|" if base_arc is not None else ""),
     ]
     for row in sorted(results["rows"], key=lambda r: (r["method"], r["skipped_compute"])):
-        arc = "" if row["arc_easy"] is None else f"{row['arc_easy']:.3f}"
+        arc = "" if base_arc is None else f" {row['arc_easy']:.3f} |"
         ratio = row["perplexity_gsm8k"] / base_ppl
-        lines.append(f"| {row['method']} | {100 * row['skipped_compute']:.1f}% | {ratio:.2f}x | {arc} |")
+        lines.append(f"| {row['method']} | {100 * row['skipped_compute']:.1f}% | {ratio:.2f}x |{arc}")
     lines += ["", f"Figure: `{FIGURE.relative_to(ROOT)}`.", CURVE_END]
     return "\n".join(lines)
 
@@ -234,11 +239,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ppl-len", type=int, default=512)
     parser.add_argument("--ppl-chunks", type=int, default=8)
     parser.add_argument("--calib-blocks", type=int, default=4, help="512-token blocks of GSM8K train for influence")
-    parser.add_argument("--arc-n", type=int, default=2376, help="ARC-Easy test questions (2376: all)")
+    parser.add_argument("--arc-n", type=int, default=2376, help="ARC-Easy test questions (2376: all; 0: none)")
     parser.add_argument("--output", default=None, help=f"default: {OUT.relative_to(ROOT)} (none with --tiny)")
     parser.add_argument("--report", help="markdown file to write the table into (between mod-curve markers)")
+    parser.add_argument("--render-only", action="store_true", help="rewrite --report from the existing JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.render_only:
+        results = json.loads(Path(args.output or OUT).read_text())
+        replace_marked_block(Path(args.report), CURVE_START, CURVE_END, render(results), if_missing="error")
+        return 0
     if args.tiny:
         base, _, (text,) = tiny_models()
         calib, items, name = [text[:64], text[64:128]], tiny_items(min(args.arc_n, 8)), "tiny random llama"
