@@ -348,7 +348,19 @@ CASES: dict[str, Case] = {
         "modetune train --method mod",
         "`--operator topp` (unknown name)",
         lambda t, c: _train(t, c, "--method", "mod", "--operator", "topp"),
-        "modetune train: error: operator='topp' is not supported; allowed: 'threshold', 'topk'",
+        "modetune train: error: operator='topp' is not supported; allowed: 'threshold', 'topk', 'random'",
+    ),
+    "mod-target-skip-range": Case(
+        "modetune train --method mod",
+        "`--target-skip 1.5`",
+        lambda t, c: _train(t, c, "--method", "mod", "--target-skip", "1.5"),
+        "modetune train: error: target_skip=1.5 is out of range; allowed: 0 < share < 1",
+    ),
+    "mod-target-skip-unreachable": Case(
+        "modetune train --method mod",
+        "`--target-skip 0.6` when the routed layers are half the model",
+        lambda t, c: _train(t, c, "--method", "mod", "--skip-first", "1", "--skip-last", "1", "--target-skip", "0.6"),
+        "modetune train: error: target_skip=0.6 cannot be reached: skipping every token of the 2 routed layers skips 0.50 of the 4 layers' work",
     ),
     "mod-routed-layers": Case(
         "modetune train --method mod",

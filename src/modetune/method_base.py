@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -353,6 +353,11 @@ class MethodModel(nn.Module):
                 for p in module.parameters():
                     p.requires_grad_(False)
         return wrapped
+
+    def finish_training(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        """Called by `modetune train` after the last step, before the final model is saved, with held-out batches
+        (the validation split, else training batches); what it returns goes into run.json. Default: nothing."""
+        return {}
 
     def export_settings(self) -> dict[str, Any]:
         """The settings the exported model (`modetune export`, `MethodSpec.export_class`) is built from."""

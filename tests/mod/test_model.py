@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -240,3 +242,39 @@ def test_random_operator_processes_its_capacity_whatever_the_scores():
     assert ((fractions[0] - 0.3).abs() < 0.08).all()
     generated = mod.generate(ids[:1, :8], max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert generated.shape == (1, 12)
+
+
+def test_calibration_reaches_the_target_share_with_one_threshold_per_layer():
+    base = build_tiny_model("llama", num_hidden_layers=6)
+    mod = get_mod_model(base, MoDConfig(skip_first=1, skip_last=1, target_skip=0.25))
+    _randomize_routers(mod, seed=2)
+    batches = [{"input_ids": _ids(4, 32, seed=s)} for s in range(6)]
+    report = mod.finish_training(batches[:4])
+    assert abs(report["achieved_skip"] - 0.25) <= 0.02
+    assert abs(mod.skipped_share(batches[4:])[0] - 0.25) <= 0.04  # held-out batches: close as well
+    thresholds = mod.mod_config.layer_thresholds
+    assert len(thresholds) == 4 and len(set(thresholds)) == 4  # each layer its own threshold
+    before = mod(batches[4]["input_ids"], use_cache=False).processed_fraction
+    mod.mod_config.layer_thresholds = [thresholds[0], 0.0, *thresholds[2:]]  # the second layer processes everything
+    after = mod(batches[4]["input_ids"], use_cache=False).processed_fraction
+    assert before[1] < 1.0 and after[1] == 1.0 and after[0] == before[0]  # the layer above it is untouched
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"target_skip": 1.5}, "target_skip=1.5 is out of range"),
+        ({"target_skip": 0.2, "operator": "topk"}, "it needs operator='threshold'"),
+        ({"layer_thresholds": [0.5, 1.2]}, "must be a list of numbers in [0, 1)"),
+    ],
+)
+def test_calibration_settings_are_checked(fields, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        MoDConfig(**fields)
+
+
+def test_calibration_settings_are_checked_against_the_model_depth():
+    with pytest.raises(ConfigError, match="layer_thresholds has 1 values for 2 routed layers"):
+        MoDConfig(skip_first=1, skip_last=1, layer_thresholds=[0.5]).validate(4)
+    with pytest.raises(ConfigError, match=r"target_skip=0\.6 cannot be reached"):
+        MoDConfig(skip_first=1, skip_last=1, target_skip=0.6).validate(4)

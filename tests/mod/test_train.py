@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from modetune.cli import main
 from modetune.mod import MoDModel
+from modetune.runs import load_run
+from tests.conftest import TINY_TRAIN_ARGS
 
 ARGS = ["--method", "mod", "--data", "synthetic:48:1", "--cutoff-len", "96", "--batch-size", "4", "--lora-r", "4",
         "--learning-rate", "5e-2", "--train-on-inputs", "--skip-first", "1", "--skip-last", "1",
@@ -56,3 +59,18 @@ def test_train_method_mod_writes_a_resumable_run(tmp_path, tiny_model_dir, capsy
     assert main(["inspect", "--run", str(out), "--prompt", "hi", "--output", str(tmp_path / "inspect")]) == 2
     assert not (tmp_path / "inspect").exists()
     assert "is a MoDification run; `modetune inspect` looks inside MoDE runs" in capsys.readouterr().err
+
+
+def test_target_skip_calibrates_per_layer_thresholds_after_training(tmp_path, tiny_model_dir, capsys):
+    """`--target-skip 0.25`: the saved run skips 25% ± 2 points of the decoder layers' work on the calibration
+    text, says so in run.json, and loads with its per-layer thresholds."""
+    out = tmp_path / "run"
+    argv = ["train", "--model", str(tiny_model_dir), "--method", "mod", "--output", str(out), *TINY_TRAIN_ARGS,
+            "--max-steps", "3", "--save-steps", "0", "--skip-first", "1", "--skip-last", "1", "--target-skip", "0.25"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads((out / "run.json").read_text())["finish_training"]
+    assert abs(report["achieved_skip"] - 0.25) <= 0.02 and report["calibration_tokens"] > 0
+    saved = json.loads((out / "mod_config.json").read_text())
+    assert saved["layer_thresholds"] == pytest.approx(report["layer_thresholds"], abs=1e-6)
+    model, _, _ = load_run(out)
+    assert model.mod_config.layer_thresholds == saved["layer_thresholds"]

@@ -94,6 +94,18 @@ class MoDConfig(MethodConfig):
         "so the scores can move within a short conversion while LoRA keeps its usual rate.",
         default=10.0,
     )
+    target_skip: float | None = help_field(
+        "After `modetune train`: calibrate one threshold per routed layer on held-out text (the validation split, "
+        "else training batches) so that this share of the decoder layers' token computations is skipped, in (0, 1) "
+        "(operator='threshold'); the share achieved is reported and written to run.json. None: --threshold for "
+        "every layer.",
+        default=None,
+    )
+    layer_thresholds: list[float] | None = help_field(
+        "p per routed layer, in order (operator='threshold'); --target-skip's calibration sets it. None: "
+        "--threshold for every layer.",
+        default=None,
+    )
     skipped_kv: str = help_field(
         "'drop': a skipped token costs nothing in the block and stores no key/value at that layer (the MoD saving); "
         "'keep': the block runs on every token (so skipped tokens keep their KV entry) and only the processed "
@@ -121,6 +133,22 @@ class MoDConfig(MethodConfig):
             raise ConfigError(f"load_weight={self.load_weight!r} is negative; allowed: a number >= 0")
         if not 0.0 <= self.load_target <= 1.0:
             raise ConfigError(f"load_target={self.load_target!r} is out of range; allowed: 0 <= target <= 1")
+        if self.target_skip is not None:
+            check_number(self, "target_skip")
+            if not 0.0 < self.target_skip < 1.0:
+                raise ConfigError(f"target_skip={self.target_skip!r} is out of range; allowed: 0 < share < 1")
+            if self.operator != "threshold":
+                raise ConfigError(
+                    f"target_skip calibrates thresholds; it needs operator='threshold', not {self.operator!r}"
+                )
+        if self.layer_thresholds is not None and (
+            not isinstance(self.layer_thresholds, list)
+            or not all(
+                isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p < 1.0
+                for p in self.layer_thresholds
+            )
+        ):
+            raise ConfigError(f"layer_thresholds={self.layer_thresholds!r} must be a list of numbers in [0, 1)")
         check_int(self, "sink_tokens", low=0)
         check_int(self, "skip_first", low=0)
         check_int(self, "skip_last", low=0)
@@ -138,6 +166,15 @@ class MoDConfig(MethodConfig):
                 raise ConfigError(
                     f"no layer gets a router: the model has {num_model_layers} decoder layers and skip_first="
                     f"{self.skip_first}, skip_last={self.skip_last}; lower them or pass routed_layers"
+                )
+            if self.layer_thresholds is not None and len(self.layer_thresholds) != len(layers):
+                raise ConfigError(
+                    f"layer_thresholds has {len(self.layer_thresholds)} values for {len(layers)} routed layers"
+                )
+            if self.target_skip is not None and self.target_skip * num_model_layers >= len(layers):
+                raise ConfigError(
+                    f"target_skip={self.target_skip} cannot be reached: skipping every token of the {len(layers)} "
+                    f"routed layers skips {len(layers) / num_model_layers:.2f} of the {num_model_layers} layers' work"
                 )
             if max(layers) >= num_model_layers:
                 raise ConfigError(

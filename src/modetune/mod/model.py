@@ -32,6 +32,8 @@ sliding window.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -112,6 +114,33 @@ class MoDModel(TokenRouting, MethodModel):
 
     def method_modules(self) -> dict[str, nn.Module]:
         return {"routers": self.routers}
+
+    # -- calibration to a compute target ---------------------------------------------------------------
+    @torch.no_grad()
+    def finish_training(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        """With `target_skip`: one threshold per routed layer, so that the layers skip that share of the decoder
+        layers' token computations on `batches` (see `calibrate_thresholds`)."""
+        if self.mod_config.target_skip is None:
+            return {}
+        return calibrate_thresholds(self, list(itertools.islice(batches, CALIBRATION_BATCHES)))
+
+    def skipped_share(self, batches: list[dict[str, torch.Tensor]]) -> tuple[float, list[torch.Tensor]]:
+        """(the share of all decoder layers' token computations skipped on `batches`, each routed layer's scores
+        of the real tokens); forwards in eval mode, no cache."""
+        skipped = tokens = 0.0
+        scores: list[list[torch.Tensor]] = [[] for _ in self.layer_indices]
+        for batch in batches:
+            self._stats = {}
+            with self.routing():
+                self.model(input_ids=batch["input_ids"].to(self.device),
+                           attention_mask=_on(batch.get("attention_mask"), self.device), use_cache=False)  # fmt: skip
+            stats, self._stats = self._stats, None
+            for slot, idx in enumerate(self.layer_indices):
+                g, select, valid = stats[idx]
+                scores[slot].append(g[valid].float())
+                skipped += float((valid & ~select).sum())
+            tokens += float(valid.sum())
+        return skipped / max(1.0, tokens * len(self._located.layers)), [torch.cat(s) for s in scores]
 
     def export_settings(self) -> dict[str, Any]:
         return {**self.mod_config.to_dict(), "layer_indices": list(self.layer_indices)}
@@ -206,8 +235,53 @@ def get_mod_model(model: nn.Module, config: MoDConfig | None = None, **overrides
 
 
 # --------------------------------------------------------------------------------------------------
+# Calibration
+# --------------------------------------------------------------------------------------------------
+CALIBRATION_BATCHES = 16  # held-out batches the thresholds are calibrated on
+CALIBRATION_ROUNDS = 4  # passes: each layer's scores depend on what the layers before it skip
+
+
+def calibrate_thresholds(model: MoDModel, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Set `layer_thresholds` so that every routed layer skips the same share s of the real tokens, with
+    s = target_skip * (all layers) / (routed layers), the share of all layers' work asked for.
+
+    Each pass sets each layer's threshold to the s-quantile of its router scores under the thresholds of the pass
+    before (the first pass processes everything), then corrects s by the gap between the share achieved and the
+    target; a few passes settle the shift that upstream skipping causes in downstream scores and the tokens that
+    are always processed (sink tokens). Returns what was asked, what was achieved on `batches`, and the thresholds.
+    """
+    cfg = model.mod_config
+    if not batches:
+        raise ModetuneError("target_skip needs held-out batches to calibrate on; none were given")
+    share = cfg.target_skip * len(model._located.layers) / len(model.layer_indices)
+    was_training = model.training
+    model.eval()
+    cfg.layer_thresholds = [0.0] * len(model.layer_indices)
+    scale = len(model._located.layers) / len(model.layer_indices)
+    try:
+        achieved, scores = model.skipped_share(batches)
+        for _ in range(CALIBRATION_ROUNDS):
+            cfg.layer_thresholds = [min(float(torch.quantile(s, min(share, 1.0))), 0.999999) for s in scores]
+            achieved, scores = model.skipped_share(batches)
+            # what the quantiles miss (tokens that are always processed, ties, upstream shifts) is asked for again
+            share = max(0.0, share + (cfg.target_skip - achieved) * scale)
+    finally:
+        model.train(was_training)
+    return {
+        "target_skip": cfg.target_skip,
+        "achieved_skip": round(achieved, 4),
+        "layer_thresholds": [round(p, 6) for p in cfg.layer_thresholds],
+        "calibration_tokens": int(scores[0].numel()) if scores else 0,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
+def _on(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return t.to(device) if t is not None else None
+
+
 def _check_supported(causal_lm: PreTrainedModel) -> None:
     config = causal_lm.config.get_text_config()
     impl = causal_lm.config._attn_implementation

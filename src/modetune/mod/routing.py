@@ -155,7 +155,9 @@ class TokenRouting:
         cfg, valid = self.mod_config, self._tokens
         sink = positions < cfg.sink_tokens
         if cfg.operator == "threshold":
-            return ((g > cfg.threshold) | sink) & valid
+            per_layer = getattr(cfg, "layer_thresholds", None)
+            p = per_layer[self.layer_indices.index(layer_idx)] if per_layer else cfg.threshold
+            return ((g > p) | sink) & valid
         if cfg.operator == "random":  # chance: the same expected share of tokens, whatever the router says
             return ((torch.rand(g.shape, device=g.device) < cfg.capacity) | sink) & valid
         if cache is not None and layer_idx in cache.topk_floor:  # decoding: causal stand-in for top-k

@@ -313,6 +313,12 @@ def _run(
         training_loss = _last_train_loss(out / "metrics.jsonl")
     else:
         training_loss = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).training_loss
+    finished = trainer.accelerator.unwrap_model(trainer.model).finish_training(
+        trainer.get_eval_dataloader() if has_eval else trainer.get_train_dataloader()
+    )  # e.g. MoD's --target-skip calibration, before the final model is written
+    if finished:
+        info["finish_training"] = finished
+        logger.info("after training: %s", finished)
     trainer.save_model(str(out))
     eval_loss = None
     if has_eval:
