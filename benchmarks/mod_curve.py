@@ -14,7 +14,9 @@ The baselines a conversion has to beat, each at the same share of the decoder la
   (1 - cos(x, x + attn(x))); its skipped share counts the attention's part of a layer only;
 * `random_routing`: MoD's routing with `operator="random"` on the default routed layers (all but the first and
   last 2): each token skips each routed layer with the probability that gives the share (chance routing, the
-  floor a trained router must clear).
+  floor a trained router must clear);
+* `conversion` (with `--conversion RUN`): a trained MoD run's own routers, one threshold per routed layer
+  calibrated on the calibration text to the share (`--target-skip`'s calibration).
 
 Quality: perplexity of held-out GSM8K-test text (chunks of --ppl-len tokens; no general-text corpus ships with
 this machine's data: see the note in benchmarks/RESULTS.md) and ARC-Easy test accuracy (log-likelihood of each
@@ -44,6 +46,8 @@ from mod_bench import DATA, Variant, arc_items, perplexity, task_accuracy, tiny_
 from modetune.architectures import locate  # noqa: E402
 from modetune.files import replace_marked_block  # noqa: E402
 from modetune.mod import get_mod_model  # noqa: E402
+from modetune.mod.model import calibrate_thresholds  # noqa: E402
+from modetune.runs import load_run  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "mod_curve.json"
 FIGURE = ROOT / "benchmarks" / "figures" / "mod_curve.png"
@@ -137,7 +141,14 @@ def measure(variant: Variant, text: list[int], items: list, args: argparse.Names
     }
 
 
-def curve(base: nn.Module, text: list[int], calib: list[list[int]], items: list, args: argparse.Namespace) -> dict:
+def curve(
+    base: nn.Module,
+    text: list[int],
+    calib: list[list[int]],
+    items: list,
+    args: argparse.Namespace,
+    conversion: Any = None,
+) -> dict:
     layers = locate(base).layers
     config = base.config.get_text_config()
     attn_share, layer_total = (sum(v) for v in zip(*(layer_flops(layer, config) for layer in layers), strict=True))
@@ -167,6 +178,12 @@ def curve(base: nn.Module, text: list[int], calib: list[list[int]], items: list,
         torch.manual_seed(0)
         quality = measure(Variant("random", mod, {"operator": "random", "capacity": capacity}), text, items, args)
         add("random_routing", (1 - quality["processed"]) * routed / L, quality, capacity=round(capacity, 4))
+        if conversion is not None:  # its routers, one threshold per layer calibrated to the share on calibration text
+            conversion.mod_config.operator, conversion.mod_config.target_skip = "threshold", share
+            report = calibrate_thresholds(conversion, [{"input_ids": torch.tensor([ids])} for ids in calib])
+            quality = measure(Variant("conversion", conversion, {}), text, items, args)
+            add("conversion", (1 - quality["processed"]) * len(conversion.layer_indices) / L, quality,
+                calibrated_skip=report["achieved_skip"], layer_thresholds=report["layer_thresholds"])  # fmt: skip
     return {
         "base_perplexity": None,
         "base_perplexity_gsm8k": base_quality["perplexity_gsm8k"],
@@ -242,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arc-n", type=int, default=2376, help="ARC-Easy test questions (2376: all; 0: none)")
     parser.add_argument("--output", default=None, help=f"default: {OUT.relative_to(ROOT)} (none with --tiny)")
     parser.add_argument("--report", help="markdown file to write the table into (between mod-curve markers)")
+    parser.add_argument(
+        "--conversion",
+        help="a `modetune train --method mod` run: its rows at each share, thresholds "
+        "calibrated per layer on the calibration text (--tiny: the tiny model with random routers)",
+    )
     parser.add_argument("--render-only", action="store_true", help="rewrite --report from the existing JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -249,8 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(Path(args.output or OUT).read_text())
         replace_marked_block(Path(args.report), CURVE_START, CURVE_END, render(results), if_missing="error")
         return 0
+    conversion = None
     if args.tiny:
-        base, _, (text,) = tiny_models()
+        base, conversion, (text,) = tiny_models()
         calib, items, name = [text[:64], text[64:128]], tiny_items(min(args.arc_n, 8)), "tiny random llama"
         args.ppl_len, args.ppl_chunks = 32, 2
     else:
@@ -263,9 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         calib_ids = tokenizer("\n\n".join(f"{r['question']}\n{r['answer']}" for r in map(json.loads, train[:400])))
         calib = [calib_ids["input_ids"][i * 512 : (i + 1) * 512] for i in range(args.calib_blocks)]
         items, name = arc_items(tokenizer, args.arc_n), args.model
+        conversion = load_run(args.conversion, dtype="float32", device="cpu")[0] if args.conversion else None
     base.eval()
     results = {"model": name, "context_for_compute": CONTEXT, "ppl_len": args.ppl_len, "ppl_chunks": args.ppl_chunks,
-               "arc_easy_n": len(items), **curve(base, text, calib, items, args),
+               "arc_easy_n": len(items), **curve(base, text, calib, items, args, conversion),
                "command": "python benchmarks/mod_curve.py " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
     output = args.output or (None if args.tiny else str(OUT))
     if output:

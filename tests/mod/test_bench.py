@@ -51,12 +51,14 @@ def test_mod_curve_smoke(tmp_path, monkeypatch):
     assert mod_curve.main(args) == 0
     results = json.loads(output.read_text())
     methods = [row["method"] for row in results["rows"]]
-    assert methods == ["static_layers", "static_attention", "random_routing"] * 2
+    assert methods == ["static_layers", "static_attention", "random_routing", "conversion"] * 2
     assert len(results["block_influence"]) == 6 and 0 < results["attention_share_of_layer_compute"] < 1
     for row in results["rows"]:
         assert row["perplexity_gsm8k"] > 0 and 0 < row["skipped_compute"] < 1
-        if row["method"] == "random_routing":
+        if row["method"] in ("random_routing", "conversion"):
             assert row["processed"] < 1
+        if row["method"] == "conversion":  # calibrated to the share asked for, on the calibration text
+            assert abs(row["calibrated_skip"] - (0.2 if row is results["rows"][3] else 0.4)) <= 0.05
     assert output.with_suffix(".png").stat().st_size > 0
     text = report.read_text()
     assert "kept" in text and "| static_layers |" in text and text.count(mod_curve.CURVE_START) == 1
