@@ -36,7 +36,6 @@ from modetune.files import atomic_write_text
 from modetune.version import __version__
 
 PEFT_CONFIG_NAME = "adapter_config.json"
-# the output field of the KV cache: `cache` from transformers 5.24 on (`past_key_values` is its deprecated alias)
 
 try:  # PEFT is a dependency, but keep the core importable without it
     from peft import PeftModel
