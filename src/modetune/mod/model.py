@@ -130,11 +130,9 @@ class MoDModel(TokenRouting, MethodModel):
         skipped = tokens = 0.0
         scores: list[list[torch.Tensor]] = [[] for _ in self.layer_indices]
         for batch in batches:
-            self._stats = {}
-            with self.routing():
-                self.model(input_ids=batch["input_ids"].to(self.device),
-                           attention_mask=_on(batch.get("attention_mask"), self.device), use_cache=False)  # fmt: skip
-            stats, self._stats = self._stats, None
+            _, stats = self._routed_forward(input_ids=batch["input_ids"].to(self.device),
+                                            attention_mask=_on(batch.get("attention_mask"), self.device),
+                                            use_cache=False)  # fmt: skip
             for slot, idx in enumerate(self.layer_indices):
                 g, select, valid = stats[idx]
                 scores[slot].append(g[valid].float())
@@ -174,15 +172,9 @@ class MoDModel(TokenRouting, MethodModel):
             use_cache = not self.training and labels is None
         if num_items_in_batch is not None:
             kwargs["num_items_in_batch"] = num_items_in_batch
-        self._stats = {}
-        try:
-            with self.routing():
-                out = self.model(
-                    input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=use_cache, **kwargs
-                )
-            stats, self._stats = self._stats, None
-        finally:
-            self._stats = None
+        out, stats = self._routed_forward(
+            input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=use_cache, **kwargs
+        )
         load, fraction = self._layer_loads(stats)
         cfg = self.mod_config
         load_loss = torch.clamp(load - cfg.load_target, min=0).mean() if load is not None else None
@@ -200,6 +192,16 @@ class MoDModel(TokenRouting, MethodModel):
             processed_fraction=fraction,
             router_load=load.detach() if load is not None else None,
         )
+
+    def _routed_forward(self, **kwargs: Any) -> tuple[Any, dict[int, tuple[torch.Tensor, ...]]]:
+        """(the wrapped model's output with routing on, per routed layer its (scores, selection, real tokens))."""
+        self._stats = {}
+        try:
+            with self.routing():
+                out = self.model(**kwargs)
+            return out, self._stats
+        finally:
+            self._stats = None
 
     def _layer_loads(self, stats: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Per routed layer: the soft load (mean score, differentiable) and the processed fraction."""
