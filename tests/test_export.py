@@ -78,6 +78,11 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     _perturb(mode.router, mode.adapters)
     mod = get_mod_model(AutoModelForCausalLM.from_pretrained(base_dir), skip_first=1, skip_last=0)
     _perturb(mod.routers, scale=2.0)
+    parts = {}
+    for part in ("attention", "mlp"):  # routing only a part of each layer
+        parts[part] = get_mod_model(AutoModelForCausalLM.from_pretrained(base_dir), skip_first=1, routed_module=part,
+                                    operator="topk", capacity=0.6)  # fmt: skip
+        _perturb(parts[part].routers, scale=2.0)
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     mom = MoMForCausalLM(MoMConfig(base_config=base.config.to_dict(), num_rounds=3, router_init_bias=0.5))
     _perturb(mom, scale=0.02)
@@ -87,6 +92,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         "base": base_dir,
         "mode": _save_run(mode, root / "mode", base_dir),
         "mod": _save_run(mod, root / "mod", base_dir),
+        **{f"mod-{part}": _save_run(model, root / f"mod-{part}", base_dir) for part, model in parts.items()},
         "mom": root / "mom",
     }
 
@@ -95,7 +101,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 def exports(runs, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("exports")
     plan = {"mode": ("mode", []), "mode-merged": ("mode", ["--merge-adapters"]), "mod": ("mod", []),
-            "mom": ("mom", [])}  # fmt: skip
+            "mod-attention": ("mod-attention", []), "mod-mlp": ("mod-mlp", []), "mom": ("mom", [])}  # fmt: skip
     for name, (run, extra) in plan.items():
         assert main(["export", str(runs[run]), str(out / name), *extra]) == 0
     return {name: out / name for name in plan}
@@ -120,7 +126,7 @@ def test_exports_load_without_modetune_and_match_it(runs, exports):
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     expected_class = {"mode": "MoDEForCausalLM", "mode-merged": "MoDEForCausalLM", "mod": "MoDForCausalLM",
-                      "mom": "MoMForCausalLM"}  # fmt: skip
+                      "mod-attention": "MoDForCausalLM", "mod-mlp": "MoDForCausalLM", "mom": "MoMForCausalLM"}  # fmt: skip
     for name, directory in exports.items():
         got = seen[str(directory)]
         assert got["class"] == expected_class[name] and not got["modetune_imported"]
@@ -128,7 +134,7 @@ def test_exports_load_without_modetune_and_match_it(runs, exports):
         difference = (torch.tensor(got["logits"]) - logits).abs().max().item()
         assert difference <= 1e-5, f"{name}: largest logit difference {difference}"
         assert got["tokens"] == tokens, name
-        if name == "mod":  # the comparison means something only when tokens are skipped
+        if name in ("mod", "mod-attention", "mod-mlp"):  # the comparison means something only when tokens are skipped
             with torch.no_grad():
                 fractions = model(input_ids=torch.tensor(PROMPTS)).processed_fraction
             assert 0 < float(fractions.min()) < 1

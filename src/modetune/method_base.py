@@ -353,6 +353,11 @@ class MethodModel(nn.Module):
                     p.requires_grad_(False)
         return wrapped
 
+    def begin_training(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        """Called by `modetune train` before the first step (and again on resume, before the checkpoint is loaded),
+        with training batches in their seeded order; what it returns goes into run.json. Default: nothing."""
+        return {}
+
     def finish_training(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, Any]:
         """Called by `modetune train` after the last step, before the final model is saved, with held-out batches
         (the validation split, else training batches); what it returns goes into run.json. Default: nothing."""

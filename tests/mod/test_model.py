@@ -250,7 +250,7 @@ def test_calibration_reaches_the_target_share_with_one_threshold_per_layer():
     _randomize_routers(mod, seed=2)
     batches = [{"input_ids": _ids(4, 32, seed=s)} for s in range(6)]
     report = mod.finish_training(batches[:4])
-    assert abs(report["achieved_skip"] - 0.25) <= 0.02
+    assert abs(report["achieved_skip"] - 0.25) <= 0.005  # each layer set on the scores it sees: exact up to ties
     assert abs(mod.skipped_share(batches[4:])[0] - 0.25) <= 0.04  # held-out batches: close as well
     thresholds = mod.mod_config.layer_thresholds
     assert len(thresholds) == 4 and len(set(thresholds)) == 4  # each layer its own threshold
@@ -258,6 +258,21 @@ def test_calibration_reaches_the_target_share_with_one_threshold_per_layer():
     mod.mod_config.layer_thresholds = [thresholds[0], 0.0, *thresholds[2:]]  # the second layer processes everything
     after = mod(batches[4]["input_ids"], use_cache=False).processed_fraction
     assert before[1] < 1.0 and after[1] == 1.0 and after[0] == before[0]  # the layer above it is untouched
+
+
+@pytest.mark.parametrize("target", [0.1, 0.4])
+def test_calibration_is_exact_on_padded_batches_of_different_lengths(target):
+    base = build_tiny_model("llama", num_hidden_layers=6)
+    mod = get_mod_model(base, MoDConfig(skip_first=1, skip_last=1, target_skip=target, sink_tokens=2))
+    _randomize_routers(mod, seed=5)
+    batches = []
+    for seed, length in enumerate((20, 32, 27)):
+        mask = torch.ones(3, length, dtype=torch.long)
+        mask[1, length - 6 :] = 0  # a padded row
+        batches.append({"input_ids": _ids(3, length, seed=seed), "attention_mask": mask})
+    report = mod.finish_training(batches)
+    assert abs(report["achieved_skip"] - target) <= 0.005
+    assert report["calibration_tokens"] == 3 * (20 + 32 + 27) - 3 * 6
 
 
 @pytest.mark.parametrize(
@@ -278,3 +293,246 @@ def test_calibration_settings_are_checked_against_the_model_depth():
         MoDConfig(skip_first=1, skip_last=1, layer_thresholds=[0.5]).validate(4)
     with pytest.raises(ConfigError, match=r"target_skip=0\.6 cannot be reached"):
         MoDConfig(skip_first=1, skip_last=1, target_skip=0.6).validate(4)
+
+
+# -- the conversion recipe: influence start, global shares, distillation -------------------------------------
+def _influence(base, ids: torch.Tensor, layer: int) -> torch.Tensor:
+    """1 - cos(x_in, x_out) of decoder layer `layer` for each token, on the base model."""
+    captured = {}
+    target = base.model.layers[layer]
+    pre = target.register_forward_pre_hook(lambda m, a, k: captured.update(x=k.get("hidden_states", a[0] if a else None)),
+                                           with_kwargs=True)  # fmt: skip
+    post = target.register_forward_hook(lambda m, a, o: captured.update(y=o if torch.is_tensor(o) else o[0]))
+    try:
+        with torch.no_grad():
+            base(ids, use_cache=False)
+    finally:
+        pre.remove()
+        post.remove()
+    return 1 - torch.cosine_similarity(captured["x"], captured["y"], dim=-1)
+
+
+def _rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    ranks = [v.flatten().argsort().argsort().float() for v in (a, b)]
+    return float(torch.corrcoef(torch.stack(ranks))[0, 1])
+
+
+def test_influence_start_ranks_tokens_by_layer_influence_and_skips_from_the_first_step():
+    base = build_tiny_model("llama", num_hidden_layers=6)
+    mod = get_mod_model(base, MoDConfig(skip_first=1, skip_last=1, target_skip=0.25, router_start="influence"))
+    batches = [{"input_ids": _ids(8, 32, seed=s)} for s in range(8)]
+    report = mod.begin_training(batches)
+    assert report["router_start"]["tokens"] == 8 * 8 * 31  # every real token but the sink
+    assert all(r2 > 0 for r2 in report["router_start"]["r2"])
+    assert abs(report["calibration"]["achieved_skip"] - 0.25) <= 0.005
+    held_out = _ids(8, 32, seed=99)
+    with torch.no_grad(), mod.routing():  # routing on, nothing skipped: each router scores its layer's real input
+        mod.mod_config.layer_thresholds = [0.0] * 4
+        captured = {}
+        hook = mod.routers[1].register_forward_hook(lambda m, a, o: captured.update(score=o))
+        mod.model(held_out, use_cache=False)
+        hook.remove()
+    # held-out tokens: the fitted score ranks them by influence (0.29 on this random model; 0.5-0.87 on SmolLM2)
+    assert _rank_correlation(captured["score"][:, 1:], _influence(base, held_out, 2)[:, 1:]) > 0.15
+    mod.mod_config.layer_thresholds = report["calibration"]["layer_thresholds"]
+    mod.train()
+    out = mod(held_out, labels=held_out)
+    assert (out.processed_fraction < 1).all()  # the first training step already skips
+    with torch.no_grad():  # however the routers move, each training batch skips the calibrated shares
+        for router in mod.routers:
+            router.score.bias.sub_(5.0)
+    shares = torch.tensor(report["calibration"]["layer_shares"])
+    skipped = 1 - mod(held_out, labels=held_out).processed_fraction
+    torch.testing.assert_close(skipped, shares, atol=1.5 / (8 * 32), rtol=0)
+    mod.eval()  # at use, the thresholds stay as they are
+    thresholds = list(mod.mod_config.layer_thresholds)
+    mod(_ids(2, 32, seed=7), use_cache=False)
+    assert mod.mod_config.layer_thresholds == thresholds
+
+
+def test_constant_start_leaves_the_routers_as_they_are():
+    mod = get_mod_model(build_tiny_model("llama", num_hidden_layers=4), MoDConfig(target_skip=0.25, skip_first=1,
+                                                                                  skip_last=1))  # fmt: skip
+    before = {k: v.clone() for k, v in mod.routers.state_dict().items()}
+    assert mod.begin_training([{"input_ids": _ids(2, 16)}]) == {}
+    assert all(torch.equal(before[k], v) for k, v in mod.routers.state_dict().items())
+
+
+def test_global_allocation_skips_more_where_scores_are_lower():
+    base = build_tiny_model("llama", num_hidden_layers=6)
+    mod = get_mod_model(base, MoDConfig(skip_first=1, skip_last=1, target_skip=0.3, share_allocation="global"))
+    with torch.no_grad():
+        for slot, router in enumerate(mod.routers):  # layer 1 scores lowest, layer 4 highest
+            router.score.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(slot))
+            router.score.bias.fill_(slot - 1.5)
+    batches = [{"input_ids": _ids(4, 32, seed=s)} for s in range(4)]
+    report = mod.finish_training(batches)
+    assert abs(report["achieved_skip"] - 0.3) <= 0.005
+    fractions = mod(batches[0]["input_ids"], use_cache=False).processed_fraction
+    assert fractions[0] < fractions[1] < fractions[2] <= fractions[3]
+
+
+def test_teacher_is_the_base_model_with_adapters_and_routing_off():
+    from peft import LoraConfig, get_peft_model
+
+    base = build_tiny_model("llama", num_hidden_layers=4)
+    ids = _ids(2, 24)
+    with torch.no_grad():
+        expected = base(ids).logits
+    peft = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    mod = get_mod_model(peft, MoDConfig(skip_first=1, skip_last=1, objective="distill"))
+    _randomize_routers(mod, seed=1)
+    mod.mod_config.threshold = 0.5
+    assert torch.equal(mod.teacher_logits(ids), expected)
+    assert not torch.allclose(mod(ids, use_cache=False).logits, expected)  # the student differs: LoRA and skipping
+    assert mod.is_peft and all(m.active_adapters == ["default"] for m in [peft])  # adapters back on afterwards
+
+
+def test_distill_objective_is_the_kl_to_the_teacher_and_trains_lora_and_routers():
+    from peft import LoraConfig, get_peft_model
+
+    base = build_tiny_model("llama", num_hidden_layers=4)
+    peft = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    mod = get_mod_model(peft, MoDConfig(skip_first=1, skip_last=1, objective="distill", load_weight=0.0))
+    mod.train()
+    ids = _ids(3, 20)
+    mask = torch.ones_like(ids)
+    mask[0, -5:] = 0
+    out = mod(ids, attention_mask=mask, labels=ids)
+    assert float(out.loss) == pytest.approx(0.0, abs=1e-6)  # at the start the converted model is the base model
+    _randomize_routers(mod, seed=4)
+    out = mod(ids, attention_mask=mask, labels=ids)
+    teacher = mod.teacher_logits(ids, mask).log_softmax(-1)
+    kl = (teacher.exp() * (teacher - out.logits.log_softmax(-1))).sum(-1)
+    assert float(out.loss) == pytest.approx(float(kl[mask.bool()].mean()), rel=1e-5)
+    assert float(out.loss) > 1e-4 and out.distill_loss is not None and out.lm_loss is not None
+    out.loss.backward()
+    trained = {n.split(".")[0] if n.startswith("routers") else "lora" for n, p in mod.named_parameters()
+               if p.grad is not None and p.grad.abs().sum() > 0}  # fmt: skip
+    assert trained == {"routers", "lora"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"router_start": "learned"}, "router_start='learned' is not supported"),
+        ({"share_allocation": "per_layer"}, "share_allocation='per_layer' is not supported"),
+        ({"objective": "kl"}, "objective='kl' is not supported"),
+    ],
+)
+def test_recipe_choices_are_checked(fields, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        MoDConfig(**fields)
+
+
+# -- routing only the attention or only the MLP ------------------------------------------------------------------
+@pytest.mark.parametrize("part", ["attention", "mlp"])
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma", "olmo2"])
+def test_routed_part_skips_only_that_part(family, part):
+    """A skipped token gets no update from the routed part (the rest of the layer runs on it as usual); with
+    routed_module='mlp' every layer keeps every key/value, with 'attention' the routed layer only the kept ones."""
+    base = build_tiny_model(family, num_hidden_layers=4)
+    mod = get_mod_model(base, MoDConfig(operator="topk", capacity=0.5, routed_layers=[2], routed_module=part))
+    _randomize_routers(mod, seed=1)
+    ids = _ids(1, 16)
+    target = getattr(mod._located.layers[2], "self_attn" if part == "attention" else "mlp")
+    seen = {}
+    handle = target.register_forward_hook(lambda _m, args, out: seen.update(inp=args[0] if args else None, out=out))
+    cache = MoDCache()
+    with torch.no_grad():
+        result = mod(ids, cache=cache, use_cache=True)
+        handle.remove()
+        dense = base(ids).logits
+    update = seen["out"][0] if isinstance(seen["out"], tuple) else seen["out"]
+    assert 0 < result.processed_fraction[0].item() < 1
+    skipped = update[0].abs().sum(-1) == 0
+    assert skipped.any() and not skipped[0]  # skipped tokens get exactly zero; the sink token is processed
+    assert int((~skipped).sum()) == round(result.processed_fraction[0].item() * 16)
+    assert not torch.allclose(result.logits, dense)
+    if part == "mlp":
+        assert all(cache.layer_length(i) == 16 for i in range(4))  # no context lost
+    else:
+        assert cache.layer_length(2) == int((~skipped).sum()) and cache.layer_length(1) == 16
+
+
+@pytest.mark.parametrize("part", ["attention", "mlp"])
+def test_routed_part_equals_the_base_when_every_token_is_processed(part):
+    base = build_tiny_model("llama", num_hidden_layers=4)
+    ids = _ids(2, 12)
+    with torch.no_grad():
+        expected = base(ids).logits
+    mod = get_mod_model(base, MoDConfig(skip_first=1, skip_last=1, routed_module=part))
+    with torch.no_grad():
+        torch.testing.assert_close(mod(ids, use_cache=False).logits, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("part", ["attention", "mlp"])
+@pytest.mark.parametrize("operator", ["threshold", "topk"])
+def test_routed_part_decodes_with_a_cache_as_without(part, operator):
+    base = build_tiny_model("llama", num_hidden_layers=5)
+    mod = get_mod_model(base, MoDConfig(skip_first=1, skip_last=1, routed_module=part, operator=operator))
+    _randomize_routers(mod, seed=2)
+    ids = _ids(1, 12)
+    cached = mod.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    uncached = mod.generate(ids, max_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=0)
+    if operator == "threshold":  # top-k's decoding rule is a causal stand-in, not the prompt's own top-k
+        assert torch.equal(cached, uncached)
+    cache = MoDCache()
+    with torch.no_grad():
+        mod(cached[:, :-1], cache=cache, use_cache=True)
+        step = mod(cached[:, -1:], cache=cache, use_cache=True).logits[:, -1]
+        if operator == "threshold":
+            torch.testing.assert_close(step, mod(cached, use_cache=False).logits[:, -1], rtol=1e-4, atol=1e-5)
+    assert torch.isfinite(step).all()
+
+
+def test_routed_part_in_a_padded_batch_matches_single_sequences():
+    base = build_tiny_model("llama", num_hidden_layers=4)
+    mod = get_mod_model(base, MoDConfig(threshold=0.5, skip_first=1, skip_last=1, routed_module="attention"))
+    _randomize_routers(mod, seed=3)
+    a, b = _ids(1, 10, seed=1), _ids(1, 6, seed=2)
+    batch = torch.zeros(2, 10, dtype=torch.long)
+    mask = torch.zeros(2, 10, dtype=torch.long)
+    batch[0], mask[0] = a[0], 1
+    batch[1, :6], mask[1, :6] = b[0], 1
+    with torch.no_grad():
+        together = mod(batch, attention_mask=mask, use_cache=False).logits
+        alone = mod(b, use_cache=False).logits
+    torch.testing.assert_close(together[1, :6], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_gradients_reach_the_routers_of_a_routed_part():
+    mod = get_mod_model(build_tiny_model("llama", num_hidden_layers=4),
+                        MoDConfig(skip_first=1, skip_last=1, routed_module="mlp", router_weight="normalized"))  # fmt: skip
+    _randomize_routers(mod, seed=5)
+    mod.train()
+    ids = _ids(2, 12)
+    mod(ids, labels=ids).loss.backward()
+    assert all(r.score.weight.grad is not None and r.score.weight.grad.abs().sum() > 0 for r in mod.routers)
+
+
+@pytest.mark.parametrize("part", ["attention", "mlp"])
+def test_influence_start_fits_a_routed_part_to_its_update_size(part):
+    base = build_tiny_model("llama", num_hidden_layers=5)
+    mod = get_mod_model(base, MoDConfig(skip_first=1, skip_last=1, target_skip=0.1, router_start="influence",
+                                        routed_module=part))  # fmt: skip
+    batches = [{"input_ids": _ids(8, 32, seed=s)} for s in range(6)]
+    report = mod.begin_training(batches)
+    assert all(r2 > 0 for r2 in report["router_start"]["r2"])
+    assert abs(report["calibration"]["achieved_skip"] - 0.1) <= 0.005
+    layer = mod._located.layers[2]
+    block = layer.self_attn if part == "attention" else layer.mlp
+    seen = {}
+    hooks = [layer.register_forward_pre_hook(lambda m, a, k: seen.update(x=k.get("hidden_states", a[0] if a else None)),
+                                             with_kwargs=True),
+             block.register_forward_pre_hook(lambda m, a, k: seen.update(b=k.get("hidden_states", a[0] if a else None)),
+                                             with_kwargs=True),
+             block.register_forward_hook(lambda m, a, o: seen.update(u=o if torch.is_tensor(o) else o[0]))]  # fmt: skip
+    with torch.no_grad():
+        base(_ids(8, 32, seed=50), use_cache=False)
+    for hook in hooks:
+        hook.remove()
+    with torch.no_grad():
+        score = mod.routers[1](seen["b"])
+    size = seen["u"].norm(dim=-1) / seen["x"].norm(dim=-1)
+    assert _rank_correlation(score[:, 1:], size[:, 1:]) > 0.15

@@ -74,3 +74,28 @@ def test_target_skip_calibrates_per_layer_thresholds_after_training(tmp_path, ti
     assert saved["layer_thresholds"] == pytest.approx(report["layer_thresholds"], abs=1e-6)
     model, _, _ = load_run(out)
     assert model.mod_config.layer_thresholds == saved["layer_thresholds"]
+
+
+def test_conversion_recipe_trains_at_its_operating_point_and_resumes(tmp_path, tiny_model_dir, capsys):
+    """--router-start influence --target-skip 0.25 --objective distill: the routers are fitted and the thresholds
+    calibrated before step 1, so every logged step skips; the loss is the KL to the base model; resume starts
+    from the same thresholds."""
+    out = tmp_path / "run"
+    argv = ["train", "--model", str(tiny_model_dir), "--method", "mod", "--output", str(out), *TINY_TRAIN_ARGS,
+            "--save-steps", "2", "--logging-steps", "1", "--skip-first", "1", "--skip-last", "1",
+            "--target-skip", "0.25", "--router-start", "influence", "--objective", "distill", "--load-weight", "0"]  # fmt: skip
+    assert main([*argv, "--max-steps", "2"]) == 0, capsys.readouterr().err
+    info = json.loads((out / "run.json").read_text())
+    started = info["begin_training"]
+    assert started["router_start"]["tokens"] > 0 and abs(started["calibration"]["achieved_skip"] - 0.25) <= 0.02
+    logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_logs = [r for r in logs if "loss" in r]
+    # skipping from the first step, at the calibrated shares in every batch
+    skip = 0.25 * 4 / 2  # of the 2 routed layers' tokens, for 25% of the 4 layers' work
+    assert train_logs and all(abs(1 - r["processed_mean"] - skip) < 0.02 for r in train_logs)
+    assert all(r["loss"] == pytest.approx(r["distill_loss"], rel=1e-3) for r in train_logs)
+    assert abs(info["finish_training"]["achieved_skip"] - 0.25) <= 0.02
+    assert main([*argv, "--max-steps", "4", "--resume"]) == 0, capsys.readouterr().err
+    resumed = json.loads((out / "run.json").read_text())
+    assert resumed["global_step"] == 4
+    assert resumed["begin_training"]["calibration"] == started["calibration"]  # the same start on resume

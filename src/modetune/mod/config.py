@@ -19,6 +19,10 @@ OPERATORS = ("threshold", "topk", "random")
 ROUTER_INPUTS = ("normed", "hidden")
 ROUTER_WEIGHTS = ("normalized", "sigmoid", "straight_through")
 SKIPPED_KV = ("drop", "keep")
+ROUTER_STARTS = ("constant", "influence")
+SHARE_ALLOCATIONS = ("uniform", "global")
+OBJECTIVES = ("lm", "distill")
+ROUTED_MODULES = ("block", "attention", "mlp")
 
 
 @dataclass
@@ -81,6 +85,20 @@ class MoDConfig(MethodConfig):
         "sigmoid(b0); must exceed logit(--threshold) for step 0 to process every token.",
         default=3.0,
     )
+    router_start: str = help_field(
+        "How the routers start: 'constant' (weight 0, bias --router-init-bias: every token processed, the converted "
+        "model equals the base model at step 0) or 'influence' (before training, each router is fitted by ridge "
+        "regression to log(1 - cos(x_in, x_out)), how much its layer changes each token, measured on the frozen "
+        "model over training batches; with --target-skip the thresholds are then calibrated, so tokens are skipped "
+        "from the first step).",
+        default="constant",
+    )
+    objective: str = help_field(
+        "What training minimises besides the load term: 'lm' (cross-entropy on the labels) or 'distill' "
+        "(KL(base || converted) over every real token: the teacher is the same network with routing and adapters "
+        "switched off, so the conversion learns to stay close to the model it came from, not to fit the data).",
+        default="lm",
+    )
     load_weight: float = help_field(
         "lambda_load: weight of the layer-load-reducing loss (>= 0) added to the LM loss.", default=1.0
     )
@@ -101,15 +119,29 @@ class MoDConfig(MethodConfig):
         "every layer.",
         default=None,
     )
+    share_allocation: str = help_field(
+        "How --target-skip's calibration shares the skipping among routed layers: 'uniform' (each layer skips the "
+        "same share of tokens) or 'global' (one cut on the router scores of every layer, measured with every token "
+        "processed: a layer whose tokens score low skips more; meaningful when scores are comparable across "
+        "layers, as --router-start influence makes them).",
+        default="uniform",
+    )
     layer_thresholds: list[float] | None = help_field(
         "p per routed layer, in order (operator='threshold'); --target-skip's calibration sets it. None: "
         "--threshold for every layer.",
         default=None,
     )
+    routed_module: str = help_field(
+        "What a routed layer lets tokens skip: 'block' (the whole decoder layer: its attention, MLP and, with "
+        "--skipped-kv drop, its key/value), 'attention' (only the attention: a skipped token gets no attention "
+        "update and stores no key/value there; the MLP runs on every token) or 'mlp' (only the MLP: every token "
+        "keeps its key/value, so no context is lost and no KV memory saved).",
+        default="block",
+    )
     skipped_kv: str = help_field(
-        "'drop': a skipped token costs nothing in the block and stores no key/value at that layer (the MoD saving); "
-        "'keep': the block runs on every token (so skipped tokens keep their KV entry) and only the processed "
-        "tokens take its output; no saving, a quality reference.",
+        "'drop': a skipped token costs nothing in the routed block and stores no key/value at that layer (the MoD "
+        "saving); 'keep': the routed block runs on every token (so skipped tokens keep their KV entry) and only "
+        "the processed tokens take its output; no saving, a quality reference.",
         default="drop",
     )
 
@@ -122,6 +154,10 @@ class MoDConfig(MethodConfig):
         check_choice(self, "router_input", ROUTER_INPUTS)
         check_choice(self, "router_weight", ROUTER_WEIGHTS)
         check_choice(self, "skipped_kv", SKIPPED_KV)
+        check_choice(self, "router_start", ROUTER_STARTS)
+        check_choice(self, "share_allocation", SHARE_ALLOCATIONS)
+        check_choice(self, "objective", OBJECTIVES)
+        check_choice(self, "routed_module", ROUTED_MODULES)
         for name in ("threshold", "capacity", "router_init_bias", "load_weight", "load_target"):
             check_number(self, name)
         if not 0.0 <= self.threshold < 1.0:

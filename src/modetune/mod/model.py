@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,7 +46,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from modetune.errors import ModetuneError, UnsupportedArchitectureError
 from modetune.method_base import MethodModel
 from modetune.mod.config import MoDConfig
-from modetune.mod.routing import MoDCache, Router, TokenRouting
+from modetune.mod.routing import MoDCache, Router, TokenRouting, routed_module, routed_part
+from modetune.tensors import first_tensor
 
 WEIGHTS_NAME = "mod_model.safetensors"
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -59,6 +61,7 @@ class MoDOutput(CausalLMOutputWithPast):
     """`CausalLMOutputWithPast` plus the loss parts and, per routed layer (`MoDModel.layer_indices`), the routing."""
 
     lm_loss: torch.Tensor | None = None  # the language-modelling cross-entropy
+    distill_loss: torch.Tensor | None = None  # objective='distill': KL(base || converted), mean per real token
     load_loss: torch.Tensor | None = None  # the layer-load-reducing term (unweighted)
     processed_fraction: torch.Tensor | None = None  # [n_routed] fraction of (non-padding) tokens processed
     router_load: torch.Tensor | None = None  # [n_routed] mean router score sigmoid(s), the soft load
@@ -86,6 +89,8 @@ class MoDModel(TokenRouting, MethodModel):
         self.routers.to(self.device)
         self._tokens: torch.Tensor | None = None  # [B, T] non-padding tokens of the running forward
         self._stats: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        self._calibration_shares: list[float] | None = None  # per routed layer, while calibrate_thresholds runs
+        self._training_shares: list[float] | None = None  # per routed layer: held in every training batch
 
     @property
     def mod_config(self) -> MoDConfig:
@@ -97,6 +102,8 @@ class MoDModel(TokenRouting, MethodModel):
         values: dict[str, float] = {}
         if outputs.lm_loss is not None:
             values["lm_loss"] = float(outputs.lm_loss.detach()) * share_scale
+        if outputs.distill_loss is not None:
+            values["distill_loss"] = float(outputs.distill_loss.detach())
         if outputs.load_loss is not None:
             values["load_loss"] = float(outputs.load_loss.detach())
         if outputs.processed_fraction is not None:
@@ -115,7 +122,24 @@ class MoDModel(TokenRouting, MethodModel):
     def method_modules(self) -> dict[str, nn.Module]:
         return {"routers": self.routers}
 
-    # -- calibration to a compute target ---------------------------------------------------------------
+    # -- before and after training ---------------------------------------------------------------------
+    @torch.no_grad()
+    def begin_training(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        """With router_start='influence': fit the routers to the frozen model's per-token layer influence; with
+        `target_skip` as well, calibrate the thresholds and hold each layer's share of skipped tokens in every
+        training batch (its threshold set from the batch's scores), so that training sees the skipping it will be
+        used with, from the first step to the last."""
+        cfg = self.mod_config
+        if cfg.router_start != "influence":
+            return {}
+        held = list(itertools.islice(batches, CALIBRATION_BATCHES))
+        report: dict[str, Any] = {"router_start": fit_routers_to_influence(self, held)}
+        if cfg.target_skip is not None:
+            report["calibration"] = calibrate_thresholds(self, held)
+            # while training, each batch skips these shares exactly, however the routers' scores move
+            self._training_shares = report["calibration"]["layer_shares"]
+        return report
+
     @torch.no_grad()
     def finish_training(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, Any]:
         """With `target_skip`: one threshold per routed layer, so that the layers skip that share of the decoder
@@ -132,7 +156,7 @@ class MoDModel(TokenRouting, MethodModel):
         for batch in batches:
             _, stats = self._routed_forward(input_ids=batch["input_ids"].to(self.device),
                                             attention_mask=_on(batch.get("attention_mask"), self.device),
-                                            use_cache=False)  # fmt: skip
+                                            use_cache=False, logits_to_keep=1)  # fmt: skip
             for slot, idx in enumerate(self.layer_indices):
                 g, select, valid = stats[idx]
                 scores[slot].append(g[valid].float())
@@ -148,6 +172,19 @@ class MoDModel(TokenRouting, MethodModel):
 
     def router_parameters(self) -> list[nn.Parameter]:
         return list(self.routers.parameters())
+
+    def _select(self, layer_idx: int, g: torch.Tensor, positions: torch.Tensor, cache: MoDCache | None) -> torch.Tensor:
+        # calibrating, or training at the operating point: this layer's threshold from the scores it sees now
+        shares = self._calibration_shares
+        if shares is None and self.training:
+            shares = self._training_shares
+        if shares is not None:
+            slot = self.layer_indices.index(layer_idx)
+            may_skip = self._tokens & (positions >= self.mod_config.sink_tokens)
+            self.mod_config.layer_thresholds[slot] = threshold_for_share(
+                g, may_skip, int(self._tokens.sum()), shares[slot]
+            )
+        return super()._select(layer_idx, g, positions, cache)
 
     # -- the forward pass ----------------------------------------------------------------------------
     def forward(
@@ -178,7 +215,11 @@ class MoDModel(TokenRouting, MethodModel):
         load, fraction = self._layer_loads(stats)
         cfg = self.mod_config
         load_loss = torch.clamp(load - cfg.load_target, min=0).mean() if load is not None else None
-        loss = out.loss
+        loss, distill_loss = out.loss, None
+        if cfg.objective == "distill" and labels is not None:  # per-batch mean, like the load term
+            teacher = self.teacher_logits(input_ids, attention_mask)
+            distill_loss = distillation_loss(out.logits, teacher, attention_mask)
+            loss = distill_loss / micro_batches
         if loss is not None and load_loss is not None and cfg.load_weight > 0:
             loss = loss + cfg.load_weight / micro_batches * load_loss.to(loss.device)
         return MoDOutput(
@@ -188,10 +229,20 @@ class MoDModel(TokenRouting, MethodModel):
             hidden_states=out.hidden_states,
             attentions=out.attentions,
             lm_loss=out.loss,
+            distill_loss=distill_loss,
             load_loss=load_loss,
             processed_fraction=fraction,
             router_load=load.detach() if load is not None else None,
         )
+
+    @torch.no_grad()
+    def teacher_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The unconverted model's logits: this network with routing and any PEFT adapter switched off (no copy)."""
+        with self._adapters_off():
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def _adapters_off(self) -> AbstractContextManager[Any]:
+        return self.model.disable_adapter() if self.is_peft else nullcontext()
 
     def _routed_forward(self, **kwargs: Any) -> tuple[Any, dict[int, tuple[torch.Tensor, ...]]]:
         """(the wrapped model's output with routing on, per routed layer its (scores, selection, real tokens))."""
@@ -240,41 +291,218 @@ def get_mod_model(model: nn.Module, config: MoDConfig | None = None, **overrides
 # Calibration
 # --------------------------------------------------------------------------------------------------
 CALIBRATION_BATCHES = 16  # held-out batches the thresholds are calibrated on
-CALIBRATION_ROUNDS = 4  # passes: each layer's scores depend on what the layers before it skip
 
 
-def calibrate_thresholds(model: MoDModel, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """Set `layer_thresholds` so that every routed layer skips the same share s of the real tokens, with
-    s = target_skip * (all layers) / (routed layers), the share of all layers' work asked for.
+@torch.no_grad()
+def calibrate_thresholds(
+    model: MoDModel, batches: list[dict[str, torch.Tensor]], shares: list[float] | None = None
+) -> dict[str, Any]:
+    """Set `layer_thresholds` so that each routed layer skips its share of the real tokens: `shares` (one per
+    routed layer), by default the same s everywhere, s = target_skip * (all layers) / (routed layers).
 
-    Each pass sets each layer's threshold to the s-quantile of its router scores under the thresholds of the pass
-    before (the first pass processes everything), then corrects s by the gap between the share achieved and the
-    target; a few passes settle the shift that upstream skipping causes in downstream scores and the tokens that
-    are always processed (sink tokens). Returns what was asked, what was achieved on `batches`, and the thresholds.
+    The `batches` are joined into one and run through the model once; as the forward reaches each routed layer,
+    its threshold is set between the scores that skip s of the tokens there. Each layer is thus calibrated on the
+    scores it really sees, under the skipping of the layers before it, and the tokens that are always processed
+    (sink tokens) are counted in. The share is exact on the calibration text up to ties. Returns what was asked,
+    what was achieved on `batches` (run one by one, as at use), and the thresholds.
     """
     cfg = model.mod_config
     if not batches:
         raise ModetuneError("target_skip needs held-out batches to calibrate on; none were given")
-    share = cfg.target_skip * len(model._located.layers) / len(model.layer_indices)
     was_training = model.training
     model.eval()
+    if shares is None:
+        shares = _global_shares(model, batches) if cfg.share_allocation == "global" else _uniform_shares(model)
     cfg.layer_thresholds = [0.0] * len(model.layer_indices)
-    scale = len(model._located.layers) / len(model.layer_indices)
+    input_ids, attention_mask = _joined_batch(batches, model.device)
+    model._calibration_shares = shares
+    try:
+        model._routed_forward(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+    finally:
+        model._calibration_shares = None
     try:
         achieved, scores = model.skipped_share(batches)
-        for _ in range(CALIBRATION_ROUNDS):
-            cfg.layer_thresholds = [min(float(torch.quantile(s, min(share, 1.0))), 0.999999) for s in scores]
-            achieved, scores = model.skipped_share(batches)
-            # what the quantiles miss (tokens that are always processed, ties, upstream shifts) is asked for again
-            share = max(0.0, share + (cfg.target_skip - achieved) * scale)
     finally:
         model.train(was_training)
     return {
         "target_skip": cfg.target_skip,
         "achieved_skip": round(achieved, 4),
         "layer_thresholds": [round(p, 6) for p in cfg.layer_thresholds],
+        "layer_shares": [round(share, 6) for share in shares],
         "calibration_tokens": int(scores[0].numel()) if scores else 0,
     }
+
+
+def _uniform_shares(model: MoDModel) -> list[float]:
+    cfg = model.mod_config
+    return [cfg.target_skip * len(model._located.layers) / len(model.layer_indices)] * len(model.layer_indices)
+
+
+def _global_shares(model: MoDModel, batches: list[dict[str, torch.Tensor]]) -> list[float]:
+    """Each routed layer's share of skipped tokens under one cut on every layer's router scores, measured with
+    every token processed, placed so that target_skip of all layers' work falls below it."""
+    cfg = model.mod_config
+    cfg.layer_thresholds = [0.0] * len(model.layer_indices)
+    _, scores = model.skipped_share(batches)
+    pooled = torch.cat(scores).sort().values
+    cut = pooled[
+        min(max(1, round(cfg.target_skip * len(model._located.layers) * scores[0].numel())), pooled.numel()) - 1
+    ]
+    return [float((s <= cut).float().mean()) for s in scores]
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """KL(teacher || student) of the next-token distributions, mean over the real (non-padding) tokens."""
+    log_p = teacher.float().log_softmax(-1)
+    kl = torch.nn.functional.kl_div(student.float().log_softmax(-1), log_p, log_target=True, reduction="none").sum(-1)
+    if attention_mask is None:
+        return kl.mean()
+    mask = attention_mask.to(kl.dtype)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+INFLUENCE_RIDGE = 0.01  # ridge penalty per token (features have unit RMS)
+
+
+@torch.no_grad()
+def fit_routers_to_influence(model: MoDModel, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Fit each router's score to the log of how much its routed block changes each token, on `batches` run
+    through the frozen model with every token processed (ridge regression on the router's features; sink tokens
+    left out, they are always processed). The change is 1 - cos(x_in, x_out) for a whole layer, |update| / |x_in|
+    for its attention or MLP (x_in: the layer's input). Scores then rank tokens by their block's influence, on one
+    scale across layers. Returns the tokens used and each layer's R^2."""
+    if not batches:
+        raise ModetuneError(
+            "router_start='influence' needs batches to measure the layers' influence on; none were given"
+        )
+    part = routed_part(model.mod_config)
+    probes = [_InfluenceProbe(model.routers[slot], part) for slot in range(len(model.layer_indices))]
+    handles = []
+    for probe, idx in zip(probes, model.layer_indices, strict=True):
+        layer = model._located.layers[idx]
+        block = routed_module(layer, part, idx)
+        handles.append(layer.register_forward_pre_hook(probe.layer_input, with_kwargs=True))
+        handles.append(block.register_forward_pre_hook(probe.block_input, with_kwargs=True))
+        handles.append(block.register_forward_hook(probe.block_output))
+    was_training = model.training
+    model.eval()
+    try:
+        with model._adapters_off():
+            for batch in batches:
+                ids = batch["input_ids"].to(model.device)
+                mask = _on(batch.get("attention_mask"), model.device)
+                keep = _fit_tokens(ids, mask, model.mod_config.sink_tokens)
+                for probe in probes:
+                    probe.keep = keep
+                model.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    r2 = []
+    for probe in probes:
+        weight, bias, fit = probe.sums.solve(INFLUENCE_RIDGE)
+        probe.router.score.weight.copy_(weight[None].to(probe.router.score.weight))
+        probe.router.score.bias.fill_(bias)
+        r2.append(round(fit, 4))
+    return {"tokens": probes[0].sums.count, "r2": r2}
+
+
+class _InfluenceProbe:
+    """Hooks on one routed layer that add (router features, log change) of each kept token to a ridge fit."""
+
+    def __init__(self, router: Router, part: str) -> None:
+        self.router, self.part, self.sums = router, part, _RidgeSums()
+        self.keep: torch.Tensor | None = None  # [B, T] the tokens of the running batch to learn from
+        self._layer_in: torch.Tensor | None = None
+        self._block_in: torch.Tensor | None = None
+
+    def layer_input(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._layer_in = _hidden_argument(args, kwargs)
+
+    def block_input(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._block_in = _hidden_argument(args, kwargs)
+
+    def block_output(self, _module: nn.Module, _args: Any, output: Any) -> None:
+        x_in, out = self._layer_in.float(), first_tensor(output).float()
+        if self.part == "block":
+            change = 1 - torch.cosine_similarity(x_in, out, dim=-1)
+        else:  # the attention's or MLP's update, relative to the residual stream it is added to
+            change = out.norm(dim=-1) / x_in.norm(dim=-1).clamp(min=1e-6)
+        keep = self.keep
+        self.sums.add(self.router.features(self._block_in)[keep], torch.log(change[keep].clamp(min=0) + 1e-6))
+
+
+def _hidden_argument(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+class _RidgeSums:
+    """Running sums of the normal equations of a linear fit y ~ w.x + b."""
+
+    def __init__(self) -> None:
+        self.ata: torch.Tensor | None = None
+        self.aty: torch.Tensor | None = None
+        self.yty = self.ysum = 0.0
+        self.count = 0
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        a = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64, device=x.device)], 1)
+        y = y.double()
+        self.ata = a.T @ a if self.ata is None else self.ata + a.T @ a
+        self.aty = a.T @ y if self.aty is None else self.aty + a.T @ y
+        self.yty += float(y @ y)
+        self.ysum += float(y.sum())
+        self.count += len(y)
+
+    def solve(self, ridge: float) -> tuple[torch.Tensor, float, float]:
+        """(w, b, R^2 on the fitted tokens); the bias is not penalised."""
+        penalty = torch.eye(len(self.ata), dtype=self.ata.dtype, device=self.ata.device) * ridge * self.count
+        penalty[-1, -1] = 0
+        solution = torch.linalg.solve(self.ata + penalty, self.aty)
+        sse = self.yty - 2 * float(solution @ self.aty) + float(solution @ self.ata @ solution)
+        sst = self.yty - self.ysum**2 / max(1, self.count)
+        return solution[:-1].float(), float(solution[-1]), 1 - sse / sst if sst > 0 else 0.0
+
+
+def _fit_tokens(ids: torch.Tensor, mask: torch.Tensor | None, sink_tokens: int) -> torch.Tensor:
+    real = mask.bool() if mask is not None else torch.ones_like(ids, dtype=torch.bool)
+    return real & (torch.arange(ids.shape[1], device=ids.device)[None] >= sink_tokens)
+
+
+def threshold_for_share(g: torch.Tensor, candidates: torch.Tensor, real_tokens: int, share: float) -> float:
+    """The threshold p that skips `share` of `real_tokens` when the tokens scoring `g[candidates]` may be
+    skipped (processed iff g > p): midway between the last score skipped and the first kept, so held-out
+    scores near the cut split evenly."""
+    scores = g[candidates].float().sort().values
+    skip = min(round(share * real_tokens), scores.numel())
+    if skip <= 0:
+        return 0.0
+    if skip == scores.numel():
+        return min(float(scores[-1]), MAX_THRESHOLD)
+    return min(float(scores[skip - 1] + scores[skip]) / 2, MAX_THRESHOLD)
+
+
+MAX_THRESHOLD = 0.999999  # the largest p allowed (p < 1)
+
+
+def _joined_batch(batches: list[dict[str, torch.Tensor]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batches as one, right-padded to the longest row, with its attention mask."""
+    rows, masks = [], []
+    for batch in batches:
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        rows.extend(ids)
+        masks.extend(mask if mask is not None else torch.ones_like(ids))
+    length = max(len(r) for r in rows)
+    input_ids = torch.zeros(len(rows), length, dtype=rows[0].dtype)
+    attention_mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, (row, mask) in enumerate(zip(rows, masks, strict=True)):
+        input_ids[i, : len(row)] = row
+        attention_mask[i, : len(row)] = mask
+    return input_ids.to(device), attention_mask.to(device)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -43,11 +43,15 @@ class Router(nn.Module):
         """sigmoid(b0), computed exactly as forward() computes it at step 0, so w = g / init_score is exactly 1."""
         return torch.sigmoid(torch.tensor(self.init_bias, dtype=torch.float32, device=self.score.bias.device))
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the linear score reads: the layer input in float32, divided by its RMS for router_input='normed'."""
         x = hidden.float()
         if self.normed:
             x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
-        return self.score(x).squeeze(-1)
+        return x
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.score(self.features(hidden)).squeeze(-1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,6 +148,7 @@ class TokenRouting:
     layer_indices: list[int]
     _tokens: torch.Tensor | None  # [B, T] non-padding tokens of the running forward
     _stats: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None  # filled when not None
+    _layer_call: dict[str, Any] = {}  # noqa: RUF012 (routed_module='mlp': the running layer's keyword arguments)
 
     def _routed_stack(self) -> tuple[nn.ModuleList, nn.Module, PretrainedConfig]:
         """(the decoder layers, the decoder stack they run in, the causal LM's config)."""
@@ -182,17 +187,21 @@ class TokenRouting:
 
     def _route_layer(
         self, slot: int, layer_idx: int, block: Callable[..., Any], hidden: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> torch.Tensor:
-        """Replaces decoder layer `layer_idx`'s forward while routing is on."""
+    ) -> Any:
+        """Replaces the routed part's forward (decoder layer `layer_idx`, or its attention or MLP) while routing is
+        on. A skipped token keeps its input (a whole layer) or gets no update (attention, MLP)."""
         if args:
             raise UnsupportedArchitectureError(
                 f"{type(self).__name__} wraps a model that passes positional arguments to its decoder layers; MoD supports "
                 "decoder layers called with keyword arguments (llama-style families)"
             )
+        part = routed_part(self.mod_config)
+        if part == "mlp":  # the MLP gets only the hidden states: positions and cache come from its layer's call
+            kwargs = self._layer_call
         cache_key = "cache" if "cache" in kwargs else "past_key_values"
         cache = kwargs.get(cache_key)
         cache = cache if isinstance(cache, MoDCache) else None
-        B, T, d = hidden.shape
+        B, T = hidden.shape[:2]
         if self._tokens is None or self._tokens.shape != (B, T):
             self._tokens = torch.ones(B, T, dtype=torch.bool, device=hidden.device)
         router = self.routers[slot]
@@ -203,44 +212,74 @@ class TokenRouting:
         if self._stats is not None:
             self._stats[layer_idx] = (g, select, self._tokens)
         w = self._mix_weight(router, logits)
+        if part == "block":
+            return self._route_tokens(layer_idx, block, hidden, select, w, all_positions, cache, kwargs, update=False)
+        if part == "mlp":
+            return self._route_tokens(layer_idx, block, hidden, select, w, all_positions, None, None, update=True)
+        return self._route_tokens(layer_idx, block, hidden, select, w, all_positions, cache, kwargs, update=True), None
+
+    def _route_tokens(
+        self,
+        layer_idx: int,
+        block: Callable[..., Any],
+        hidden: torch.Tensor,
+        select: torch.Tensor,
+        w: torch.Tensor,
+        all_positions: torch.Tensor,
+        cache: MoDCache | None,
+        kwargs: dict[str, Any] | None,
+        update: bool,
+    ) -> torch.Tensor:
+        """Run `block` on the selected tokens only. `update`: the block's output is an update to be added (attention,
+        MLP), so a skipped token gets zero and a kept one w * out; else (a whole layer) a skipped token keeps its
+        input and a kept one gets w * out + (1 - w) * input. `kwargs` None: a per-token block (the MLP), called
+        on the gathered tokens alone, with no attention mask, positions or cache."""
+        B, T, d = hidden.shape
+        skipped = torch.zeros_like(hidden) if update else hidden
+
+        def mixed_output(out: torch.Tensor, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            wk = weight[..., None].to(out.dtype)
+            return wk * out if update else wk * out + (1 - wk) * x
 
         if self.mod_config.skipped_kv == "keep":  # every token through the block; only kept ones take its output
-            out = first_tensor(block(hidden, **kwargs))
-            wk = w[..., None].to(hidden.dtype)
-            return torch.where(select[..., None], wk * out + (1 - wk) * hidden, hidden)
+            out = first_tensor(block(hidden, **(kwargs or {})))
+            return torch.where(select[..., None], mixed_output(out, w, hidden), skipped)
 
-        if B == 1 and T == 1 and cache is not None and cache.all_valid.get(layer_idx, True):
+        if B == 1 and T == 1 and (kwargs is None or (cache is not None and cache.all_valid.get(layer_idx, True))):
             # one decoding step: no gather, and the single query may see every key this layer stored
             if not bool(select[0, 0]):
-                return hidden
+                return skipped
+            if kwargs is None:
+                return mixed_output(first_tensor(block(hidden)), w, hidden)
             out = first_tensor(block(hidden, **{**kwargs, "attention_mask": None}))
             cache.record(layer_idx, all_positions, select, True)
-            wk = w[..., None].to(hidden.dtype)
-            return wk * out + (1 - wk) * hidden
+            return mixed_output(out, w, hidden)
 
         counts = select.sum(1)
         n = int(counts.max())
-        if n == 0:  # nobody is processed: the layer is skipped outright
-            return hidden
+        if n == 0:  # nobody is processed: the block is skipped outright
+            return skipped
         # gather: processed tokens first, in position order; rows padded to n with (masked) skipped tokens
         order = torch.argsort((~select).to(torch.int8), dim=1, stable=True)[:, :n]
         slot_valid = torch.arange(n, device=hidden.device)[None, :] < counts[:, None]  # [B, n]
-        positions = all_positions.gather(1, order)
-        call = dict(kwargs)
-        call["position_ids"] = positions
-        if kwargs.get("position_embeddings") is not None:
-            call["position_embeddings"] = tuple(
-                _gather(t.expand(B, *t.shape[1:]), order) for t in kwargs["position_embeddings"]
-            )
-        call.pop("cache_position", None)
-        call["attention_mask"] = self._layer_mask(layer_idx, positions, slot_valid, cache, hidden.dtype)
         kept = _gather(hidden, order)
-        out = first_tensor(block(kept, **call))
-        if cache is not None:
-            cache.record(layer_idx, positions, slot_valid, bool(slot_valid.all()))
-        wk = _gather(w, order)[..., None].to(hidden.dtype)
-        mixed = torch.where(slot_valid[..., None], wk * out + (1 - wk) * kept, kept)
-        return hidden.scatter(1, order[..., None].expand(B, n, d), mixed)  # scatter back
+        if kwargs is None:
+            out = first_tensor(block(kept))
+        else:
+            positions = all_positions.gather(1, order)
+            call = dict(kwargs)
+            call["position_ids"] = positions
+            if kwargs.get("position_embeddings") is not None:
+                call["position_embeddings"] = tuple(
+                    _gather(t.expand(B, *t.shape[1:]), order) for t in kwargs["position_embeddings"]
+                )
+            call.pop("cache_position", None)
+            call["attention_mask"] = self._layer_mask(layer_idx, positions, slot_valid, cache, hidden.dtype)
+            out = first_tensor(block(kept, **call))
+            if cache is not None:
+                cache.record(layer_idx, positions, slot_valid, bool(slot_valid.all()))
+        mixed = torch.where(slot_valid[..., None], mixed_output(out, _gather(w, order), kept), _gather(skipped, order))
+        return skipped.scatter(1, order[..., None].expand(B, n, d), mixed)  # scatter back
 
     def _layer_mask(
         self,
@@ -274,16 +313,21 @@ class TokenRouting:
     def routing(self) -> Iterator[None]:
         """While active, routed layers run through `_route_layer` and the decoder stack uses a `MoDCache`."""
         layers, backbone, lm_config = self._routed_stack()
+        part = routed_part(self.mod_config)
         saved = {}
+        handles = []
         for slot, idx in enumerate(self.layer_indices):
-            layer = layers[idx]
-            saved[idx] = layer.__dict__.get("forward")
-            block = type(layer).forward.__get__(layer)
+            target = routed_module(layers[idx], part, idx)
+            saved[idx] = (target, target.__dict__.get("forward"))
+            block = type(target).forward.__get__(target)
 
-            def forward(hidden, *args, _slot=slot, _idx=idx, _block=block, **kwargs):
-                return self._route_layer(_slot, _idx, _block, hidden, *args, **kwargs)
+            def forward(*args, _slot=slot, _idx=idx, _block=block, **kwargs):
+                hidden = args[0] if args else kwargs.pop("hidden_states")
+                return self._route_layer(_slot, _idx, _block, hidden, *args[1:], **kwargs)
 
-            layer.forward = forward
+            target.forward = forward
+            if part == "mlp":  # the MLP's positions and cache: those of its layer's call
+                handles.append(layers[idx].register_forward_pre_hook(self._remember_layer_call, with_kwargs=True))
 
         def before(_module, args, kwargs):
             ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
@@ -313,7 +357,7 @@ class TokenRouting:
                 cache.seen_tokens += self._step_tokens
             return output
 
-        handles = [
+        handles += [
             backbone.register_forward_pre_hook(before, with_kwargs=True),
             backbone.register_forward_hook(after, with_kwargs=True),
         ]
@@ -322,17 +366,42 @@ class TokenRouting:
         finally:
             for handle in handles:
                 handle.remove()
-            for idx, previous in saved.items():
+            for target, previous in saved.values():
                 if previous is None:
-                    del layers[idx].forward
+                    del target.forward
                 else:
-                    layers[idx].forward = previous
+                    target.forward = previous
             self._tokens = None
+            self._layer_call = {}
+
+    def _remember_layer_call(self, _layer: nn.Module, _args: tuple, kwargs: dict) -> None:
+        self._layer_call = kwargs
 
 
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
+ROUTED_PARTS = {"attention": "self_attn", "mlp": "mlp"}  # routed_module -> the decoder layer's attribute
+
+
+def routed_part(settings: Any) -> str:
+    """What a routed layer routes: 'block' (the whole decoder layer), 'attention' or 'mlp'."""
+    return getattr(settings, "routed_module", "block")
+
+
+def routed_module(layer: nn.Module, part: str, layer_idx: int) -> nn.Module:
+    """The module whose forward routing replaces: the decoder layer itself or its attention or MLP."""
+    if part == "block":
+        return layer
+    module = getattr(layer, ROUTED_PARTS[part], None)
+    if not isinstance(module, nn.Module):
+        raise UnsupportedArchitectureError(
+            f"routed_module={part!r} needs decoder layer {layer_idx} ({type(layer).__name__}) to keep its "
+            f"{part} in `.{ROUTED_PARTS[part]}`; it does not. Use routed_module='block'."
+        )
+    return module
+
+
 def kv_bytes(cache: Any) -> int:
     """Bytes held by all keys and values of a transformers cache (a `DynamicCache`, a `MoDCache`)."""
     return sum(

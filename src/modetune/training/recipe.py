@@ -312,6 +312,10 @@ def _run(
         trainer.state = TrainerState.load_from_json(str(resume_from / "trainer_state.json"))
         training_loss = _last_train_loss(out / "metrics.jsonl")
     else:
+        started_with = trainer.accelerator.unwrap_model(trainer.model).begin_training(trainer.get_train_dataloader())
+        if started_with:  # e.g. MoD's routers fitted to layer influence and thresholds calibrated, before step 1
+            info["begin_training"] = started_with
+            logger.info("before training: %s", started_with)
         training_loss = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).training_loss
     finished = trainer.accelerator.unwrap_model(trainer.model).finish_training(
         trainer.get_eval_dataloader() if has_eval else trainer.get_train_dataloader()
