@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""MoDification's quality-compute curve: each way of skipping layer compute, at the same shares, without training.
+"""MoDification's quality-compute curve: each way of skipping layer compute, at the same shares.
 
     OMP_NUM_THREADS=1 python benchmarks/mod_curve.py [--arc-n 2376] [--fractions 0.1 0.2 0.3 0.4] \
-        [--report benchmarks/RESULTS.md]
+        [--conversion RUN[=LABEL] ...] [--only METHOD ...] [--report benchmarks/RESULTS.md]
     python benchmarks/mod_curve.py --tiny                 # smoke run on a tiny random llama (seconds)
 
 The baselines a conversion has to beat, each at the same share of the decoder layers' forward FLOPs skipped
@@ -15,8 +15,13 @@ The baselines a conversion has to beat, each at the same share of the decoder la
 * `random_routing`: MoD's routing with `operator="random"` on the default routed layers (all but the first and
   last 2): each token skips each routed layer with the probability that gives the share (chance routing, the
   floor a trained router must clear);
-* `conversion` (with `--conversion RUN`): a trained MoD run's own routers, one threshold per routed layer
-  calibrated on the calibration text to the share (`--target-skip`'s calibration).
+* `influence_routing`: the conversion recipe's starting point without training: routers fitted to each token's
+  layer influence (`--router-start influence`), one cut across layers (`--share-allocation global`);
+* a conversion (`--conversion RUN[=LABEL]`, repeatable): a trained MoD run's own routers, one threshold per routed
+  layer calibrated on the calibration text to each share, with the run's share allocation.
+
+`--only` measures the methods named and keeps every other row of the existing results (each row records the
+command that measured it).
 
 Quality: perplexity of held-out GSM8K-test text (chunks of --ppl-len tokens; no general-text corpus ships with
 this machine's data: see the note in benchmarks/RESULTS.md) and ARC-Easy test accuracy (log-likelihood of each
@@ -27,6 +32,7 @@ benchmarks/figures/mod_curve.png; the conversion's own rows join the same file w
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -41,12 +47,21 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from mod_bench import DATA, Variant, arc_items, perplexity, task_accuracy, tiny_items, tiny_models  # noqa: E402
+from mod_bench import (  # noqa: E402
+    DATA,
+    Variant,
+    arc_items,
+    perplexity,
+    prefill_and_decode,
+    task_accuracy,
+    tiny_items,
+    tiny_models,
+)
 
 from modetune.architectures import locate  # noqa: E402
 from modetune.files import replace_marked_block  # noqa: E402
 from modetune.mod import get_mod_model  # noqa: E402
-from modetune.mod.model import calibrate_thresholds  # noqa: E402
+from modetune.mod.model import calibrate_thresholds, fit_routers_to_influence  # noqa: E402
 from modetune.runs import load_run  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "mod_curve.json"
@@ -132,13 +147,25 @@ def removed(model: nn.Module, layers: list[int], attention_only: bool) -> Iterat
 
 
 # -- the curve ------------------------------------------------------------------------------------------------
-def measure(variant: Variant, text: list[int], items: list, args: argparse.Namespace) -> dict[str, float]:
+def context_key(context: int) -> str:
+    """How a context length names its columns: 8192 -> '8k' (the issue's `prefill_speedup_8k`), 256 -> '256'."""
+    return f"{context // 1024}k" if context % 1024 == 0 else str(context)
+
+
+def measure(
+    variant: Variant, text: list[int], items: list, args: argparse.Namespace, speed: bool = False
+) -> dict[str, float]:
+    """Quality; with `speed`, also one prefill of --speed-context tokens: its time and the KV bytes it leaves."""
     ppl, processed = perplexity(variant, text, args.ppl_len, args.ppl_chunks)
-    return {
+    quality = {
         "perplexity_gsm8k": ppl,
         "processed": processed,
         "arc_easy": task_accuracy(variant, items) if items else None,
     }
+    if speed:
+        run = prefill_and_decode(variant, (text * (1 + args.speed_context // len(text)))[: args.speed_context], 1)
+        quality.update(prefill_s=run["prefill_s"], kv_bytes=run["kv_bytes"])
+    return quality
 
 
 def curve(
@@ -147,46 +174,84 @@ def curve(
     calib: list[list[int]],
     items: list,
     args: argparse.Namespace,
-    conversion: Any = None,
+    conversions: list[tuple[str, Any]],
 ) -> dict:
+    """Every method's rows at each share in `args.fractions` (with `args.only`: those methods' rows only)."""
+
+    def wanted(method: str) -> bool:
+        return not args.only or method in args.only
+
     layers = locate(base).layers
     config = base.config.get_text_config()
     attn_share, layer_total = (sum(v) for v in zip(*(layer_flops(layer, config) for layer in layers), strict=True))
     attention_fraction = attn_share / layer_total
     influence, attn_influence = block_influence(base, calib)
     L = len(layers)
-    base_quality = measure(Variant("base", base, None), text, items, args)
+    timed = set(args.speed_shares or [])  # shares at which prefill time and KV bytes are measured
+    base_quality = measure(Variant("base", base, None), text, items, args, speed=bool(timed))
     rows = []
 
     def add(method: str, skipped: float, quality: dict[str, float], **extra: Any) -> None:
+        if "prefill_s" in quality:
+            key = context_key(args.speed_context)
+            quality[f"prefill_speedup_{key}"] = base_quality["prefill_s"] / quality["prefill_s"]
+            quality[f"kv_reduction_{key}"] = base_quality["kv_bytes"] / max(1, quality["kv_bytes"])
         rows.append({"method": method, "skipped_compute": round(skipped, 4), "perplexity": None, **quality, **extra})
         print(json.dumps(rows[-1]), flush=True)
 
     mod = get_mod_model(base, operator="random")
     routed = len(mod.layer_indices)
+    calib_batches = [{"input_ids": torch.tensor([ids])} for ids in calib]
+    fitted = None
+    if wanted("influence_routing"):  # the conversion recipe's start, no training: routers fitted to layer influence
+        fitted = get_mod_model(copy.deepcopy(base), router_start="influence", share_allocation="global")
+        fit_routers_to_influence(fitted, calib_batches)
     for share in args.fractions:
-        n = max(1, round(share * L))
-        order = sorted(range(L), key=influence.__getitem__)[:n]
-        with removed(base, order, attention_only=False):
-            add("static_layers", n / L, measure(Variant("static", base, None), text, items, args), layers=sorted(order))
-        n_attn = min(L, max(1, round(share / attention_fraction * L)))
-        order = sorted(range(L), key=attn_influence.__getitem__)[:n_attn]
-        with removed(base, order, attention_only=True):
-            quality = measure(Variant("attention", base, None), text, items, args)
-        add("static_attention", n_attn * attention_fraction / L, quality, layers=sorted(order))
-        capacity = max(0.01, 1 - share * L / routed)
-        torch.manual_seed(0)
-        quality = measure(Variant("random", mod, {"operator": "random", "capacity": capacity}), text, items, args)
-        add("random_routing", (1 - quality["processed"]) * routed / L, quality, capacity=round(capacity, 4))
-        if conversion is not None:  # its routers, one threshold per layer calibrated to the share on calibration text
-            conversion.mod_config.operator, conversion.mod_config.target_skip = "threshold", share
-            report = calibrate_thresholds(conversion, [{"input_ids": torch.tensor([ids])} for ids in calib])
-            quality = measure(Variant("conversion", conversion, {}), text, items, args)
-            add("conversion", (1 - quality["processed"]) * len(conversion.layer_indices) / L, quality,
+        if fitted is not None:
+            fitted.mod_config.target_skip = share
+            report = calibrate_thresholds(fitted, calib_batches)
+            quality = measure(Variant("influence", fitted, {}), text, items, args, speed=share in timed)
+            add("influence_routing", (1 - quality["processed"]) * routed / L, quality,
                 calibrated_skip=report["achieved_skip"], layer_thresholds=report["layer_thresholds"])  # fmt: skip
+        if wanted("static_layers"):
+            n = max(1, round(share * L))
+            order = sorted(range(L), key=influence.__getitem__)[:n]
+            with removed(base, order, attention_only=False):
+                quality = measure(Variant("static", base, None), text, items, args, speed=share in timed)
+            add("static_layers", n / L, quality, layers=sorted(order))
+        if wanted("static_attention"):
+            n_attn = min(L, max(1, round(share / attention_fraction * L)))
+            order = sorted(range(L), key=attn_influence.__getitem__)[:n_attn]
+            with removed(base, order, attention_only=True):
+                quality = measure(Variant("attention", base, None), text, items, args, speed=share in timed)
+            add("static_attention", n_attn * attention_fraction / L, quality, layers=sorted(order))
+        if wanted("random_routing"):
+            capacity = max(0.01, 1 - share * L / routed)
+            torch.manual_seed(0)
+            random_variant = Variant("random", mod, {"operator": "random", "capacity": capacity})
+            quality = measure(random_variant, text, items, args, speed=share in timed)
+            add("random_routing", (1 - quality["processed"]) * routed / L, quality, capacity=round(capacity, 4))
+
+    for label, run in conversions:  # its routers, thresholds calibrated to each share on the calibration text
+        for share in args.fractions:
+            run.mod_config.operator, run.mod_config.target_skip = "threshold", share
+            report = calibrate_thresholds(run, calib_batches)
+            quality = measure(Variant(label, run, {}), text, items, args, speed=share in timed)
+            add(label, (1 - quality["processed"]) * len(run.layer_indices) / L, quality,
+                calibrated_skip=report["achieved_skip"], layer_thresholds=report["layer_thresholds"],
+                share_allocation=run.mod_config.share_allocation)  # fmt: skip
     return {
         "base_perplexity": None,
         "base_perplexity_gsm8k": base_quality["perplexity_gsm8k"],
+        **(
+            {
+                "base_prefill_s": base_quality["prefill_s"],
+                "base_kv_bytes": base_quality["kv_bytes"],
+                "speed_context": args.speed_context,
+            }
+            if timed
+            else {}
+        ),
         "base_arc_easy": base_quality["arc_easy"],
         "attention_share_of_layer_compute": round(attention_fraction, 4),
         "block_influence": [round(v, 5) for v in influence],
@@ -224,6 +289,8 @@ CURVE_START, CURVE_END = "<!-- mod-curve:start -->", "<!-- mod-curve:end -->"
 def render(results: dict) -> str:
     """The curve as a markdown table (benchmarks/RESULTS.md)."""
     base_ppl, base_arc = results["base_perplexity_gsm8k"], results["base_arc_easy"]
+    context = results.get("speed_context")
+    speed_key = context_key(context) if context else None
     lines = [
         CURVE_START,
         f"Model {results['model']}: perplexity of held-out GSM8K-test text ({results['ppl_chunks']} x "
@@ -233,17 +300,37 @@ def render(results: dict) -> str:
             if base_arc is not None
             else ""
         )
-        + ", no training. Attention is "
+        + ". The baselines and `influence_routing` are untrained; the conversions are trained runs. Attention is "
         f"{100 * results['attention_share_of_layer_compute']:.0f}% of a decoder layer's compute at "
-        f"{results['context_for_compute']} tokens. `{results['command']}`",
+        f"{results['context_for_compute']} tokens."
+        + (
+            f" Prefill speed-up and KV reduction: one prefill of {context} tokens against the base model's "
+            f"({results['base_prefill_s']:.1f} s, {results['base_kv_bytes'] / 2**20:.0f} MiB of KV), every other "
+            "process paused."
+            if context
+            else ""
+        ),
         "",
-        "| method | layer compute skipped | perplexity / base |" + (" ARC-Easy |" if base_arc is not None else ""),
-        "|---|---|---|" + ("---|" if base_arc is not None else ""),
+        "| method | layer compute skipped | perplexity / base |"
+        + (" ARC-Easy |" if base_arc is not None else "")
+        + (f" prefill speed-up @{speed_key} | KV reduction @{speed_key} |" if speed_key else ""),
+        "|---|---|---|" + ("---|" if base_arc is not None else "") + ("---|---|" if speed_key else ""),
     ]
     for row in sorted(results["rows"], key=lambda r: (r["method"], r["skipped_compute"])):
         arc = "" if base_arc is None else f" {row['arc_easy']:.3f} |"
         ratio = row["perplexity_gsm8k"] / base_ppl
-        lines.append(f"| {row['method']} | {100 * row['skipped_compute']:.1f}% | {ratio:.2f}x |{arc}")
+        speed = ""
+        if speed_key:
+            up, kv = row.get(f"prefill_speedup_{speed_key}"), row.get(f"kv_reduction_{speed_key}")
+            speed = f" {up:.2f}x | {kv:.2f}x |" if up is not None else " - | - |"
+        lines.append(f"| {row['method']} | {100 * row['skipped_compute']:.1f}% | {ratio:.2f}x |{arc}{speed}")
+    commands: dict[str, list[str]] = {}
+    for row in results["rows"]:
+        methods = commands.setdefault(row.get("command", results.get("command", "")), [])
+        if row["method"] not in methods:
+            methods.append(row["method"])
+    lines += ["", "Made by:", ""]
+    lines += [f"* `{command}` ({', '.join(methods)})" for command, methods in commands.items()]
     lines += ["", f"Figure: `{FIGURE.relative_to(ROOT)}`.", CURVE_END]
     return "\n".join(lines)
 
@@ -261,9 +348,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", help="markdown file to write the table into (between mod-curve markers)")
     parser.add_argument(
         "--conversion",
-        help="a `modetune train --method mod` run: its rows at each share, thresholds "
-        "calibrated per layer on the calibration text (--tiny: the tiny model with random routers)",
+        action="append",
+        default=[],
+        metavar="RUN[=LABEL]",
+        help="a `modetune train --method mod` run (repeatable): its rows at each share under LABEL (default "
+        "'conversion'), thresholds calibrated on the calibration text with the run's share_allocation (--tiny: the "
+        "tiny model with random routers)",
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="METHOD",
+        help="measure only these methods (the baselines, influence_routing, a conversion's LABEL) and keep the other "
+        "rows of the existing --output",
+    )
+    parser.add_argument("--speed-shares", type=float, nargs="+", default=[],
+                        help="shares (of --fractions) at which each method's prefill time and KV bytes are measured "
+                        "too, at --speed-context tokens; run alone: every other process paused")  # fmt: skip
+    parser.add_argument("--speed-context", type=int, default=8192)
     parser.add_argument("--render-only", action="store_true", help="rewrite --report from the existing JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -271,11 +373,12 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(Path(args.output or OUT).read_text())
         replace_marked_block(Path(args.report), CURVE_START, CURVE_END, render(results), if_missing="error")
         return 0
-    conversion = None
+    conversions = []
     if args.tiny:
-        base, conversion, (text,) = tiny_models()
+        base, tiny_conversion, (text,) = tiny_models()
         calib, items, name = [text[:64], text[64:128]], tiny_items(min(args.arc_n, 8)), "tiny random llama"
         args.ppl_len, args.ppl_chunks = 32, 2
+        conversions = [(spec.partition("=")[2] or "conversion", tiny_conversion) for spec in args.conversion]
     else:
         from modetune.loading import load_model_and_tokenizer
 
@@ -286,11 +389,20 @@ def main(argv: list[str] | None = None) -> int:
         calib_ids = tokenizer("\n\n".join(f"{r['question']}\n{r['answer']}" for r in map(json.loads, train[:400])))
         calib = [calib_ids["input_ids"][i * 512 : (i + 1) * 512] for i in range(args.calib_blocks)]
         items, name = arc_items(tokenizer, args.arc_n), args.model
-        conversion = load_run(args.conversion, dtype="float32", device="cpu")[0] if args.conversion else None
+        for spec in args.conversion:
+            run, _, label = spec.partition("=")
+            conversions.append((label or "conversion", load_run(run, dtype="float32", device="cpu")[0]))
     base.eval()
+    command = "python benchmarks/mod_curve.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    measured = curve(base, text, calib, items, args, conversions)
+    for row in measured["rows"]:
+        row["command"] = command
     results = {"model": name, "context_for_compute": CONTEXT, "ppl_len": args.ppl_len, "ppl_chunks": args.ppl_chunks,
-               "arc_easy_n": len(items), **curve(base, text, calib, items, args, conversion),
-               "command": "python benchmarks/mod_curve.py " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
+               "arc_easy_n": len(items), **measured}  # fmt: skip
+    if args.only:  # the other methods' rows (and their commands) stay as they were
+        kept = json.loads(Path(args.output or OUT).read_text())["rows"]
+        new = {row["method"] for row in measured["rows"]}
+        results["rows"] = [row for row in kept if row["method"] not in new] + measured["rows"]
     output = args.output or (None if args.tiny else str(OUT))
     if output:
         Path(output).write_text(json.dumps(results, indent=2) + "\n")

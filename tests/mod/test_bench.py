@@ -39,6 +39,16 @@ def test_mod_bench_smoke(tmp_path, monkeypatch):
     assert report.read_text().count("## MoDification") == 1
 
 
+def firsts(results: dict) -> list:
+    """The thresholds of each calibrated method's first share."""
+    seen, out = set(), []
+    for row in results["rows"]:
+        if "layer_thresholds" in row and row["method"] not in seen:
+            seen.add(row["method"])
+            out.append(row["layer_thresholds"])
+    return out
+
+
 def test_mod_curve_smoke(tmp_path, monkeypatch):
     """benchmarks/mod_curve.py: every baseline at every share, shares close to those asked for, and the plot."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
@@ -47,18 +57,34 @@ def test_mod_curve_smoke(tmp_path, monkeypatch):
 
     output, report = tmp_path / "curve.json", tmp_path / "RESULTS.md"
     report.write_text("# Benchmarks\n\nkept\n")
-    args = ["--tiny", "--fractions", "0.2", "0.4", "--arc-n", "4", "--output", str(output), "--report", str(report)]
+    args = ["--tiny", "--fractions", "0.2", "0.4", "--arc-n", "4", "--output", str(output), "--report", str(report),
+            "--conversion", "tiny", "--speed-shares", "0.4", "--speed-context", "128"]  # fmt: skip
     assert mod_curve.main(args) == 0
     results = json.loads(output.read_text())
     methods = [row["method"] for row in results["rows"]]
-    assert methods == ["static_layers", "static_attention", "random_routing", "conversion"] * 2
+    assert (
+        methods == ["influence_routing", "static_layers", "static_attention", "random_routing"] * 2 + ["conversion"] * 2
+    )
     assert len(results["block_influence"]) == 6 and 0 < results["attention_share_of_layer_compute"] < 1
     for row in results["rows"]:
-        assert row["perplexity_gsm8k"] > 0 and 0 < row["skipped_compute"] < 1
-        if row["method"] in ("random_routing", "conversion"):
+        assert row["perplexity_gsm8k"] > 0 and 0 < row["skipped_compute"] < 1 and row["command"]
+        if row["method"] in ("random_routing", "conversion", "influence_routing"):
             assert row["processed"] < 1
-        if row["method"] == "conversion":  # calibrated to the share asked for, on the calibration text
-            assert abs(row["calibrated_skip"] - (0.2 if row is results["rows"][3] else 0.4)) <= 0.05
+        if "prefill_speedup_128" in row:
+            assert row["prefill_speedup_128"] > 0 and row["kv_reduction_128"] >= 1
+        if "calibrated_skip" in row:  # calibrated to the share asked for, on the calibration text, where reachable
+            share = 0.2 if row["layer_thresholds"] in firsts(results) else 0.4
+            reachable = len(row["layer_thresholds"]) / 6
+            assert abs(row["calibrated_skip"] - min(share, reachable)) <= 0.01 + (share >= reachable) * 0.02
+    timed = [row for row in results["rows"] if "prefill_speedup_128" in row]  # at the --speed-shares only
+    assert sorted(row["method"] for row in timed) == sorted(set(methods))
+    assert [row["kv_reduction_128"] for row in timed if row["method"] == "static_layers"] == [6 / (6 - 2)]
+    again = ["--tiny", "--fractions", "0.2", "0.4", "--arc-n", "0", "--output", str(output), "--only", "random_routing"]
+    assert mod_curve.main(again) == 0  # one method measured again, the other rows kept with their commands
+    rows = json.loads(output.read_text())["rows"]
+    assert sorted(r["method"] for r in rows) == sorted(methods)
+    assert {r["command"].endswith("random_routing") for r in rows if r["method"] == "random_routing"} == {True}
+    assert {"--conversion tiny" in r["command"] for r in rows if r["method"] != "random_routing"} == {True}
     assert output.with_suffix(".png").stat().st_size > 0
     text = report.read_text()
     assert "kept" in text and "| static_layers |" in text and text.count(mod_curve.CURVE_START) == 1
