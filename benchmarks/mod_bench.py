@@ -165,21 +165,28 @@ def perplexity(variant: Variant, text: list[int], length: int, chunks: int) -> t
     return math.exp(sum(losses) / len(losses)), sum(processed) / len(processed)
 
 
-def task_accuracy(variant: Variant, items: list[tuple[list[int], list[list[int]], int]]) -> float:
+def choice_scores(model: Any, prompt: list[int], conts: list[list[int]]) -> list[float]:
+    """Mean per-token log-likelihood of each continuation after `prompt`, the choices run as one right-padded
+    batch."""
     import torch
 
+    rows = [prompt + cont for cont in conts]
+    width = max(map(len, rows))
+    ids = torch.tensor([row + [0] * (width - len(row)) for row in rows])
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+    with torch.no_grad():
+        logp = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float().log_softmax(-1)
+    picked = logp.gather(2, ids[:, 1:, None])[..., 0]
+    return [float(picked[i, len(prompt) - 1 : len(row) - 1].mean()) for i, row in enumerate(rows)]
+
+
+def task_accuracy(variant: Variant, items: list[tuple[list[int], list[list[int]], int]]) -> float:
+    """Share of items whose answer has the highest mean per-token log-likelihood (`choice_scores`)."""
     variant.activate()
     correct = 0
-    with torch.no_grad():
-        for prompt, conts, answer in items:
-            scores = []
-            for cont in conts:
-                x = torch.tensor([prompt + cont])
-                logp = variant.model(input_ids=x, use_cache=False).logits[0, :-1].float().log_softmax(-1)
-                target = x[0, 1:]
-                lp = logp.gather(1, target[:, None])[-len(cont) :, 0]
-                scores.append(float(lp.mean()))
-            correct += int(max(range(len(scores)), key=scores.__getitem__) == answer)
+    for prompt, conts, answer in items:
+        scores = choice_scores(variant.model, prompt, conts)
+        correct += int(max(range(len(scores)), key=scores.__getitem__) == answer)
     return correct / len(items)
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """MoDification's quality-compute curve: each way of skipping layer compute, at the same shares.
 
-    OMP_NUM_THREADS=1 python benchmarks/mod_curve.py [--arc-n 2376] [--fractions 0.1 0.2 0.3 0.4] \
-        [--conversion RUN[=LABEL] ...] [--only METHOD ...] [--report benchmarks/RESULTS.md]
+    OMP_NUM_THREADS=1 python benchmarks/mod_curve.py [--fractions 0.1 0.2 0.3 0.4] [--detail-shares 0.25] \
+        [--arc-n 2376] [--speed-context 8192] [--conversion RUN[=LABEL] ...] [--only METHOD ...] \
+        [--report benchmarks/RESULTS.md]
     python benchmarks/mod_curve.py --tiny                 # smoke run on a tiny random llama (seconds)
 
 The baselines a conversion has to beat, each at the same share of the decoder layers' forward FLOPs skipped
@@ -23,10 +24,10 @@ The baselines a conversion has to beat, each at the same share of the decoder la
 `--only` measures the methods named and keeps every other row of the existing results (each row records the
 command that measured it).
 
-Quality: perplexity of held-out GSM8K-test text (chunks of --ppl-len tokens; no general-text corpus ships with
-this machine's data: see the note in benchmarks/RESULTS.md) and ARC-Easy test accuracy (log-likelihood of each
-choice, mean per token, first --arc-n questions). Writes benchmarks/mod_curve.json and
-benchmarks/figures/mod_curve.png; the conversion's own rows join the same file when it is trained.
+Quality: perplexity of held-out GSM8K-test text (chunks of --ppl-len tokens) at every share; at --detail-shares
+also ARC-Easy test accuracy (log-likelihood of each choice, mean per token, first --arc-n questions) and, with
+every other process paused, one prefill of --speed-context tokens (speed-up and KV reduction against the base
+model). Writes benchmarks/mod_curve.json and benchmarks/figures/mod_curve.png.
 """
 
 from __future__ import annotations
@@ -153,16 +154,15 @@ def context_key(context: int) -> str:
 
 
 def measure(
-    variant: Variant, text: list[int], items: list, args: argparse.Namespace, speed: bool = False
+    variant: Variant, text: list[int], items: list, args: argparse.Namespace, detail: bool = False
 ) -> dict[str, float]:
-    """Quality; with `speed`, also one prefill of --speed-context tokens: its time and the KV bytes it leaves."""
+    """Perplexity; with `detail`, also the task (ARC-Easy) and one prefill of --speed-context tokens: its time and
+    the KV bytes it leaves."""
     ppl, processed = perplexity(variant, text, args.ppl_len, args.ppl_chunks)
-    quality = {
-        "perplexity_gsm8k": ppl,
-        "processed": processed,
-        "arc_easy": task_accuracy(variant, items) if items else None,
-    }
-    if speed:
+    quality = {"perplexity_gsm8k": ppl, "processed": processed}
+    if detail and items:
+        quality["arc_easy"] = task_accuracy(variant, items)
+    if detail and args.speed_context:
         run = prefill_and_decode(variant, (text * (1 + args.speed_context // len(text)))[: args.speed_context], 1)
         quality.update(prefill_s=run["prefill_s"], kv_bytes=run["kv_bytes"])
     return quality
@@ -187,8 +187,8 @@ def curve(
     attention_fraction = attn_share / layer_total
     influence, attn_influence = block_influence(base, calib)
     L = len(layers)
-    timed = set(args.speed_shares or [])  # shares at which prefill time and KV bytes are measured
-    base_quality = measure(Variant("base", base, None), text, items, args, speed=bool(timed))
+    detailed = set(args.detail_shares)  # shares at which the task, prefill time and KV bytes are measured too
+    base_quality = measure(Variant("base", base, None), text, items, args, detail=bool(detailed))
     rows = []
 
     def add(method: str, skipped: float, quality: dict[str, float], **extra: Any) -> None:
@@ -210,33 +210,33 @@ def curve(
         if fitted is not None:
             fitted.mod_config.target_skip = share
             report = calibrate_thresholds(fitted, calib_batches)
-            quality = measure(Variant("influence", fitted, {}), text, items, args, speed=share in timed)
+            quality = measure(Variant("influence", fitted, {}), text, items, args, detail=share in detailed)
             add("influence_routing", (1 - quality["processed"]) * routed / L, quality,
                 calibrated_skip=report["achieved_skip"], layer_thresholds=report["layer_thresholds"])  # fmt: skip
         if wanted("static_layers"):
             n = max(1, round(share * L))
             order = sorted(range(L), key=influence.__getitem__)[:n]
             with removed(base, order, attention_only=False):
-                quality = measure(Variant("static", base, None), text, items, args, speed=share in timed)
+                quality = measure(Variant("static", base, None), text, items, args, detail=share in detailed)
             add("static_layers", n / L, quality, layers=sorted(order))
         if wanted("static_attention"):
             n_attn = min(L, max(1, round(share / attention_fraction * L)))
             order = sorted(range(L), key=attn_influence.__getitem__)[:n_attn]
             with removed(base, order, attention_only=True):
-                quality = measure(Variant("attention", base, None), text, items, args, speed=share in timed)
+                quality = measure(Variant("attention", base, None), text, items, args, detail=share in detailed)
             add("static_attention", n_attn * attention_fraction / L, quality, layers=sorted(order))
         if wanted("random_routing"):
             capacity = max(0.01, 1 - share * L / routed)
             torch.manual_seed(0)
             random_variant = Variant("random", mod, {"operator": "random", "capacity": capacity})
-            quality = measure(random_variant, text, items, args, speed=share in timed)
+            quality = measure(random_variant, text, items, args, detail=share in detailed)
             add("random_routing", (1 - quality["processed"]) * routed / L, quality, capacity=round(capacity, 4))
 
     for label, run in conversions:  # its routers, thresholds calibrated to each share on the calibration text
         for share in args.fractions:
             run.mod_config.operator, run.mod_config.target_skip = "threshold", share
             report = calibrate_thresholds(run, calib_batches)
-            quality = measure(Variant(label, run, {}), text, items, args, speed=share in timed)
+            quality = measure(Variant(label, run, {}), text, items, args, detail=share in detailed)
             add(label, (1 - quality["processed"]) * len(run.layer_indices) / L, quality,
                 calibrated_skip=report["achieved_skip"], layer_thresholds=report["layer_thresholds"],
                 share_allocation=run.mod_config.share_allocation)  # fmt: skip
@@ -249,10 +249,10 @@ def curve(
                 "base_kv_bytes": base_quality["kv_bytes"],
                 "speed_context": args.speed_context,
             }
-            if timed
+            if "prefill_s" in base_quality
             else {}
         ),
-        "base_arc_easy": base_quality["arc_easy"],
+        "base_arc_easy": base_quality.get("arc_easy"),
         "attention_share_of_layer_compute": round(attention_fraction, 4),
         "block_influence": [round(v, 5) for v in influence],
         "attention_influence": [round(v, 5) for v in attn_influence],
@@ -317,7 +317,7 @@ def render(results: dict) -> str:
         "|---|---|---|" + ("---|" if base_arc is not None else "") + ("---|---|" if speed_key else ""),
     ]
     for row in sorted(results["rows"], key=lambda r: (r["method"], r["skipped_compute"])):
-        arc = "" if base_arc is None else f" {row['arc_easy']:.3f} |"
+        arc = "" if base_arc is None else (f" {row['arc_easy']:.3f} |" if row.get("arc_easy") is not None else " - |")
         ratio = row["perplexity_gsm8k"] / base_ppl
         speed = ""
         if speed_key:
@@ -362,10 +362,11 @@ def main(argv: list[str] | None = None) -> int:
         help="measure only these methods (the baselines, influence_routing, a conversion's LABEL) and keep the other "
         "rows of the existing --output",
     )
-    parser.add_argument("--speed-shares", type=float, nargs="+", default=[],
-                        help="shares (of --fractions) at which each method's prefill time and KV bytes are measured "
-                        "too, at --speed-context tokens; run alone: every other process paused")  # fmt: skip
-    parser.add_argument("--speed-context", type=int, default=8192)
+    parser.add_argument("--detail-shares", type=float, nargs="+", default=[],
+                        help="shares (of --fractions) at which each method is also scored on ARC-Easy and timed: one "
+                        "prefill of --speed-context tokens and the KV bytes it leaves; run alone (every other "
+                        "process paused)")  # fmt: skip
+    parser.add_argument("--speed-context", type=int, default=8192, help="0: no timing")
     parser.add_argument("--render-only", action="store_true", help="rewrite --report from the existing JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

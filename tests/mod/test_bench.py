@@ -6,6 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -58,7 +61,7 @@ def test_mod_curve_smoke(tmp_path, monkeypatch):
     output, report = tmp_path / "curve.json", tmp_path / "RESULTS.md"
     report.write_text("# Benchmarks\n\nkept\n")
     args = ["--tiny", "--fractions", "0.2", "0.4", "--arc-n", "4", "--output", str(output), "--report", str(report),
-            "--conversion", "tiny", "--speed-shares", "0.4", "--speed-context", "128"]  # fmt: skip
+            "--conversion", "tiny", "--detail-shares", "0.4", "--speed-context", "128"]  # fmt: skip
     assert mod_curve.main(args) == 0
     results = json.loads(output.read_text())
     methods = [row["method"] for row in results["rows"]]
@@ -88,3 +91,23 @@ def test_mod_curve_smoke(tmp_path, monkeypatch):
     assert output.with_suffix(".png").stat().st_size > 0
     text = report.read_text()
     assert "kept" in text and "| static_layers |" in text and text.count(mod_curve.CURVE_START) == 1
+
+
+def test_choice_scores_in_one_padded_batch_equal_one_forward_per_choice(monkeypatch):
+    """The benchmarks' task scoring batches a question's choices; a MoD model (tokens skipped) and the base model
+    give the same scores as one forward per choice."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import mod_bench
+
+    base, mod, _ = mod_bench.tiny_models()
+    mod.mod_config.threshold = 0.5
+    for model in (base, mod):
+        for prompt, conts, _answer in mod_bench.tiny_items(3):
+            conts = [conts[0], conts[1] + [7, 8], conts[2][:1]]  # different lengths: padded rows
+            alone = []
+            for cont in conts:
+                ids = torch.tensor([prompt + cont])
+                with torch.no_grad():
+                    logp = model(input_ids=ids, use_cache=False).logits[0, :-1].float().log_softmax(-1)
+                alone.append(float(logp.gather(1, ids[0, 1:, None])[-len(cont) :, 0].mean()))
+            assert mod_bench.choice_scores(model, prompt, conts) == pytest.approx(alone, abs=1e-4)
