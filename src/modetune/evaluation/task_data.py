@@ -46,7 +46,8 @@ def files_for(names: Iterable[str]) -> list[DataFile]:
                 if canonical not in known:
                     raise FetchError(
                         f"no public file is pinned for '{name}'; fetchable: {', '.join(known)} "
-                        "(or all, arithmetic, commonsense). For other tasks pass your own file with --data"
+                        "(or all, arithmetic, commonsense; general-text for the general English corpus). "
+                        "For other tasks pass your own file with --data"
                     )
                 wanted.append(canonical)
     if not wanted:

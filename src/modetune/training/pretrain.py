@@ -61,8 +61,9 @@ class PretrainConfig(OptimConfig):
 
     arch: str = _help("'mom' (Mixture-of-Modules) or 'vanilla' (a llama-style transformer).", default="mom")
     corpus: list[str] = _help(  # noqa: RUF009
-        "Text (default: shared): 'shared' (the training files of ../shared/data as plain text, 1.6 M SmolLM2 tokens) "
-        "and/or .txt "
+        "Text (default: shared): 'shared' (the training files of ../shared/data as plain text, 1.6 M SmolLM2 tokens), "
+        "'general' (Jane Austen's novels and 98 Wikipedia articles, 1.5 M SmolLM2 tokens; run `modetune data fetch "
+        "general-text` first; 'general:austen' or 'general:wikipedia' for one) and/or .txt "
         "(blank-line separated documents) or .jsonl ('text' field) files.",
         default_factory=lambda: ["shared"],
     )
