@@ -24,7 +24,8 @@ The baselines a conversion has to beat, each at the same share of the decoder la
 `--only` measures the methods named and keeps every other row of the existing results (each row records the
 command that measured it).
 
-Quality: perplexity of held-out GSM8K-test text (chunks of --ppl-len tokens) at every share; at --detail-shares
+Quality: perplexity of held-out general text (`perplexity`: the Wikipedia articles of `modetune data fetch
+general-text`) and of GSM8K-test text (`perplexity_gsm8k`; chunks of --ppl-len tokens) at every share; at --detail-shares
 also ARC-Easy test accuracy (log-likelihood of each choice, mean per token, first --arc-n questions) and, with
 every other process paused, one prefill of --speed-context tokens (speed-up and KV reduction against the base
 model). Writes benchmarks/mod_curve.json and benchmarks/figures/mod_curve.png.
@@ -60,6 +61,7 @@ from mod_bench import (  # noqa: E402
 )
 
 from modetune.architectures import locate  # noqa: E402
+from modetune.data.general_text import general_text_documents  # noqa: E402
 from modetune.files import replace_marked_block  # noqa: E402
 from modetune.mod import get_mod_model  # noqa: E402
 from modetune.mod.model import calibrate_thresholds, fit_routers_to_influence  # noqa: E402
@@ -154,23 +156,26 @@ def context_key(context: int) -> str:
 
 
 def measure(
-    variant: Variant, text: list[int], items: list, args: argparse.Namespace, detail: bool = False
+    variant: Variant, text: dict[str, list[int]], items: list, args: argparse.Namespace, detail: bool = False
 ) -> dict[str, float]:
     """Perplexity; with `detail`, also the task (ARC-Easy) and one prefill of --speed-context tokens: its time and
     the KV bytes it leaves."""
-    ppl, processed = perplexity(variant, text, args.ppl_len, args.ppl_chunks)
+    ppl, processed = perplexity(variant, text["gsm8k"], args.ppl_len, args.ppl_chunks)
     quality = {"perplexity_gsm8k": ppl, "processed": processed}
+    if "general" in text:
+        quality["perplexity"] = perplexity(variant, text["general"], args.ppl_len, args.ppl_chunks)[0]
     if detail and items:
         quality["arc_easy"] = task_accuracy(variant, items)
     if detail and args.speed_context:
-        run = prefill_and_decode(variant, (text * (1 + args.speed_context // len(text)))[: args.speed_context], 1)
+        ids = text["gsm8k"]
+        run = prefill_and_decode(variant, (ids * (1 + args.speed_context // len(ids)))[: args.speed_context], 1)
         quality.update(prefill_s=run["prefill_s"], kv_bytes=run["kv_bytes"])
     return quality
 
 
 def curve(
     base: nn.Module,
-    text: list[int],
+    text: dict[str, list[int]],
     calib: list[list[int]],
     items: list,
     args: argparse.Namespace,
@@ -241,7 +246,7 @@ def curve(
                 calibrated_skip=report["achieved_skip"], layer_thresholds=report["layer_thresholds"],
                 share_allocation=run.mod_config.share_allocation)  # fmt: skip
     return {
-        "base_perplexity": None,
+        "base_perplexity": base_quality.get("perplexity"),
         "base_perplexity_gsm8k": base_quality["perplexity_gsm8k"],
         **(
             {
@@ -266,18 +271,21 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    base = results["base_perplexity_gsm8k"]
-    for method in sorted({r["method"] for r in results["rows"]}):
-        rows = sorted((r for r in results["rows"] if r["method"] == method), key=lambda r: r["skipped_compute"])
-        ax.plot([100 * r["skipped_compute"] for r in rows], [r["perplexity_gsm8k"] / base for r in rows], "o-",
-                label=method)  # fmt: skip
-    ax.set_yscale("log")
-    ax.axhline(1.25, color="grey", linestyle=":", label="target: 1.25 x base")
-    ax.set_xlabel("share of decoder-layer compute skipped (%, at 1k tokens)")
-    ax.set_ylabel("perplexity / base (GSM8K test, log scale)")
-    ax.set_title(results.get("model", ""))
-    ax.legend()
+    panels = [("perplexity", "general text (Wikipedia)"), ("perplexity_gsm8k", "GSM8K test")]
+    panels = [(key, label) for key, label in panels if results.get(f"base_{key}")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
+        base = results[f"base_{key}"]
+        for method in sorted({r["method"] for r in results["rows"]}):
+            rows = sorted((r for r in results["rows"] if r["method"] == method and r.get(key)),
+                          key=lambda r: r["skipped_compute"])  # fmt: skip
+            ax.plot([100 * r["skipped_compute"] for r in rows], [r[key] / base for r in rows], "o-", label=method)
+        ax.set_yscale("log")
+        ax.axhline(1.25, color="grey", linestyle=":", label="target: 1.25 x base")
+        ax.set_xlabel("share of decoder-layer compute skipped (%, at 1k tokens)")
+        ax.set_ylabel(f"perplexity / base ({label}, log scale)")
+        ax.set_title(f"{results.get('model', '')}: {label}")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -288,13 +296,20 @@ CURVE_START, CURVE_END = "<!-- mod-curve:start -->", "<!-- mod-curve:end -->"
 
 def render(results: dict) -> str:
     """The curve as a markdown table (benchmarks/RESULTS.md)."""
-    base_ppl, base_arc = results["base_perplexity_gsm8k"], results["base_arc_easy"]
+    base_ppl, base_arc, base_general = (results["base_perplexity_gsm8k"], results["base_arc_easy"],
+                                        results.get("base_perplexity"))  # fmt: skip
     context = results.get("speed_context")
     speed_key = context_key(context) if context else None
     lines = [
         CURVE_START,
-        f"Model {results['model']}: perplexity of held-out GSM8K-test text ({results['ppl_chunks']} x "
-        f"{results['ppl_len']} tokens; base {base_ppl:.2f})"
+        f"Model {results['model']}: perplexity of held-out text, {results['ppl_chunks']} x {results['ppl_len']} "
+        "tokens of "
+        + (
+            f"general text (Wikipedia articles, `modetune data fetch general-text`; base {base_general:.2f}) and "
+            if base_general
+            else ""
+        )
+        + f"GSM8K test (base {base_ppl:.2f})"
         + (
             f" and ARC-Easy accuracy (first {results['arc_easy_n']} test questions; base {base_arc:.3f})"
             if base_arc is not None
@@ -311,10 +326,16 @@ def render(results: dict) -> str:
             else ""
         ),
         "",
-        "| method | layer compute skipped | perplexity / base |"
+        "| method | layer compute skipped |"
+        + (" general-text perplexity / base |" if base_general else "")
+        + " GSM8K perplexity / base |"
         + (" ARC-Easy |" if base_arc is not None else "")
         + (f" prefill speed-up @{speed_key} | KV reduction @{speed_key} |" if speed_key else ""),
-        "|---|---|---|" + ("---|" if base_arc is not None else "") + ("---|---|" if speed_key else ""),
+        "|---|---|"
+        + ("---|" if base_general else "")
+        + "---|"
+        + ("---|" if base_arc is not None else "")
+        + ("---|---|" if speed_key else ""),
     ]
     for row in sorted(results["rows"], key=lambda r: (r["method"], r["skipped_compute"])):
         arc = "" if base_arc is None else (f" {row['arc_easy']:.3f} |" if row.get("arc_easy") is not None else " - |")
@@ -323,7 +344,10 @@ def render(results: dict) -> str:
         if speed_key:
             up, kv = row.get(f"prefill_speedup_{speed_key}"), row.get(f"kv_reduction_{speed_key}")
             speed = f" {up:.2f}x | {kv:.2f}x |" if up is not None else " - | - |"
-        lines.append(f"| {row['method']} | {100 * row['skipped_compute']:.1f}% | {ratio:.2f}x |{arc}{speed}")
+        general = ""
+        if base_general:
+            general = f" {row['perplexity'] / base_general:.2f}x |" if row.get("perplexity") else " - |"
+        lines.append(f"| {row['method']} | {100 * row['skipped_compute']:.1f}% |{general} {ratio:.2f}x |{arc}{speed}")
     commands: dict[str, list[str]] = {}
     for row in results["rows"]:
         methods = commands.setdefault(row.get("command", results.get("command", "")), [])
@@ -376,8 +400,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     conversions = []
     if args.tiny:
-        base, tiny_conversion, (text,) = tiny_models()
-        calib, items, name = [text[:64], text[64:128]], tiny_items(min(args.arc_n, 8)), "tiny random llama"
+        base, tiny_conversion, (ids,) = tiny_models()
+        text = {"gsm8k": ids, "general": ids[::-1]}
+        calib, items, name = [ids[:64], ids[64:128]], tiny_items(min(args.arc_n, 8)), "tiny random llama"
         args.ppl_len, args.ppl_chunks = 32, 2
         conversions = [(spec.partition("=")[2] or "conversion", tiny_conversion) for spec in args.conversion]
     else:
@@ -386,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         base, tokenizer = load_model_and_tokenizer(args.model, dtype="float32", device="cpu")
         test = (DATA / "gsm8k_openai" / "test.jsonl").read_text().splitlines()
         train = (DATA / "gsm8k_openai" / "train.jsonl").read_text().splitlines()
-        text = tokenizer("\n\n".join(f"{r['question']}\n{r['answer']}" for r in map(json.loads, test)))["input_ids"]
+        gsm8k = "\n\n".join(f"{r['question']}\n{r['answer']}" for r in map(json.loads, test))
+        general = "\n\n".join(article for _, article in general_text_documents("wikipedia"))
+        text = {"gsm8k": tokenizer(gsm8k)["input_ids"], "general": tokenizer(general)["input_ids"]}
         calib_ids = tokenizer("\n\n".join(f"{r['question']}\n{r['answer']}" for r in map(json.loads, train[:400])))
         calib = [calib_ids["input_ids"][i * 512 : (i + 1) * 512] for i in range(args.calib_blocks)]
         items, name = arc_items(tokenizer, args.arc_n), args.model
@@ -412,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         replace_marked_block(Path(args.report), CURVE_START, CURVE_END, render(results),
                              heading="## MoDification: the quality-compute curve\n\n")  # fmt: skip
     print(json.dumps({k: v for k, v in results.items() if k != "rows"}))
-    return 0 if all(math.isfinite(r["perplexity_gsm8k"]) for r in results["rows"]) else 1
+    return 0 if all(math.isfinite(r["perplexity_gsm8k"]) for r in measured["rows"]) else 1
 
 
 if __name__ == "__main__":
