@@ -180,6 +180,7 @@ def curve(
     items: list,
     args: argparse.Namespace,
     conversions: list[tuple[str, Any]],
+    fixed: list[tuple[str, Any]] = (),
 ) -> dict:
     """Every method's rows at each share in `args.fractions` (with `args.only`: those methods' rows only)."""
 
@@ -245,6 +246,9 @@ def curve(
             add(label, (1 - quality["processed"]) * len(run.layer_indices) / L, quality,
                 calibrated_skip=report["achieved_skip"], layer_thresholds=report["layer_thresholds"],
                 share_allocation=run.mod_config.share_allocation)  # fmt: skip
+    for label, run in fixed:  # skipping fixed in training (e.g. layers deleted, then healed): one row, as trained
+        quality = measure(Variant(label, run, {}), text, items, args, detail=bool(detailed))
+        add(label, (1 - quality["processed"]) * len(run.layer_indices) / L, quality, as_trained=True)
     return {
         "base_perplexity": base_quality.get("perplexity"),
         "base_perplexity_gsm8k": base_quality["perplexity_gsm8k"],
@@ -380,6 +384,14 @@ def main(argv: list[str] | None = None) -> int:
         "tiny model with random routers)",
     )
     parser.add_argument(
+        "--fixed",
+        action="append",
+        default=[],
+        metavar="RUN=LABEL",
+        help="a MoD run whose skipping was fixed in training, measured once as trained (e.g. the static-layer "
+        "baseline healed with the conversion's recipe: --routed-layers ... --sink-tokens 0 --router-init-bias -30)",
+    )
+    parser.add_argument(
         "--only",
         nargs="+",
         metavar="METHOD",
@@ -398,13 +410,14 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(Path(args.output or OUT).read_text())
         replace_marked_block(Path(args.report), CURVE_START, CURVE_END, render(results), if_missing="error")
         return 0
-    conversions = []
+    conversions, fixed = [], []
     if args.tiny:
         base, tiny_conversion, (ids,) = tiny_models()
         text = {"gsm8k": ids, "general": ids[::-1]}
         calib, items, name = [ids[:64], ids[64:128]], tiny_items(min(args.arc_n, 8)), "tiny random llama"
         args.ppl_len, args.ppl_chunks = 32, 2
         conversions = [(spec.partition("=")[2] or "conversion", tiny_conversion) for spec in args.conversion]
+        fixed = [(spec.partition("=")[2] or "fixed", tiny_conversion) for spec in args.fixed]
     else:
         from modetune.loading import load_model_and_tokenizer
 
@@ -420,9 +433,11 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.conversion:
             run, _, label = spec.partition("=")
             conversions.append((label or "conversion", load_run(run, dtype="float32", device="cpu")[0]))
+        fixed = [(spec.partition("=")[2] or "fixed", load_run(spec.partition("=")[0], dtype="float32", device="cpu")[0])
+                 for spec in args.fixed]  # fmt: skip
     base.eval()
     command = "python benchmarks/mod_curve.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    measured = curve(base, text, calib, items, args, conversions)
+    measured = curve(base, text, calib, items, args, conversions, fixed)
     for row in measured["rows"]:
         row["command"] = command
     results = {"model": name, "context_for_compute": CONTEXT, "ppl_len": args.ppl_len, "ppl_chunks": args.ppl_chunks,

@@ -61,13 +61,17 @@ def test_mod_curve_smoke(tmp_path, monkeypatch):
     output, report = tmp_path / "curve.json", tmp_path / "RESULTS.md"
     report.write_text("# Benchmarks\n\nkept\n")
     args = ["--tiny", "--fractions", "0.2", "0.4", "--arc-n", "4", "--output", str(output), "--report", str(report),
-            "--conversion", "tiny", "--detail-shares", "0.4", "--speed-context", "128"]  # fmt: skip
+            "--conversion", "tiny", "--detail-shares", "0.4", "--speed-context", "128", "--fixed", "tiny=healed"]  # fmt: skip
     assert mod_curve.main(args) == 0
     results = json.loads(output.read_text())
     methods = [row["method"] for row in results["rows"]]
     assert (
-        methods == ["influence_routing", "static_layers", "static_attention", "random_routing"] * 2 + ["conversion"] * 2
+        methods
+        == ["influence_routing", "static_layers", "static_attention", "random_routing"] * 2
+        + ["conversion"] * 2
+        + ["healed"]  # a --fixed run: one row, as trained
     )
+    assert results["rows"][-1]["as_trained"] and "prefill_speedup_128" in results["rows"][-1]
     assert len(results["block_influence"]) == 6 and 0 < results["attention_share_of_layer_compute"] < 1
     for row in results["rows"]:
         assert row["perplexity_gsm8k"] > 0 and 0 < row["skipped_compute"] < 1 and row["command"]
@@ -80,7 +84,7 @@ def test_mod_curve_smoke(tmp_path, monkeypatch):
             reachable = len(row["layer_thresholds"]) / 6
             assert abs(row["calibrated_skip"] - min(share, reachable)) <= 0.01 + (share >= reachable) * 0.02
     timed = [row for row in results["rows"] if "prefill_speedup_128" in row]  # at the --speed-shares only
-    assert sorted(row["method"] for row in timed) == sorted(set(methods))
+    assert sorted(row["method"] for row in timed) == sorted(set(methods))  # the --fixed row is always detailed
     assert [row["kv_reduction_128"] for row in timed if row["method"] == "static_layers"] == [6 / (6 - 2)]
     again = ["--tiny", "--fractions", "0.2", "0.4", "--arc-n", "0", "--output", str(output), "--only", "random_routing"]
     assert mod_curve.main(again) == 0  # one method measured again, the other rows kept with their commands
