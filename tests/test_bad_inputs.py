@@ -424,7 +424,7 @@ CASES: dict[str, Case] = {
         "modetune pretrain",
         "`--arch moe` (unknown name)",
         lambda t, c: _pretrain(t, c, "--arch", "moe"),
-        "modetune pretrain: error: --arch must be one of mom, vanilla, got 'moe'",
+        "modetune pretrain: error: --arch must be one of mom, vanilla, vanilla-gated, got 'moe'",
     ),
     "pretrain-heads": Case(
         "modetune pretrain",
@@ -467,6 +467,30 @@ CASES: dict[str, Case] = {
         "`--router lstm` (unknown name)",
         lambda t, c: _pretrain(t, c, "--router", "lstm"),
         "modetune pretrain: error: --router 'lstm' is not supported; allowed: gru, linear",
+    ),
+    "mom-preset-arch": Case(
+        "modetune pretrain --arch mom",
+        "`--preset authors` with `--arch vanilla`",
+        lambda t, c: _pretrain(t, c, "--arch", "vanilla", "--preset", "authors"),
+        "modetune pretrain: error: --preset sets MoM options; it needs --arch mom, got --arch vanilla",
+    ),
+    "mom-preset-unknown": Case(
+        "modetune pretrain --arch mom",
+        "`--preset mine` (unknown name)",
+        lambda t, c: _pretrain(t, c, "--preset", "mine"),
+        "modetune pretrain: error: --preset 'mine' is not known; known: authors",
+    ),
+    "mom-router-temperature": Case(
+        "modetune pretrain --arch mom",
+        "`--router-temperature 0`",
+        lambda t, c: _pretrain(t, c, "--router-temperature", "0"),
+        "modetune pretrain: error: MoMConfig.router_temperature must be > 0, got 0.0",
+    ),
+    "gated-gate-init": Case(
+        "modetune pretrain --arch vanilla-gated",
+        "`--gate-init 1` (a sigmoid gate cannot start at 1)",
+        lambda t, c: _pretrain(t, c, "--arch", "vanilla-gated", "--gate-init", "1"),
+        "modetune pretrain: error: --gate-init must be in (0, 1), got 1.0: a sigmoid gate never reaches 0 or 1 (and its gradient vanishes near them); use e.g. 0.95 to start close to the vanilla model",
     ),
     # -- modetune export -----------------------------------------------------------------------------------------
     "export-out-not-empty": Case(

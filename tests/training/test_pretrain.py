@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 
 from modetune.cli import main
 from modetune.data.corpus import build_corpus, is_heldout
+from modetune.mom import AUTHORS_PRESET
+from modetune.training.pretrain import PretrainConfig, build_model, flops_per_token, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def _losses(run: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
-@pytest.mark.parametrize("arch", ["mom", "vanilla"])
+@pytest.mark.parametrize("arch", ["mom", "vanilla", "vanilla-gated"])
 def test_tiny_pretraining_lowers_the_loss(tmp_path, tiny_model_dir, corpus_file, arch):
     extra = ["--num-rounds", "3", "--k-per-round", "2", "--attention-assembly", "qkv", "--load-balance-weight", "0.01"]
     extra = extra if arch == "mom" else []
@@ -69,6 +71,27 @@ def test_tiny_pretraining_lowers_the_loss(tmp_path, tiny_model_dir, corpus_file,
         assert info["model_config"]["model_type"] == "modetune_mom"
         record = next(r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r)
         assert "router_entropy" in record and "router/atte0" in record
+    if arch == "vanilla-gated":
+        assert info["model_config"]["model_type"] == "modetune_gated_llama"
+        record = next(r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r)
+        assert record["gate/attention"] == pytest.approx(0.34, abs=0.05) and "gate/ffn" in record
+        plain = build_model(PretrainConfig(output="x", arch="vanilla", hidden_size=32, num_layers=2, num_heads=2,
+                                           block_size=32), load_tokenizer(str(tiny_model_dir)))  # fmt: skip
+        extra_flops = 2 * 2 * 2 * 32  # two gates (a 32-wide dot product each) in each of 2 layers
+        assert info["forward_flops_per_token"] == flops_per_token(plain, 16) + extra_flops
+
+
+def test_authors_preset_fills_the_mom_options_left_at_their_defaults(tmp_path, tiny_model_dir, corpus_file):
+    out = tmp_path / "authors"
+    steps = ["--arch", "mom", "--preset", "authors", "--max-steps", "2", "--save-steps", "0", "--num-rounds", "2"]
+    assert main(_args(tiny_model_dir, corpus_file, out, *steps, "--router-hidden-size", "16")) == 0
+    info = json.loads((out / "run.json").read_text())
+    model = info["model_config"]
+    expected = {**AUTHORS_PRESET, "router_hidden_size": 16}  # an option given another value keeps it
+    assert {k: model[k] for k in expected} == expected and model["num_rounds"] == 2
+    assert info["pretrain_config"]["preset"] == "authors" and info["pretrain_config"]["router_temperature"] == 0.2
+    # the resolved values are what a resume compares: the same command resumes
+    assert main([*_args(tiny_model_dir, corpus_file, out, *steps, "--router-hidden-size", "16"), "--resume"]) == 0
 
 
 def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_model_dir, corpus_file):
@@ -133,6 +156,9 @@ def test_heldout_split_is_fixed_by_document(tiny_model_dir, corpus_file):
         (["--arch", "mom", "--k-per-round", "9"], "k_per_round"),
         (["--arch", "mom", "--num-rounds", "0"], "--num-rounds must be >= 1, got 0; leave it out"),
         (["--arch", "mom", "--num-ffn-modules", "-1"], "--num-ffn-modules must be >= 1"),
+        (["--arch", "vanilla", "--preset", "authors"], "--preset sets MoM options; it needs --arch mom"),
+        (["--arch", "mom", "--preset", "mine"], "--preset 'mine' is not known; known: authors"),
+        (["--arch", "vanilla-gated", "--gate-init", "1"], "--gate-init must be in (0, 1), got 1.0"),
     ],
 )
 def test_a_failed_start_leaves_nothing_behind(tmp_path, tiny_model_dir, corpus_file, capsys, extra, message):

@@ -13,17 +13,21 @@ from modetune.training.pretrain import PretrainConfig, config_fields, pretrain
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "pretrain",
-        help="pre-train a vanilla or Mixture-of-Modules (MoM) model from scratch and save a complete run",
-        description="Pre-train a llama-style transformer (--arch vanilla) or a Mixture-of-Modules model (--arch mom) "
-        "on a text corpus, into a run directory like `modetune train`'s (metrics, curves, resumable checkpoints). "
-        "--init-from builds the MoM pool from an existing model's layers (phase 2 of the paper).",
+        help="pre-train a vanilla or Mixture-of-Modules (MoM) model (or a control for MoM) from scratch and save a complete run",
+        description="Pre-train a llama-style transformer (--arch vanilla), a Mixture-of-Modules model (--arch mom) or "
+        "a control for MoM (--arch vanilla-gated: per-token gated residual updates) on a text corpus, into a run "
+        "directory like `modetune train`'s (metrics, curves, resumable checkpoints). --init-from builds the MoM pool "
+        "from an existing model's layers (phase 2 of the paper); --preset authors takes the authors' MoM settings.",
     )
-    mom, shared = PretrainConfig.MOM_FIELDS, optimization_fields()
-    add_dataclass_options(parser, PretrainConfig, "run", skip=mom + shared)
+    mom, gate, shared = PretrainConfig.MOM_FIELDS, PretrainConfig.GATE_FIELDS, optimization_fields()
+    add_dataclass_options(parser, PretrainConfig, "run", skip=mom + gate + shared)
     add_dataclass_options(
         parser, PretrainConfig, OPTIMIZATION_GROUP, skip=tuple(n for n in config_fields() if n not in shared)
     )
     add_dataclass_options(parser, PretrainConfig, "MoM", skip=tuple(n for n in config_fields() if n not in mom))
+    add_dataclass_options(
+        parser, PretrainConfig, "vanilla-gated", skip=tuple(n for n in config_fields() if n not in gate)
+    )
     parser.set_defaults(run=run)
 
 

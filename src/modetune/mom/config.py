@@ -8,6 +8,7 @@ pool built from a pre-trained model's layers and a freshly initialised pool are 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
@@ -34,6 +35,32 @@ _NOT_ARCHITECTURE = {
     "label2id",
 }
 
+# The authors' pre-training settings (github gzhch/Mixture-of-Modules, commit 2ed1d28: pretrain.sh, utils.py,
+# mom/config.py, mom/model.py, mom/utils.py), as MoMConfig fields: `modetune pretrain --arch mom --preset authors`.
+# Pool sizes and rounds are not part of it (they set the parameters and FLOPs a comparison matches). Not
+# reproduced: their chunked layout (bottom vanilla layers, chunks of 8 rounds over 4 attention + 4 FFN modules
+# with an anchor layer after each, top vanilla layers), GPT-2 modules, the balance loss taken over softmax(scores)
+# (a second softmax; here over the tempered probabilities once), and their optimiser settings.
+AUTHORS_PRESET: dict[str, Any] = {
+    "k_per_round": 1,  # pretrain.sh:14 routing_top_k=1
+    "num_skip_modules": 1,  # mom/config.py:183 enable_pause=True: one pause (SKIP) option per router
+    # the paper's GRU router (mom/utils.py:173-231 GRUTokenRouter); pretrain.sh takes the router type as an
+    # argument (ROUTER_TYPE=$3, default 'naive' = an MLP, pretrain.sh:7)
+    "router": "gru",
+    "router_hidden_size": 256,  # utils.py:23-25 router_dim=256 (pretrain.sh does not pass --router_dim)
+    "router_temperature": 0.2,  # pretrain.sh:407 --router_softmax_temperature 0.2 (used by '*softmax' routers only)
+    # '*softmax' router types divide the top-K probabilities by their sum (mom/model.py:314-315, 495-496): with
+    # K = 1 the weight is exactly 1, so without --use_ste (default False, utils.py:26-28; pretrain.sh does not
+    # pass it) the LM loss gives the router no gradient and only the balance loss trains it
+    "weighting": "topk_softmax",
+    "load_balance_weight": 0.01,  # pretrain.sh:10 router_aux_loss_coef=0.01 (train.py:62 adds coef x aux loss)
+    # summed Q/K/V of the picked modules, one attention, per-module output projections weighted by the router
+    # (mom/model.py:323-417, their only attention assembly); weighted_qkv=False (pretrain.sh:11) leaves Q/K/V
+    # unweighted, as 'qkv' does here
+    "attention_assembly": "qkv",
+}
+PRESETS: dict[str, dict[str, Any]] = {"authors": AUTHORS_PRESET}
+
 # Help text for every MoM field (the CLI and README are generated from it).
 FIELD_HELP: dict[str, str] = {
     "num_attention_modules": "Attention modules in the pool (m^A in the paper).",
@@ -52,6 +79,8 @@ FIELD_HELP: dict[str, str] = {
     "attention and their outputs are weighted and summed (KV cache: one slot per round and module); 'qkv' = the "
     "authors' code: the picked modules' Q/K/V projections are summed, one attention runs, each picked module's "
     "output projection is applied to its result and weighted (KV cache: one slot per round).",
+    "router_temperature": "Softmax temperature of the routers' scores: probabilities = softmax(logits / T); below 1 "
+    "sharpens them, so with 'softmax' weighting a picked module's weight is closer to 1 (the authors' code uses 0.2).",
     "load_balance_weight": "Weight of a Switch-Transformer load-balancing loss over each router's choices, added "
     "to the loss in training (the authors' code uses 0.01; 0 = off).",
     "pool_init": "'layers': the pool was built from a pre-trained model's layers (phase 2 of the paper); 'fresh': "
@@ -81,6 +110,7 @@ class MoMConfig(PretrainedConfig):
         router: str = "gru",
         router_hidden_size: int = 0,
         weighting: str = "softmax",
+        router_temperature: float = 1.0,
         attention_assembly: str = "outputs",
         load_balance_weight: float = 0.0,
         pool_init: str = "fresh",
@@ -103,6 +133,7 @@ class MoMConfig(PretrainedConfig):
         self.router = router
         self.router_hidden_size = router_hidden_size
         self.weighting = weighting
+        self.router_temperature = float(router_temperature)
         self.attention_assembly = attention_assembly
         self.load_balance_weight = float(load_balance_weight)
         self.pool_init = pool_init
@@ -128,6 +159,22 @@ class MoMConfig(PretrainedConfig):
         super().__init__(**kwargs)
         self.validate()
 
+    @staticmethod
+    def preset(name: str) -> dict[str, Any]:
+        """A named set of field values (`PRESETS`; "authors": `AUTHORS_PRESET`), a copy to pass as keyword arguments."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown MoM preset {name!r}; known: {', '.join(PRESETS)}")
+        return dict(PRESETS[name])
+
+    @classmethod
+    def authors_preset(cls, **fields: Any) -> MoMConfig:
+        """A config with the authors' pre-training settings (`AUTHORS_PRESET`); `fields` set the rest (base config,
+        pool sizes, rounds) and may not override the preset's own fields."""
+        clash = sorted(set(fields) & set(AUTHORS_PRESET))
+        if clash:
+            raise ConfigError(f"MoMConfig.authors_preset sets {', '.join(clash)} itself; leave them out")
+        return cls(**AUTHORS_PRESET, **fields)
+
     def family_config(self) -> PretrainedConfig:
         """The decoder family's own config object (what each attention/FFN module is built from)."""
         model_type = self.base_config.get("model_type")
@@ -151,6 +198,8 @@ class MoMConfig(PretrainedConfig):
             raise ConfigError(f"MoMConfig.num_skip_modules must be a whole number >= 0, got {self.num_skip_modules!r}")
         if not isinstance(self.router_hidden_size, int) or self.router_hidden_size < 0:
             raise ConfigError(f"MoMConfig.router_hidden_size must be >= 0, got {self.router_hidden_size!r}")
+        if not (self.router_temperature > 0 and math.isfinite(self.router_temperature)):
+            raise ConfigError(f"MoMConfig.router_temperature must be > 0, got {self.router_temperature!r}")
         if not self.load_balance_weight >= 0:
             raise ConfigError(f"MoMConfig.load_balance_weight must be >= 0, got {self.load_balance_weight!r}")
         choices = (("router", ROUTERS), ("weighting", WEIGHTINGS), ("pool_init", POOL_INITS))

@@ -34,8 +34,17 @@ were. "Authors" below means that code.
 * Weighting (authors): scores are a softmax over the options; 'topk_softmax' renormalises over the K picks
   (the authors' '*softmax' router types), 'softmax' keeps the raw probabilities (default here: with K = 1 the
   renormalised weight is the constant 1 and the router would get no gradient without the authors' STE
-  option). `load_balance_weight` adds the Switch-Transformer balance loss the authors use (coefficient 0.01
-  there; 0 by default here).
+  option). `router_temperature` divides the logits before the softmax (the authors' softmax temperature, 0.2
+  in their pretraining script; 1 by default here). `load_balance_weight` adds the Switch-Transformer balance
+  loss the authors use (coefficient 0.01 there; 0 by default here; theirs takes a softmax of the already
+  softmaxed scores, here the tempered probabilities once).
+* The authors' settings as one preset: `MoMConfig.authors_preset()` / `modetune pretrain --preset authors`
+  (`AUTHORS_PRESET` in `modetune/mom/config.py`, each value with the file and line of their code it comes
+  from): K = 1, GRU state 256, temperature 0.2, 'topk_softmax' (so with K = 1 a pick's weight is exactly 1 and,
+  as in their code without STE, only the balance loss trains the routers), balance 0.01, 'qkv'. Known
+  departures even under the preset: one pool instead of their chunks with anchor layers and vanilla bottom/top
+  layers (and their 8 rounds per chunk over 4 + 4 modules), llama modules instead of GPT-2's, their optimiser
+  settings (Adam betas 0.9/0.95, 5,000 steps, bf16).
 * Attention assembly and its KV cache. Authors ('qkv'): the picked modules' Q/K/V projections are summed (the
   router weights the output side only), one attention runs on the sum, each picked module's output
   projection is applied to the result and weighted; the cache has one K/V slot per round, holding each
@@ -346,6 +355,8 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
             return picked.to(x.dtype), picked, None, None, state
         logits, state = router(x, state, h)
         logits = logits.float()
+        if self.config.router_temperature != 1.0:
+            logits = logits / self.config.router_temperature
         if pruned:
             logits[..., pruned] = float("-inf")
         probs = logits.softmax(-1)
@@ -613,21 +624,35 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
         return -(p * p.clamp(min=1e-12).log()).sum(-1).mean().detach()
 
     # -- cost ----------------------------------------------------------------------------------------
-    def forward_flops_per_token(self, context: int = 0, attention_picks: float | None = None) -> float:
-        """Multiply-adds x 2 of the modules a token runs (K per router and round; SKIP picks cost nothing).
+    def forward_flops_per_token(
+        self, context: int = 0, attention_picks: float | None = None, ffn_picks: float | None = None
+    ) -> float:
+        """Multiply-adds x 2 of the modules a token runs (`mom_forward_flops` of this model's config)."""
+        return mom_forward_flops(self.config, context, attention_picks, ffn_picks)
 
-        `attention_picks`/FFN picks per round default to K (an upper bound: a picked SKIP costs nothing); the
-        attention-score term uses `context` keys. Embedding lookups and norms are ignored; the head is counted.
-        """
-        fam, cfg = self._family, self.config
-        d, ff = fam.hidden_size, fam.intermediate_size
-        heads, hd = fam.num_attention_heads, self._head_dim
-        attn = 2 * (d * heads * hd * 2 + d * self._kv_heads * hd * 2) + 2 * 2 * heads * hd * context
-        mlp = 2 * 3 * d * ff
-        k = 1 if cfg.fixed_routes else cfg.k_per_round
-        state = cfg.router_hidden_size or d
-        options = (cfg.num_attention_modules + cfg.num_ffn_modules) / 2 + cfg.num_skip_modules
-        per_router = 3 * (d * state + state * state) + state * options if cfg.router == "gru" else d * options
-        router = 0 if cfg.fixed_routes else 2 * 2 * per_router
-        per_round = (attention_picks if attention_picks is not None else k) * attn + k * mlp + router
-        return cfg.num_rounds * per_round + 2 * d * fam.vocab_size
+
+def mom_forward_flops(
+    config: MoMConfig, context: int = 0, attention_picks: float | None = None, ffn_picks: float | None = None
+) -> float:
+    """Forward FLOPs per token (multiply-adds x 2) of the modules a token runs, its routers and the head.
+
+    `attention_picks` / `ffn_picks`: attention / FFN modules a token runs per round, default K (an upper bound:
+    a picked SKIP costs nothing; pass K x (1 - SKIP share) for the realised figure). The attention-score term
+    uses `context` keys. Embedding lookups and norms are ignored; the head is counted. A function of the config
+    alone, so a FLOP-matched control can be sized without building the model.
+    """
+    fam, cfg = config.family_config(), config
+    d, ff = fam.hidden_size, fam.intermediate_size
+    heads = fam.num_attention_heads
+    hd = int(getattr(fam, "head_dim", None) or d // heads)
+    kv_heads = int(getattr(fam, "num_key_value_heads", None) or heads)
+    attn = 2 * (d * heads * hd * 2 + d * kv_heads * hd * 2) + 2 * 2 * heads * hd * context
+    mlp = 2 * 3 * d * ff
+    k = 1 if cfg.fixed_routes else cfg.k_per_round
+    state = cfg.router_hidden_size or d
+    options = (cfg.num_attention_modules + cfg.num_ffn_modules) / 2 + cfg.num_skip_modules
+    per_router = 3 * (d * state + state * state) + state * options if cfg.router == "gru" else d * options
+    router = 0 if cfg.fixed_routes else 2 * 2 * per_router
+    a = attention_picks if attention_picks is not None else k
+    f = ffn_picks if ffn_picks is not None else k
+    return cfg.num_rounds * (a * attn + f * mlp + router) + 2 * d * fam.vocab_size

@@ -17,6 +17,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,8 +34,10 @@ from modetune.data.corpus import build_corpus
 from modetune.errors import ConfigError
 from modetune.loading import load_model_and_tokenizer, resolve_model
 from modetune.method_base import help_field as _help
-from modetune.mom import MoMForCausalLM, from_pretrained_layers
-from modetune.mom.config import FIELD_HELP, ROUTERS, WEIGHTINGS, MoMConfig
+from modetune.mom import GatedLlamaConfig, GatedLlamaForCausalLM, MoMForCausalLM, from_pretrained_layers
+from modetune.mom.config import FIELD_HELP, PRESETS, ROUTERS, WEIGHTINGS, MoMConfig
+from modetune.mom.flops import vanilla_flops_per_token
+from modetune.mom.gated import GATE_INIT_HELP, check_gate_init
 from modetune.runs import RUN_FILE, write_run_info
 from modetune.training.config import OptimConfig
 from modetune.training.recipe import training_arguments
@@ -43,8 +46,101 @@ from modetune.training.trainer import JsonlMetricsCallback, MethodTrainer, Progr
 from modetune.version import __version__
 
 logger = logging.getLogger(__name__)
-ARCHS = ("mom", "vanilla")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
+
+
+# -- architectures -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PretrainArch:
+    """One `--arch` of `modetune pretrain`: how its model is built from the options (`build(cfg, tokenizer)`,
+    called after `hf_set_seed(cfg.seed)`), and whether it reads the MoM options (`--preset`, `--init-from`)."""
+
+    name: str
+    help: str
+    build: Callable[[PretrainConfig, Any], Any]
+    mom: bool = False
+
+
+ARCHS: dict[str, PretrainArch] = {}
+
+
+def register_arch(arch: PretrainArch) -> PretrainArch:
+    """Make `arch` a value of `--arch` (a name registered twice is refused)."""
+    if arch.name in ARCHS:
+        raise ValueError(f"pre-training architecture {arch.name!r} is already registered")
+    ARCHS[arch.name] = arch
+    return arch
+
+
+def vanilla_config(cfg: PretrainConfig, tokenizer: Any, config_class: type = LlamaConfig, **extra: Any) -> Any:
+    """A llama-style config of the requested size with the tokenizer's vocabulary and special tokens."""
+    inter = cfg.intermediate_size or 64 * math.ceil(cfg.hidden_size * 8 / 3 / 64)
+    return config_class(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=inter,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads or cfg.num_heads,
+        max_position_embeddings=max(cfg.block_size, 2048),
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
+def mom_config(cfg: PretrainConfig, base: Any, num_layers: int, pool_init: str) -> Any:
+    return MoMConfig(
+        base_config=base.to_dict() if base is not None else None,
+        num_attention_modules=cfg.num_attention_modules or num_layers,
+        num_ffn_modules=cfg.num_ffn_modules or num_layers,
+        num_skip_modules=cfg.num_skip_modules,
+        num_rounds=cfg.num_rounds or num_layers,
+        k_per_round=cfg.k_per_round,
+        router=cfg.router,
+        router_hidden_size=cfg.router_hidden_size,
+        weighting=cfg.weighting,
+        router_temperature=cfg.router_temperature,
+        attention_assembly=cfg.attention_assembly,
+        load_balance_weight=cfg.load_balance_weight,
+        router_init_bias=cfg.router_init_bias,
+        pool_init=pool_init,
+    )
+
+
+def _build_mom(cfg: PretrainConfig, tokenizer: Any) -> Any:
+    """A fresh MoM pool of the size options, or (--init-from) one built from a model's layers."""
+    if cfg.init_from:
+        source = load_source_model(cfg.init_from)
+        rows = source.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:
+            raise ConfigError(
+                f"--tokenizer {cfg.tokenizer} has {len(tokenizer)} tokens, more than the {rows} embedding rows of "
+                f"--init-from {cfg.init_from}; pass the tokenizer of that model (--tokenizer {cfg.init_from})"
+            )
+        layers = len(locate(source).layers)
+        return from_pretrained_layers(source, mom_config(cfg, None, layers, "layers")).train()
+    return MoMForCausalLM(mom_config(cfg, vanilla_config(cfg, tokenizer), cfg.num_layers, "fresh"))
+
+
+register_arch(PretrainArch("mom", "Mixture-of-Modules (options under 'MoM')", _build_mom, mom=True))
+register_arch(
+    PretrainArch("vanilla", "a llama-style transformer", lambda cfg, tok: LlamaForCausalLM(vanilla_config(cfg, tok)))
+)
+register_arch(
+    PretrainArch(
+        "vanilla-gated",
+        "the llama-style transformer with each residual update multiplied by a per-token gate (--gate-init): "
+        "the control for MoM's shrunk updates",
+        lambda cfg, tok: GatedLlamaForCausalLM(vanilla_config(cfg, tok, GatedLlamaConfig, gate_init=cfg.gate_init)),
+    )
+)
+
+
+def _arch_help() -> str:
+    return "; ".join(f"'{a.name}': {a.help}" for a in ARCHS.values()) + "."
 
 
 @dataclass
@@ -59,7 +155,7 @@ class PretrainConfig(OptimConfig):
     warmup_steps: int = _help("Linear warm-up steps.", default=10)
     weight_decay: float = _help("AdamW weight decay.", default=0.1)
 
-    arch: str = _help("'mom' (Mixture-of-Modules) or 'vanilla' (a llama-style transformer).", default="mom")
+    arch: str = _help("Architecture: " + _arch_help(), default="mom")
     corpus: list[str] = _help(  # noqa: RUF009
         "Text (default: shared): 'shared' (the training files of ../shared/data as plain text, 1.6 M SmolLM2 tokens), "
         "'general' (Jane Austen's novels and 98 Wikipedia articles, 1.5 M SmolLM2 tokens; run `modetune data fetch "
@@ -97,9 +193,17 @@ class PretrainConfig(OptimConfig):
     router: str = _help(FIELD_HELP["router"], default="gru")
     router_hidden_size: int = _help(FIELD_HELP["router_hidden_size"], default=0)
     weighting: str = _help(FIELD_HELP["weighting"], default="softmax")
+    router_temperature: float = _help(FIELD_HELP["router_temperature"], default=1.0)
     attention_assembly: str = _help(FIELD_HELP["attention_assembly"], default="outputs")
     load_balance_weight: float = _help(FIELD_HELP["load_balance_weight"], default=0.0)
     router_init_bias: float = _help(FIELD_HELP["router_init_bias"], default=0.0)
+    preset: str = _help(
+        "A named set of MoM options: 'authors' = the authors' pre-training settings (K=1, GRU router state 256, "
+        "router temperature 0.2, top-K renormalised weights, load balancing 0.01, Q/K/V assembly; see docs/mom.md). "
+        "MoM options left at their defaults take the preset's values; options given other values keep them.",
+        default="",
+    )
+    gate_init: float = _help(GATE_INIT_HELP, default=0.34)
     mixed_precision: str = _help(
         "'no' (float32), 'bf16' or 'fp16': forward and backward run under autocast in that precision while the "
         "weights and the optimizer state stay float32 (transformers' mixed precision; every weight trains here).",
@@ -115,15 +219,30 @@ class PretrainConfig(OptimConfig):
         "router",
         "router_hidden_size",
         "weighting",
+        "router_temperature",
         "attention_assembly",
         "load_balance_weight",
         "router_init_bias",
+        "preset",
     )
+    GATE_FIELDS = ("gate_init",)
+
+    def __post_init__(self) -> None:
+        """`--preset`: the MoM options still at their defaults take the preset's values (recorded resolved)."""
+        if not self.preset:
+            return
+        if self.preset not in PRESETS:
+            raise ConfigError(f"--preset {self.preset!r} is not known; known: {', '.join(PRESETS)}")
+        defaults = {f.name: f.default for f in fields(self)}
+        for name, value in MoMConfig.preset(self.preset).items():
+            if getattr(self, name) == defaults[name]:
+                setattr(self, name, value)
 
     def validate(self) -> None:
         self.validate_optimization()
         if self.arch not in ARCHS:
             raise ConfigError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        mom = ARCHS[self.arch].mom
         for name, allowed in (("router", ROUTERS), ("weighting", WEIGHTINGS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name} {getattr(self, name)!r} is not supported; allowed: {', '.join(allowed)}")
@@ -134,8 +253,11 @@ class PretrainConfig(OptimConfig):
         if self.mixed_precision == "fp16" and not torch.cuda.is_available():
             # accelerate has no fp16 autocast on CPU: the run would silently compute in float32
             raise ConfigError("--mixed-precision fp16 needs a CUDA GPU (on CPU it would run in float32); use bf16 here")
-        if self.init_from and self.arch != "mom":
+        if self.init_from and not mom:
             raise ConfigError("--init-from builds a MoM pool from a model's layers; it needs --arch mom")
+        if self.preset and not mom:
+            raise ConfigError(f"--preset sets MoM options; it needs --arch mom, got --arch {self.arch}")
+        check_gate_init(self.gate_init, "--gate-init")
         for name in ("block_size", "hidden_size", "num_layers", "num_heads", "max_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -152,59 +274,10 @@ class PretrainConfig(OptimConfig):
 
 
 # -- models --------------------------------------------------------------------------------------------
-def vanilla_config(cfg: PretrainConfig, tokenizer: Any) -> Any:
-    """A llama-style config of the requested size with the tokenizer's vocabulary and special tokens."""
-    inter = cfg.intermediate_size or 64 * math.ceil(cfg.hidden_size * 8 / 3 / 64)
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=inter,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads or cfg.num_heads,
-        max_position_embeddings=max(cfg.block_size, 2048),
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-
-
-def mom_config(cfg: PretrainConfig, base: Any, num_layers: int, pool_init: str) -> Any:
-    return MoMConfig(
-        base_config=base.to_dict() if base is not None else None,
-        num_attention_modules=cfg.num_attention_modules or num_layers,
-        num_ffn_modules=cfg.num_ffn_modules or num_layers,
-        num_skip_modules=cfg.num_skip_modules,
-        num_rounds=cfg.num_rounds or num_layers,
-        k_per_round=cfg.k_per_round,
-        router=cfg.router,
-        router_hidden_size=cfg.router_hidden_size,
-        weighting=cfg.weighting,
-        attention_assembly=cfg.attention_assembly,
-        load_balance_weight=cfg.load_balance_weight,
-        router_init_bias=cfg.router_init_bias,
-        pool_init=pool_init,
-    )
-
-
 def build_model(cfg: PretrainConfig, tokenizer: Any) -> Any:
-    """The model to pre-train, initialised from `cfg.seed` (or from --init-from's layers)."""
+    """The model to pre-train (its registered `--arch`), initialised from `cfg.seed` (or from --init-from's layers)."""
     hf_set_seed(cfg.seed)
-    if cfg.init_from:
-        source = load_source_model(cfg.init_from)
-        rows = source.get_input_embeddings().weight.shape[0]
-        if len(tokenizer) > rows:
-            raise ConfigError(
-                f"--tokenizer {cfg.tokenizer} has {len(tokenizer)} tokens, more than the {rows} embedding rows of "
-                f"--init-from {cfg.init_from}; pass the tokenizer of that model (--tokenizer {cfg.init_from})"
-            )
-        layers = len(locate(source).layers)
-        return from_pretrained_layers(source, mom_config(cfg, None, layers, "layers")).train()
-    base = vanilla_config(cfg, tokenizer)
-    if cfg.arch == "vanilla":
-        return LlamaForCausalLM(base)
-    return MoMForCausalLM(mom_config(cfg, base, cfg.num_layers, "fresh"))
+    return ARCHS[cfg.arch].build(cfg, tokenizer)
 
 
 def load_source_model(spec: str) -> Any:
@@ -234,11 +307,7 @@ def flops_per_token(model: Any, context: int) -> float:
     """Forward FLOPs (2 x multiply-adds) per token at `context` keys: the modules a token runs, the head."""
     if isinstance(model, MoMForCausalLM):
         return model.forward_flops_per_token(context)
-    c = model.config
-    d, ff, L = c.hidden_size, c.intermediate_size, c.num_hidden_layers
-    hd = d // c.num_attention_heads
-    attn = 2 * (d * d * 2 + d * c.num_key_value_heads * hd * 2) + 2 * 2 * d * context
-    return L * (attn + 2 * 3 * d * ff) + 2 * d * c.vocab_size
+    return vanilla_flops_per_token(model.config, context)
 
 
 # -- the recipe ----------------------------------------------------------------------------------------
