@@ -217,33 +217,34 @@ def curve(
             fitted.mod_config.target_skip = share
             report = calibrate_thresholds(fitted, calib_batches)
             quality = measure(Variant("influence", fitted, {}), text, items, args, detail=share in detailed)
-            add("influence_routing", (1 - quality["processed"]) * routed / L, quality,
+            add("influence_routing", (1 - quality["processed"]) * routed / L, quality, share=share,
                 calibrated_skip=report["achieved_skip"], layer_thresholds=report["layer_thresholds"])  # fmt: skip
         if wanted("static_layers"):
             n = max(1, round(share * L))
             order = sorted(range(L), key=influence.__getitem__)[:n]
             with removed(base, order, attention_only=False):
                 quality = measure(Variant("static", base, None), text, items, args, detail=share in detailed)
-            add("static_layers", n / L, quality, layers=sorted(order))
+            add("static_layers", n / L, quality, share=share, layers=sorted(order))
         if wanted("static_attention"):
             n_attn = min(L, max(1, round(share / attention_fraction * L)))
             order = sorted(range(L), key=attn_influence.__getitem__)[:n_attn]
             with removed(base, order, attention_only=True):
                 quality = measure(Variant("attention", base, None), text, items, args, detail=share in detailed)
-            add("static_attention", n_attn * attention_fraction / L, quality, layers=sorted(order))
+            add("static_attention", n_attn * attention_fraction / L, quality, share=share, layers=sorted(order))
         if wanted("random_routing"):
             capacity = max(0.01, 1 - share * L / routed)
             torch.manual_seed(0)
             random_variant = Variant("random", mod, {"operator": "random", "capacity": capacity})
             quality = measure(random_variant, text, items, args, detail=share in detailed)
-            add("random_routing", (1 - quality["processed"]) * routed / L, quality, capacity=round(capacity, 4))
+            add("random_routing", (1 - quality["processed"]) * routed / L, quality, share=share,
+                capacity=round(capacity, 4))  # fmt: skip
 
     for label, run in conversions:  # its routers, thresholds calibrated to each share on the calibration text
         for share in args.fractions:
             run.mod_config.operator, run.mod_config.target_skip = "threshold", share
             report = calibrate_thresholds(run, calib_batches)
             quality = measure(Variant(label, run, {}), text, items, args, detail=share in detailed)
-            add(label, (1 - quality["processed"]) * len(run.layer_indices) / L, quality,
+            add(label, (1 - quality["processed"]) * len(run.layer_indices) / L, quality, share=share,
                 calibrated_skip=report["achieved_skip"], layer_thresholds=report["layer_thresholds"],
                 share_allocation=run.mod_config.share_allocation)  # fmt: skip
     for label, run in fixed:  # skipping fixed in training (e.g. layers deleted, then healed): one row, as trained
@@ -363,6 +364,16 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+def merged_rows(kept: list[dict], measured: list[dict]) -> list[dict]:
+    """The measured rows, and the kept ones at a (method, share) not measured again (a kept row that does not
+    record its share is replaced whenever its method is measured)."""
+    new = {(row["method"], row.get("share")) for row in measured}
+    methods = {row["method"] for row in measured}
+    stays = [row for row in kept
+             if (row["method"], row.get("share")) not in new and not ("share" not in row and row["method"] in methods)]  # fmt: skip
+    return sorted(stays + measured, key=lambda row: (row["method"], row.get("share") or 0))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny random llama (smoke test; writes nothing by default)")
@@ -442,10 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         row["command"] = command
     results = {"model": name, "context_for_compute": CONTEXT, "ppl_len": args.ppl_len, "ppl_chunks": args.ppl_chunks,
                "arc_easy_n": len(items), **measured}  # fmt: skip
-    if args.only:  # the other methods' rows (and their commands) stay as they were
-        kept = json.loads(Path(args.output or OUT).read_text())["rows"]
-        new = {row["method"] for row in measured["rows"]}
-        results["rows"] = [row for row in kept if row["method"] not in new] + measured["rows"]
+    if args.only:  # the other rows (and their commands) stay as they were
+        results["rows"] = merged_rows(json.loads(Path(args.output or OUT).read_text())["rows"], measured["rows"])
     output = args.output or (None if args.tiny else str(OUT))
     if output:
         Path(output).write_text(json.dumps(results, indent=2) + "\n")

@@ -92,6 +92,11 @@ def test_mod_curve_smoke(tmp_path, monkeypatch):
     assert sorted(r["method"] for r in rows) == sorted(methods)
     assert {r["command"].endswith("random_routing") for r in rows if r["method"] == "random_routing"} == {True}
     assert {"--conversion tiny" in r["command"] for r in rows if r["method"] != "random_routing"} == {True}
+    once_more = ["--tiny", "--fractions", "0.4", "--output", str(output), "--only", "static_layers"]
+    assert mod_curve.main(once_more) == 0  # one share of one method measured again: the other share is kept
+    rows = json.loads(output.read_text())["rows"]
+    static = {r["share"]: r["command"] for r in rows if r["method"] == "static_layers"}
+    assert sorted(static) == [0.2, 0.4] and static[0.4].endswith("static_layers") and "--conversion" in static[0.2]
     assert output.with_suffix(".png").stat().st_size > 0
     text = report.read_text()
     assert "kept" in text and "| static_layers |" in text and text.count(mod_curve.CURVE_START) == 1
