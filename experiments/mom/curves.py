@@ -1,0 +1,615 @@
+"""Learning curves for issue 32: MoM against fair controls, held-out loss against tokens and forward FLOPs.
+
+    OMP_NUM_THREADS=1 python experiments/mom/curves.py --plan           # cells x measured s/step x steps = hours
+    OMP_NUM_THREADS=1 python experiments/mom/curves.py --phase sweep    # 5 archs x 3 learning rates, seed 0
+    OMP_NUM_THREADS=1 python experiments/mom/curves.py --phase seeds    # each arch's best rate, the other seeds
+    python experiments/mom/curves.py --report      # curves PNG + tables -> RESULTS.md (between the curve markers)
+    python experiments/mom/curves.py --list        # every cell of both phases and its state
+    ... --cells NAME [NAME ...]                    # some cells only; --jobs N: N cells at once (one thread each)
+    ... --corpus general                           # another `modetune pretrain --corpus` (default: shared)
+
+The architectures (`ARCHS`), all at the "small" size of `run.py` (d=192, 4 heads, FFN 512, SmolLM2 tokenizer,
+tied embedding):
+
+* vanilla: 4 layers, matched to MoM on parameters (issue 15's control);
+* vanilla-flops: the layer count whose forward FLOPs per token are closest to MoM's *realised* FLOPs
+  (`modetune.mom.flops.matched_vanilla_layers`, with the non-SKIP picks per round measured in issue 15's runs,
+  `MOM_REALISED_PICKS`; the report shows each cell's own realised FLOPs, and compares at equal FLOPs on the curves);
+* vanilla-gated: 4 layers with per-token gated residual updates starting at MoM's mean router weight
+  (`--arch vanilla-gated --gate-init 0.34`): the control for MoM's shrunk updates;
+* mom: issue 15's MoM (4 + 4 modules, 1 SKIP, H = 4, K = 2, GRU state 64, softmax weights);
+* mom-authors: the same pool with the authors' settings (`--preset authors`).
+
+Each cell is one `modetune pretrain` run (`RUNS`, not in git; resumed from its last checkpoint if interrupted)
+that evaluates the held-out loss every `--every` tokens on the same `--eval-blocks` held-out blocks; its curve
+(step, tokens, cumulative forward FLOPs, held-out loss) goes to `RESULTS/<corpus>/<cell>.json` when the run is
+complete, and a cell with that file is never run again. Cumulative forward FLOPs add each logged step's tokens
+times the FLOPs per token of that step: constant for the vanilla models, for MoM computed from the step's router
+loads (modules picked per round that are not SKIP). The learning rate schedule is cosine over each run's whole
+budget, so the curves are those of runs of that length, not of one longer run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LlamaConfig
+from transformers import set_seed as hf_set_seed
+
+from modetune.files import replace_marked_block
+from modetune.mom import MoMConfig, mom_forward_flops
+from modetune.mom.flops import matched_vanilla_layers
+from modetune.training.pretrain import PretrainConfig, build_model, load_tokenizer, mom_config, pretrain
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+RESULTS = HERE / "results" / "curves"  # one folder per corpus, one JSON per cell (kept in git)
+RUNS = HERE / "runs" / "curves"  # the runs with their weights (not in git)
+REPORT = HERE / "RESULTS.md"
+BEGIN, END = "<!-- curves:begin -->", "<!-- curves:end -->"
+
+SIZE = dict(hidden_size=192, num_layers=4, num_heads=4, intermediate_size=512)  # run.py's "small"
+MOM_OURS = dict(num_skip_modules=1, k_per_round=2, router="gru", router_hidden_size=64)  # run.py's MOM
+# Non-SKIP modules per round that issue 15's MoM runs picked on held-out text (K = 2 x (1 - SKIP share);
+# experiments/mom/results/small-mom-s0.json and -s1.json, "routing"."load": SKIP 0.4709 / 0.4644 of attention
+# picks, 0.4672 / 0.4736 of FFN picks): what the FLOP-matched vanilla model is sized for.
+MOM_REALISED_PICKS = (2 * (1 - (0.4709 + 0.4644) / 2), 2 * (1 - (0.4672 + 0.4736) / 2))
+GATE_INIT = 0.34  # MoM's summed router weight per round at initialisation (docs/mom.md), the gates' start
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What every cell shares: corpus, token budget, checkpoints, batch, evaluation, size, rates, seeds."""
+
+    corpus: tuple[str, ...] = ("shared",)
+    tokens: int = 2_097_152  # per run: 2,048 steps of 8 x 128 tokens (issue 32 asks >= 2M)
+    every: int = 131_072  # held-out loss every this many tokens (16 points per run)
+    batch_size: int = 8
+    block_size: int = 128
+    eval_blocks: int = 96  # the first 96 held-out blocks, as issue 15 (12,192 predicted tokens)
+    learning_rates: tuple[float, ...] = (1e-3, 2e-3, 4e-3)  # around issue 15's 2e-3 (the authors': 1e-3)
+    seeds: tuple[int, ...] = (0, 1, 2)  # the sweep uses the first
+    archs: tuple[str, ...] = ("vanilla", "vanilla-flops", "vanilla-gated", "mom", "mom-authors")
+    size: dict[str, int] = field(default_factory=lambda: dict(SIZE))
+    tokenizer: str = "smollm2-135m"
+    warmup_fraction: float = 0.05
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.block_size
+
+    @property
+    def eval_steps(self) -> int:
+        return max(1, round(self.every / self.tokens_per_step))
+
+    @property
+    def steps(self) -> int:
+        """Whole evaluation intervals: the last checkpoint is the end of the run."""
+        return max(1, round(self.tokens / self.tokens_per_step / self.eval_steps)) * self.eval_steps
+
+    @property
+    def tag(self) -> str:
+        """The corpus as a folder name (cells of different corpora never mix)."""
+        return "+".join(Path(c).stem if ("/" in c or c.endswith((".txt", ".jsonl"))) else c.replace(":", "-")
+                        for c in self.corpus)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CurveArch:
+    """One architecture of the grid: its `modetune pretrain` options beyond the grid's (size, optimisation)."""
+
+    key: str
+    label: str
+    options: Callable[[Grid], dict[str, Any]]
+
+
+def flop_matched_layers(grid: Grid) -> int:
+    """Vanilla layers whose forward FLOPs per token are closest to issue 15's MoM's realised FLOPs at this size."""
+    cfg = PretrainConfig(output="-", block_size=grid.block_size, **grid.size, **MOM_OURS)
+    base = LlamaConfig(vocab_size=1, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                       num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                       num_key_value_heads=cfg.num_kv_heads or cfg.num_heads, bos_token_id=None,
+                       eos_token_id=None)  # fmt: skip
+    mom: MoMConfig = mom_config(cfg, base, cfg.num_layers, "fresh")  # the head is the same for both: vocab 1
+    return matched_vanilla_layers(mom, *MOM_REALISED_PICKS, context=grid.block_size // 2)
+
+
+def _flop_matched(grid: Grid) -> dict[str, Any]:
+    return {"arch": "vanilla", "num_layers": flop_matched_layers(grid)}
+
+
+ARCHS: dict[str, CurveArch] = {
+    a.key: a
+    for a in (
+        CurveArch("vanilla", "vanilla, equal parameters", lambda g: {"arch": "vanilla"}),
+        CurveArch("vanilla-flops", "vanilla, equal FLOPs", _flop_matched),
+        CurveArch(
+            "vanilla-gated", "vanilla, gated residual", lambda g: {"arch": "vanilla-gated", "gate_init": GATE_INIT}
+        ),
+        CurveArch("mom", "MoM (ours)", lambda g: {"arch": "mom", **MOM_OURS}),
+        CurveArch("mom-authors", "MoM (authors' settings)", lambda g: {"arch": "mom", "preset": "authors"}),
+        # not in the default grid: the authors' settings with their router state scaled to this width (256 of
+        # d = 768 there; 64 of d = 192 here), whose routers cost ~0.8 M rather than ~5.5 M FLOPs per token
+        CurveArch(
+            "mom-authors-d3",
+            "MoM (authors' settings, router state d/3)",
+            lambda g: {"arch": "mom", "preset": "authors", "router_hidden_size": g.size["hidden_size"] // 3},
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    arch: str
+    learning_rate: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}-lr{self.learning_rate:g}-s{self.seed}"
+
+
+# -- the cells ---------------------------------------------------------------------------------------------
+def results_dir(grid: Grid) -> Path:
+    return RESULTS / grid.tag
+
+
+def run_dir(grid: Grid, cell: Cell) -> Path:
+    return RUNS / grid.tag / cell.name
+
+
+def finished(grid: Grid, cell: Cell) -> dict[str, Any] | None:
+    path = results_dir(grid) / f"{cell.name}.json"
+    if path.is_file():
+        result = json.loads(path.read_text())
+        if result.get("status") == "complete":
+            return result
+    return None
+
+
+def sweep_cells(grid: Grid) -> list[Cell]:
+    """Phase 1: every architecture at every learning rate, first seed."""
+    return [Cell(a, lr, grid.seeds[0]) for a in grid.archs for lr in grid.learning_rates]
+
+
+def best_rates(grid: Grid) -> dict[str, float | None]:
+    """Each architecture's learning rate of lowest final held-out loss in the sweep (None until all are done)."""
+    best: dict[str, float | None] = {}
+    for arch in grid.archs:
+        done = [finished(grid, Cell(arch, lr, grid.seeds[0])) for lr in grid.learning_rates]
+        best[arch] = (
+            min(zip(grid.learning_rates, done, strict=True), key=lambda x: x[1]["final_eval_loss"])[0]
+            if all(done)
+            else None
+        )
+    return best
+
+
+def seed_cells(grid: Grid, rates: dict[str, float | None] | None = None) -> list[Cell]:
+    """Phase 2: the other seeds at each architecture's best rate (architectures whose sweep is done)."""
+    rates = best_rates(grid) if rates is None else rates
+    return [Cell(a, lr, s) for a, lr in rates.items() if lr is not None for s in grid.seeds[1:]]
+
+
+def pretrain_config(grid: Grid, cell: Cell) -> PretrainConfig:
+    steps = grid.steps
+    options = {**grid.size, **ARCHS[cell.arch].options(grid)}
+    return PretrainConfig(
+        output=str(run_dir(grid, cell)), corpus=list(grid.corpus), tokenizer=grid.tokenizer, seed=cell.seed,
+        learning_rate=cell.learning_rate, max_steps=steps, batch_size=grid.batch_size, block_size=grid.block_size,
+        warmup_steps=max(1, round(grid.warmup_fraction * steps)), eval_steps=grid.eval_steps,
+        save_steps=grid.eval_steps, save_total_limit=1, logging_steps=1, eval_max_blocks=grid.eval_blocks,
+        **options,
+    )  # fmt: skip
+
+
+def _records(run: Path) -> list[dict[str, Any]]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def flops_per_token_at(model_config: dict[str, Any], record: dict[str, Any], context: int, nominal: float) -> float:
+    """Forward FLOPs per token in a logged training window: MoM's from that window's router loads (non-SKIP picks
+    per round = K x (1 - SKIP share)); any other model's is `nominal`."""
+    if model_config.get("model_type") != MoMConfig.model_type:
+        return nominal
+    cfg = MoMConfig.from_dict(model_config)
+    picks = []
+    for kind, modules in (("atte", cfg.num_attention_modules), ("ffn", cfg.num_ffn_modules)):
+        options = modules + cfg.num_skip_modules
+        shares = [record.get(f"router/{kind}{j}") for j in range(options)]
+        if any(s is None for s in shares):
+            return nominal
+        picks.append(cfg.k_per_round * (1 - sum(shares[modules:])))
+    return mom_forward_flops(cfg, context, *picks)
+
+
+def curve_of(run: Path) -> dict[str, Any]:
+    """The run's held-out losses at its evaluation steps, with the tokens and cumulative forward FLOPs there."""
+    info = json.loads((run / "run.json").read_text())
+    context = info["pretrain_config"]["block_size"] // 2
+    nominal = float(info["forward_flops_per_token"])
+    tokens, flops = 0, 0.0
+    at_step: dict[int, tuple[int, float]] = {0: (0, 0.0)}
+    evals: dict[int, float] = {}
+    for record in sorted(_records(run), key=lambda r: (r.get("step", 0), "eval_loss" in r)):
+        step = int(record.get("step", 0))
+        if "eval_loss" in record:
+            evals[step] = float(record["eval_loss"])
+        elif "loss" in record and "tokens_seen" in record:
+            window = int(record["tokens_seen"]) - tokens
+            flops += window * flops_per_token_at(info["model_config"], record, context, nominal)
+            tokens = int(record["tokens_seen"])
+            at_step[step] = (tokens, flops)
+    points = [{"step": s, "tokens": at_step[s][0], "forward_flops": at_step[s][1], "eval_loss": loss}
+              for s, loss in sorted(evals.items()) if s in at_step]  # fmt: skip
+    return {"points": points, "tokens": tokens, "forward_flops": flops,
+            "realised_flops_per_token": flops / tokens if tokens else nominal}  # fmt: skip
+
+
+def run_cell(grid: Grid, cell: Cell, argv: list[str] | None = None) -> dict[str, Any]:
+    """Train (or resume) one cell's run and write its curve; a cell whose JSON is complete is returned as it is."""
+    done = finished(grid, cell)
+    if done is not None:
+        return done
+    torch.set_num_threads(1)  # one thread per cell: cells run side by side with --jobs
+    cfg = pretrain_config(grid, cell)
+    run = Path(cfg.output)
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    if info.get("status") != "complete":
+        cfg.resume = bool(info)
+        cfg.overwrite = not cfg.resume
+        pretrain(cfg, argv=argv or ["experiments/mom/curves.py", "--cells", cell.name])
+        info = json.loads((run / "run.json").read_text())
+    curve = curve_of(run)
+    result = {
+        "cell": cell.name, **asdict(cell), "status": "complete", "label": ARCHS[cell.arch].label,
+        "grid": {**asdict(grid), "steps": grid.steps, "eval_steps": grid.eval_steps},
+        "pretrain_config": info["pretrain_config"], "model_config": info["model_config"],
+        "parameters": info["parameters"], "forward_flops_per_token_nominal": info["forward_flops_per_token"],
+        "final_eval_loss": info["eval_loss"], "train_seconds": info["seconds"],
+        "seconds_per_step": info["seconds"] / max(1, info["global_step"]), "command": info["command"],
+        "code_commit": code_commit(), **curve,
+    }  # fmt: skip
+    out = results_dir(grid) / f"{cell.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(portable_paths(json.dumps(result, indent=1)) + "\n")
+    os.replace(tmp, out)
+    return json.loads(out.read_text())
+
+
+def portable_paths(text: str) -> str:
+    """`text` with this machine's absolute paths written relative to the repository (inside it), as ../ (beside
+    it) or with ~ (the home directory), as experiments/run.py stores them: the JSONs are committed."""
+    for prefix, short in ((REPO, ""), (REPO.parent, "../"), (Path.home(), "~/")):
+        if prefix.parent != prefix:  # never the root directory itself
+            text = re.sub(rf"(?<![\w.~/-]){re.escape(str(prefix))}/", short, text)
+    return text
+
+
+def code_commit() -> str | None:
+    """The commit of the modetune code that ran (recorded with each cell)."""
+    done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def run_cells(grid: Grid, cells: list[Cell], jobs: int, forward: list[str]) -> None:
+    """Each cell in-process (jobs = 1) or in its own one-thread process, `jobs` at a time."""
+    todo = [c for c in cells if finished(grid, c) is None]
+    print(f"{len(cells) - len(todo)} of {len(cells)} cells already complete; running {len(todo)}", flush=True)
+    if jobs <= 1:
+        for cell in todo:
+            result = run_cell(grid, cell)
+            print(f"{cell.name}: final held-out loss {result['final_eval_loss']:.4f}", flush=True)
+        return
+
+    def child(cell: Cell) -> int:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        cmd = [sys.executable, __file__, *forward, "--cells", cell.name]
+        code = subprocess.run(cmd, env=env, check=False).returncode
+        print(f"{cell.name}: {'done' if code == 0 else f'failed (exit {code})'}", flush=True)
+        return code
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        codes = list(pool.map(child, todo))
+    if any(codes):
+        raise SystemExit(1)
+
+
+# -- the plan ------------------------------------------------------------------------------------------------
+def measure_seconds(grid: Grid, arch: str, steps: int = 3) -> tuple[float, float]:
+    """(seconds per training step, seconds per held-out evaluation pass) of `arch` at the grid's size and batch,
+    one thread, random tokens, after one warm-up step: a few steps, not a run."""
+    torch.set_num_threads(1)
+    cfg = pretrain_config(grid, Cell(arch, grid.learning_rates[0], grid.seeds[0]))
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    model = build_model(cfg, tokenizer).train()
+    hf_set_seed(0)
+    ids = torch.randint(0, len(tokenizer), (grid.batch_size, grid.block_size))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+
+    def step() -> None:
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    per_step = (time.perf_counter() - start) / steps
+    model.eval()
+    with torch.no_grad():
+        start = time.perf_counter()
+        model(input_ids=ids, labels=ids, use_cache=False)
+        forward = time.perf_counter() - start
+    return per_step, forward * math.ceil(grid.eval_blocks / grid.batch_size)
+
+
+def plan(grid: Grid, measure_steps: int = 3) -> str:
+    """cells x measured seconds per step x steps (+ evaluations) = hours, per architecture and in total."""
+    sweep = len(grid.learning_rates)
+    seeds = len(grid.seeds) - 1
+    evals = grid.steps // grid.eval_steps + 1  # every checkpoint, plus the final evaluation
+    lines = [
+        f"grid: {len(grid.archs)} architectures x ({sweep} learning rates, seed {grid.seeds[0]}; then {seeds} more "
+        f"seeds at the best rate) = {len(grid.archs) * (sweep + seeds)} cells; {grid.steps} steps x "
+        f"{grid.tokens_per_step} tokens = {grid.steps * grid.tokens_per_step:,} tokens per cell, held-out loss "
+        f"every {grid.eval_steps} steps on {grid.eval_blocks} blocks; corpus {', '.join(grid.corpus)}",
+        "",
+        "| arch | s/step (measured, 1 thread) | eval pass (s) | hours per cell | cells | hours |",
+        "|---|---|---|---|---|---|",
+    ]
+    total = 0.0
+    for arch in grid.archs:
+        per_step, per_eval = measure_seconds(grid, arch, measure_steps)
+        hours = (grid.steps * per_step + evals * per_eval) / 3600
+        n = sweep + seeds
+        total += n * hours
+        lines.append(f"| {arch} | {per_step:.3f} | {per_eval:.2f} | {hours:.2f} | {n} | {n * hours:.1f} |")
+    lines += ["", f"total: {total:.1f} hours of one core; with --jobs 2 on two free cores about {total / 2:.1f} "
+              "hours (cells queue behind the slowest; the seeds phase starts when the sweep is done)"]  # fmt: skip
+    return "\n".join(lines)
+
+
+# -- the report ----------------------------------------------------------------------------------------------
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the 95% t-interval of the mean over seeds (low = high = nan with one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan, math.nan
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = T975.get(n - 1, 1.96) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def _fmt(stats: tuple[float, float, float], signed: bool = False) -> str:
+    mean, lo, hi = stats
+    f = "{:+.3f}" if signed else "{:.3f}"
+    if math.isnan(mean):
+        return "-"
+    return f.format(mean) + ("" if math.isnan(lo) else f" [{f.format(lo)}, {f.format(hi)}]")
+
+
+def loss_at(result: dict[str, Any], key: str, x: float) -> float:
+    """The held-out loss at `x` tokens or FLOPs (`key`), linear between checkpoints; nan outside the curve."""
+    points = [(p[key], p["eval_loss"]) for p in result["points"]]
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
+    return points[-1][1] if points and math.isclose(points[-1][0], x) else math.nan
+
+
+def load_results(grid: Grid) -> dict[str, dict[str, Any]]:
+    folder = results_dir(grid)
+    if not folder.is_dir():
+        return {}
+    loaded = (json.loads(p.read_text()) for p in sorted(folder.glob("*.json")))
+    return {r["cell"]: r for r in loaded if r.get("status") == "complete"}
+
+
+def main_cells(grid: Grid, results: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per architecture, the finished cells at its best rate (the sweep's seed first)."""
+    rates = best_rates(grid)
+    return {
+        arch: [results[c.name] for s in grid.seeds if (c := Cell(arch, lr, s)).name in results]
+        for arch, lr in rates.items()
+        if lr is not None
+    }
+
+
+def figure(grid: Grid, by_arch: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    """Held-out loss against tokens and against cumulative forward FLOPs: mean over seeds, band = 95% t-interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key, label in (
+        (axes[0], "tokens", "training tokens"),
+        (axes[1], "forward_flops", "cumulative forward FLOPs"),
+    ):
+        for arch, cells in by_arch.items():
+            xs = [p[key] for p in cells[0]["points"]]
+            if key == "forward_flops":  # seeds differ slightly in MoM's realised FLOPs: their mean
+                xs = [sum(c["points"][i][key] for c in cells) / len(cells) for i in range(len(xs))]
+            stats = [t_interval([c["points"][i]["eval_loss"] for c in cells]) for i in range(len(xs))]
+            line = ax.plot(xs, [s[0] for s in stats], marker=".", label=f"{ARCHS[arch].label} (n={len(cells)})")[0]
+            if len(cells) > 1:
+                ax.fill_between(xs, [s[1] for s in stats], [s[2] for s in stats], color=line.get_color(), alpha=0.2)
+        ax.set_xlabel(label)
+        ax.set_ylabel("held-out loss (nats)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"MoM vs controls, corpus {', '.join(grid.corpus)} (mean over seeds, band: 95% t-interval)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+COMPARISONS = (("mom", "vanilla"), ("mom", "vanilla-flops"), ("mom", "vanilla-gated"),
+               ("mom-authors", "vanilla-flops"), ("vanilla-gated", "vanilla"), ("vanilla-flops", "vanilla"))  # fmt: skip
+
+
+def report(grid: Grid) -> str:
+    """The markdown between the curve markers of RESULTS.md (and the PNG beside it): sweep, curves, tables."""
+    results = load_results(grid)
+    by_arch = main_cells(grid, results)
+    rel = results_dir(grid).relative_to(HERE)
+    out = [BEGIN, f"### Learning curves, corpus `{', '.join(grid.corpus)}` (written by `curves.py --report`)", ""]
+    out.append(
+        f"{grid.steps} steps x {grid.batch_size} x {grid.block_size} tokens = {grid.steps * grid.tokens_per_step:,} "
+        f"tokens per run, held-out loss every {grid.eval_steps * grid.tokens_per_step:,} tokens on the first "
+        f"{grid.eval_blocks} held-out blocks; AdamW, cosine, warm-up {grid.warmup_fraction:.0%}; learning rates "
+        f"{', '.join(f'{lr:g}' for lr in grid.learning_rates)} at seed {grid.seeds[0]}, then seeds "
+        f"{', '.join(map(str, grid.seeds[1:]))} at each architecture's best rate. Per-cell curves: `{rel}/`."
+    )
+    # the sweep
+    out += ["", "| arch | " + " | ".join(f"lr {lr:g}" for lr in grid.learning_rates) + " |",
+            "|---|" + "---|" * len(grid.learning_rates)]  # fmt: skip
+    rates = best_rates(grid)
+    for arch in grid.archs:
+        cells = []
+        for lr in grid.learning_rates:
+            r = results.get(Cell(arch, lr, grid.seeds[0]).name)
+            text = f"{r['final_eval_loss']:.3f}" if r else "-"
+            cells.append(f"**{text}**" if rates.get(arch) == lr else text)
+        out.append(f"| {arch} | " + " | ".join(cells) + " |")
+    if not by_arch:
+        return "\n".join([*out, "", "(no architecture has finished its sweep yet)", END])
+    png = figure(grid, by_arch, results_dir(grid) / "curves.png")
+    out += ["", f"![held-out loss against tokens and FLOPs]({png.relative_to(HERE)})", ""]
+    # per architecture at its best rate
+    budget = min(c["forward_flops"] for cells in by_arch.values() for c in cells)
+    out += [f"Final held-out loss and the loss at equal compute ({budget:.3g} cumulative forward FLOPs, the smallest "
+            "total of any cell; linear between checkpoints), mean over seeds [95% t-interval over seeds]. A run "
+            "read at equal FLOPs before its end is mid-schedule (its learning rate not yet decayed), so the cleaner "
+            "equal-compute comparison is MoM against vanilla, equal FLOPs, at the end of both runs. Seed "
+            f"{grid.seeds[0]} also chose the learning rate on these held-out blocks; the other seeds did not:", "",
+            "| arch | layers / rounds | lr | seeds | params total / non-emb. | fwd MFLOPs/token (realised) | final loss "
+            "| perplexity | loss at equal FLOPs |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for arch, cells in by_arch.items():
+        final = t_interval([c["final_eval_loss"] for c in cells])
+        at_budget = t_interval([loss_at(c, "forward_flops", budget) for c in cells])
+        p = cells[0]["parameters"]
+        mflops = sum(c["realised_flops_per_token"] for c in cells) / len(cells) / 1e6
+        model = cells[0]["model_config"]
+        depth = model.get("num_rounds") or model.get("num_hidden_layers")
+        out.append(f"| {ARCHS[arch].label} | {depth} | {rates[arch]:g} | {len(cells)} | {p['total']:,} / "
+                   f"{p['non_embedding']:,} | {mflops:.2f} | {_fmt(final)} | {math.exp(final[0]):.1f} | "
+                   f"{_fmt(at_budget)} |")  # fmt: skip
+    # paired differences over training
+    quarters = [round(grid.steps * q / 4) for q in (1, 2, 3, 4)]
+    out += ["", "Differences in held-out loss, paired by seed, mean [95% t-interval over seeds] (negative: the first "
+            "is better), at a quarter, half, three quarters and all of the tokens, and at equal FLOPs:", "",
+            "| comparison | seeds | " + " | ".join(f"{s * grid.tokens_per_step:,} tokens" for s in quarters)
+            + " | equal FLOPs |", "|---|---|" + "---|" * (len(quarters) + 1)]  # fmt: skip
+    for a, b in COMPARISONS:
+        if a not in by_arch or b not in by_arch:
+            continue
+        pairs = [(x, y) for x in by_arch[a] for y in by_arch[b] if x["seed"] == y["seed"]]
+        if not pairs:
+            continue
+        row = []
+        for step in quarters:
+            tokens = step * grid.tokens_per_step
+            row.append(
+                _fmt(t_interval([loss_at(x, "tokens", tokens) - loss_at(y, "tokens", tokens) for x, y in pairs]), True)
+            )
+        row.append(_fmt(t_interval([loss_at(x, "forward_flops", budget) - loss_at(y, "forward_flops", budget)
+                                    for x, y in pairs]), True))  # fmt: skip
+        out.append(f"| {ARCHS[a].label} - {ARCHS[b].label} | {len(pairs)} | " + " | ".join(row) + " |")
+    return "\n".join([*out, END])
+
+
+def write_report(grid: Grid) -> Path:
+    block = report(grid)
+    return replace_marked_block(REPORT, BEGIN, END, block, heading="## Learning curves (issue 32)\n\n")
+
+
+# -- the command line ----------------------------------------------------------------------------------------
+def grid_from(args: argparse.Namespace) -> Grid:
+    return Grid(corpus=tuple(args.corpus or ("shared",)), tokens=args.tokens, every=args.every, archs=tuple(args.archs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phase", choices=("sweep", "seeds", "all"), help="run a phase's cells")
+    parser.add_argument("--cells", nargs="+", default=[], help="run these cells (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the cells and their state")
+    parser.add_argument("--plan", action="store_true", help="measure a few steps per arch and print the hours")
+    parser.add_argument("--report", action="store_true", help="write the curves PNG and tables into RESULTS.md")
+    parser.add_argument("--jobs", type=int, default=1, help="cells at once, each a one-thread process")
+    parser.add_argument("--corpus", nargs="+", help="`modetune pretrain --corpus` values (default: shared)")
+    parser.add_argument("--tokens", type=int, default=Grid.tokens, help="training tokens per run")
+    parser.add_argument("--every", type=int, default=Grid.every, help="held-out loss every this many tokens")
+    parser.add_argument("--archs", nargs="+", choices=list(ARCHS), default=list(Grid.archs),
+                        help="architectures of the grid (default: the five of the docstring)")  # fmt: skip
+    args = parser.parse_args(argv)
+    grid = grid_from(args)
+    forward = [*(["--corpus", *args.corpus] if args.corpus else []), "--tokens", str(args.tokens),
+               "--every", str(args.every), "--archs", *args.archs]  # fmt: skip
+    if args.plan:
+        print(plan(grid))
+        return 0
+    if args.report:
+        print(f"wrote {write_report(grid)}")
+        return 0
+    everything = {c.name: c for c in [*sweep_cells(grid), *[Cell(a, lr, s) for a in grid.archs
+                  for lr in grid.learning_rates for s in grid.seeds[1:]]]}  # fmt: skip
+    if args.list:
+        rates = best_rates(grid)
+        for cell in everything.values():
+            phase = "sweep" if cell.seed == grid.seeds[0] else "seeds"
+            if phase == "seeds" and rates.get(cell.arch) not in (None, cell.learning_rate):
+                continue  # not this architecture's best rate
+            state = "complete" if finished(grid, cell) else ("started" if run_dir(grid, cell).is_dir() else "-")
+            print(f"{cell.name:32s} {phase:6s} {state}")
+        return 0
+    if args.cells:
+        unknown = [n for n in args.cells if n not in everything]
+        if unknown:
+            print(f"unknown cells: {unknown}; see --list", file=sys.stderr)
+            return 2
+        cells = [everything[n] for n in args.cells]
+    elif args.phase:
+        cells = (sweep_cells(grid) if args.phase in ("sweep", "all") else []) + (
+            seed_cells(grid) if args.phase in ("seeds", "all") else []
+        )
+        missing = [a for a, lr in best_rates(grid).items() if lr is None]
+        if args.phase != "sweep" and missing:
+            print(f"sweep not finished for {', '.join(missing)}: their seeds are not run yet", flush=True)
+    else:
+        parser.print_help()
+        return 0
+    run_cells(grid, cells, args.jobs, forward)
+    if args.phase == "all":  # the seeds of architectures whose sweep this call finished
+        run_cells(grid, seed_cells(grid), args.jobs, forward)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
