@@ -163,7 +163,9 @@ def measure(
     ppl, processed = perplexity(variant, text["gsm8k"], args.ppl_len, args.ppl_chunks)
     quality = {"perplexity_gsm8k": ppl, "processed": processed}
     if "general" in text:
-        quality["perplexity"] = perplexity(variant, text["general"], args.ppl_len, args.ppl_chunks)[0]
+        quality["perplexity"], quality["processed_general"] = perplexity(
+            variant, text["general"], args.ppl_len, args.ppl_chunks
+        )  # routing calibrated on GSM8K may skip another share of general text: recorded
     if detail and items:
         quality["arc_easy"] = task_accuracy(variant, items)
     if detail and args.speed_context:
@@ -351,7 +353,11 @@ def render(results: dict) -> str:
             speed = f" {up:.2f}x | {kv:.2f}x |" if up is not None else " - | - |"
         general = ""
         if base_general:
-            general = f" {row['perplexity'] / base_general:.2f}x |" if row.get("perplexity") else " - |"
+            general = f" {row['perplexity'] / base_general:.2f}x" if row.get("perplexity") else " -"
+            if row.get("processed_general") is not None and row["processed"] < 1:  # routing: its own share there
+                routed_share = row["skipped_compute"] / (1 - row["processed"])
+                general += f" (at {100 * (1 - row['processed_general']) * routed_share:.1f}%)"
+            general += " |"
         lines.append(f"| {row['method']} | {100 * row['skipped_compute']:.1f}% |{general} {ratio:.2f}x |{arc}{speed}")
     commands: dict[str, list[str]] = {}
     for row in results["rows"]:
