@@ -311,18 +311,17 @@ def calibrate_thresholds(
         raise ModetuneError("target_skip needs held-out batches to calibrate on; none were given")
     was_training = model.training
     model.eval()
-    if shares is None:
-        shares = _global_shares(model, batches) if cfg.share_allocation == "global" else _uniform_shares(model)
-    cfg.layer_thresholds = [0.0] * len(model.layer_indices)
-    input_ids, attention_mask = _joined_batch(batches, model.device)
-    model._calibration_shares = shares
+    cfg.layer_thresholds = [0.0] * len(model.layer_indices)  # every token processed until each layer is set
     try:
+        if shares is None:
+            shares = _global_shares(model, batches) if cfg.share_allocation == "global" else _uniform_shares(model)
+        input_ids, attention_mask = _joined_batch(batches, model.device)
+        model._calibration_shares = shares
         model._routed_forward(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
-    finally:
         model._calibration_shares = None
-    try:
         achieved, scores = model.skipped_share(batches)
     finally:
+        model._calibration_shares = None
         model.train(was_training)
     return {
         "target_skip": cfg.target_skip,
@@ -340,9 +339,9 @@ def _uniform_shares(model: MoDModel) -> list[float]:
 
 def _global_shares(model: MoDModel, batches: list[dict[str, torch.Tensor]]) -> list[float]:
     """Each routed layer's share of skipped tokens under one cut on every layer's router scores, measured with
-    every token processed, placed so that target_skip of all layers' work falls below it."""
+    every token processed (the thresholds at 0, as `calibrate_thresholds` sets them), placed so that target_skip
+    of all layers' work falls below it."""
     cfg = model.mod_config
-    cfg.layer_thresholds = [0.0] * len(model.layer_indices)
     _, scores = model.skipped_share(batches)
     pooled = torch.cat(scores).sort().values
     cut = pooled[
