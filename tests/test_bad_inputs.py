@@ -272,6 +272,12 @@ CASES: dict[str, Case] = {
         lambda t, c: _train(t, c, "--data", str(_write(t / "typed.jsonl", '{"prompt": "2+2?", "completion": 4}\n'))),
         "modetune train: error: {tmp}/typed.jsonl, line 1: field 'completion' must be a string, got a JSON number",
     ),
+    "train-empty-text": Case(
+        "modetune train",
+        '`--data` plain-text file (`{"text": ...}` records) with an empty document on line 2',
+        lambda t, c: _train(t, c, "--data", str(_write(t / "docs.jsonl", '{"text": "A story."}\n{"text": " "}\n'))),
+        "modetune train: error: {tmp}/docs.jsonl, line 2: field 'text' is empty (it must contain text)",
+    ),
     "train-non-utf8": Case(
         "modetune train",
         "`--data` file that is not UTF-8 (Latin-1 bytes)",

@@ -249,7 +249,9 @@ BAD_CASES = [
         "line 1",
         "no user message",
     ),
-    ("unknown-keys", "d.jsonl", _lines({"text": "hello"}), {}, "line 1", "cannot tell the dataset format"),
+    ("unknown-keys", "d.jsonl", _lines({"body": "hello"}), {}, "line 1", "cannot tell the dataset format"),
+    ("text-empty", "d.jsonl", _lines({"text": "a document"}, {"text": "  "}), {}, "line 2", "field 'text' is empty"),
+    ("text-not-string", "d.jsonl", _lines({"text": ["a"]}), {}, "line 1", "field 'text' must be a string"),
     (
         "explicit-format-mismatch",
         "d.json",
@@ -363,6 +365,25 @@ def test_chat_records(tmp_path: Path) -> None:
     assert ex.prompt_messages() == conversation["messages"][:-1]
     assert exs[1].response == "" and exs[1].prompt_messages() == eval_only["messages"]
     hash(ex)  # frozen records stay hashable despite the message list
+
+
+def test_plain_text_records(tmp_path: Path) -> None:
+    """TRL's language-modeling records: a document per record, detected from the `text` key, other keys ignored."""
+    docs = [
+        {"source": "austen", "title": "Chapter 1", "text": "It is a truth universally acknowledged."},
+        {"text": "B"},
+    ]
+    for name in ("t.jsonl", "t.json"):
+        exs = load_dataset_file(_write(tmp_path, name, (_lines if name.endswith("l") else _array)(*docs)))
+        assert [(e.plain_text, e.instruction, e.response, e.answer) for e in exs] == [
+            (True, "", docs[0]["text"], None), (True, "", "B", None)
+        ]  # fmt: skip
+    texts = [(e.plain_text, e.response) for e in exs]
+    assert [(e.plain_text, e.response) for e in load_dataset_file(tmp_path / "t.jsonl", format="plain-text")] == texts
+    back = load_dataset_file(write_examples(exs, tmp_path / "back.jsonl"))
+    assert [(e.plain_text, e.response) for e in back] == texts and json.loads(
+        (tmp_path / "back.jsonl").read_text().splitlines()[1]
+    ) == {"text": "B"}
 
 
 def test_write_examples_roundtrip(tmp_path: Path) -> None:

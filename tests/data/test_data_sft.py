@@ -129,6 +129,24 @@ def test_bos_added_for_alpaca_but_not_doubled_for_chat(_tokenizer_object, chatml
     assert chat["input_ids"][0] == bos_id and chat["input_ids"][1] != bos_id
 
 
+def test_plain_text_is_learnt_whole_in_windows(tiny_tokenizer) -> None:
+    """A document has no prompt or template; every token is a target, cut into consecutive cutoff_len windows."""
+    tok = tiny_tokenizer
+    doc = Example("", response=" ".join(f"word{i}" for i in range(300)), plain_text=True)
+    ids = [*tok(doc.response)["input_ids"], tok.eos_token_id]
+    for template in ("alpaca", "chat"):
+        cutoff = len(tokenize_example(EX, tok, template, cutoff_len=4096)["input_ids"])  # EX fits exactly
+        assert len(ids) > 3 * cutoff and len(ids) % cutoff > 1
+        ds = build_sft_dataset([EX, doc], tok, template, cutoff_len=cutoff)
+        windows = [f for f, ex in zip(ds.features, ds.examples, strict=True) if ex is doc]
+        assert [t for w in windows for t in w["input_ids"]] == ids
+        assert all(w["labels"] == w["input_ids"] for w in windows)
+        assert [len(w["input_ids"]) for w in windows[:-1]] == [cutoff] * (len(windows) - 1)
+        assert ds.stats.num_records == 2 and ds.stats.num_examples == 1 + len(windows) and not ds.stats.num_dropped
+        assert ds.examples[0] is EX  # the records keep their order
+        assert tokenize_example(doc, tok, template, cutoff_len=cutoff)["input_ids"] == ids[:cutoff]
+
+
 def test_ensure_pad_token(tiny_tokenizer) -> None:
     tok = tiny_tokenizer
     assert tok.pad_token is None

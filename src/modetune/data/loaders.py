@@ -12,6 +12,8 @@ format                 record keys
 ``gsm8k``              ``question``, ``answer`` = worked solution ending in ``#### N`` (OpenAI GSM8K)
 ``prompt_completion``  ``prompt``, ``completion``, optional ``answer``
 ``chat``               ``messages`` = list of ``{"role", "content"}``, optional ``answer``
+``text``               ``text`` = a document (TRL's language-modeling records): no prompt, every token
+                       is a target; other keys (``title``, ``source``) are ignored
 =====================  =========================================================================
 
 With ``format="auto"`` the record format is taken from the keys of the first record, so an
@@ -44,7 +46,7 @@ __all__ = [
 ]
 
 #: record formats understood by `load_dataset_file` (plus "auto")
-FORMATS = ("alpaca", "gsm8k", "prompt_completion", "chat")
+FORMATS = ("alpaca", "gsm8k", "prompt_completion", "chat", "text")
 _FORMAT_ALIASES = {
     "auto": "auto",
     "alpaca": "alpaca",
@@ -55,6 +57,9 @@ _FORMAT_ALIASES = {
     "prompt-completion": "prompt_completion",
     "chat": "chat",
     "messages": "chat",
+    "text": "text",
+    "plain_text": "text",
+    "plain-text": "text",
 }
 _CHAT_ROLES = ("system", "user", "assistant")
 
@@ -70,7 +75,7 @@ class Example:
       ``instruction`` + ``input``) -> assistant turn ``response``.
 
     Attributes:
-        instruction: the task text (the question). Never empty.
+        instruction: the task text (the question). Never empty, except in a plain-text record.
         input: optional extra context; "" when absent. For chat records: the turns before the last
             user message, rendered as "Role: content" lines (so an Alpaca prompt keeps the history).
         response: the training target. May be "" in evaluation-only files (no gold text); the SFT
@@ -84,6 +89,8 @@ class Example:
             (system/user/assistant dicts); None for single-turn records.
         metadata: free-form extra data (e.g. the operation trace of a synthetic problem). Not part of
             equality or hashing.
+        plain_text: a ``{"text": ...}`` record: ``response`` is the document, learnt whole with no prompt
+            or template (general text, e.g. for a depth conversion that should stay close to the base model).
     """
 
     instruction: str
@@ -94,6 +101,7 @@ class Example:
     index: int = 0
     messages: tuple[Mapping[str, str], ...] | None = field(default=None, compare=False, hash=False)
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    plain_text: bool = False
 
     @property
     def user_message(self) -> str:
@@ -109,7 +117,10 @@ class Example:
         return [{"role": "user", "content": self.user_message}]
 
     def to_record(self, include_metadata: bool = False) -> dict[str, Any]:
-        """The LLM-Adapters form ``{instruction, input, output, answer}`` (what `write_examples` writes)."""
+        """The LLM-Adapters form ``{instruction, input, output, answer}`` (what `write_examples` writes);
+        ``{text}`` for a plain-text record."""
+        if self.plain_text:
+            return {"text": self.response}
         record: dict[str, Any] = {
             "instruction": self.instruction,
             "input": self.input,
@@ -393,6 +404,13 @@ def _parse_chat(rec: _Record, source: str, require_response: bool) -> Example:
     )
 
 
+def _parse_text(rec: _Record, source: str) -> Example:
+    return Example(
+        instruction="", response=rec.string("text", required=True, nonempty=True), source=source,
+        index=rec.raw.index, plain_text=True,
+    )  # fmt: skip
+
+
 def _detect_format(path: Path, first: _Raw) -> str:
     if not isinstance(first.obj, dict):
         raise _fail(
@@ -407,12 +425,14 @@ def _detect_format(path: Path, first: _Raw) -> str:
         return "prompt_completion"
     if "question" in keys and "answer" in keys:
         return "gsm8k"
+    if "text" in keys:
+        return "text"
     present = ", ".join(sorted(keys)) or "none"
     raise _fail(
         path,
         first.where,
         f"cannot tell the dataset format from the fields ({present})",
-        "expected instruction/input/output/answer, question/answer (GSM8K), prompt/completion, or messages; "
+        "expected instruction/input/output/answer, question/answer (GSM8K), prompt/completion, messages, or text; "
         "or pass format= explicitly",
     )
 
@@ -466,7 +486,7 @@ def load_dataset_file(
         path: a ``.json`` file (JSON array of objects) or ``.jsonl`` file (one object per line).
             A ``.json`` file whose content is JSON Lines is read as JSONL.
         format: "auto" (from the keys of the first record), "alpaca" (alias "llm-adapters"),
-            "gsm8k", "prompt_completion" or "chat".
+            "gsm8k", "prompt_completion", "chat" or "text" (a document per record, learnt whole).
         require_response: set for training data: every record must have a non-empty target
             (``output``/``completion``, or a final assistant message). Evaluation files may lack one
             (e.g. ``mawps/test.json`` has empty ``output``).
@@ -518,6 +538,8 @@ def load_dataset_file(
             examples.append(_parse_gsm8k(rec, source, keep_calculator_annotations, gsm8k_answer_line))
         elif fmt == "prompt_completion":
             examples.append(_parse_prompt_completion(rec, source, require_response))
+        elif fmt == "text":
+            examples.append(_parse_text(rec, source))
         else:
             examples.append(_parse_chat(rec, source, require_response))
     return examples
@@ -617,7 +639,7 @@ def write_examples(
     *,
     include_metadata: bool = False,
 ) -> Path:
-    """Write records as LLM-Adapters ``{instruction, input, output, answer}`` objects.
+    """Write records as LLM-Adapters ``{instruction, input, output, answer}`` objects (``{text}`` for plain text).
 
     ``.jsonl`` -> one object per line; anything else (normally ``.json``) -> an indented JSON array,
     like the LLM-Adapters files. Both load back with `load_dataset_file`. ``include_metadata`` adds a

@@ -4,6 +4,10 @@ One training sequence is ``prompt tokens + target tokens + EOS``; the loss is ta
 EOS only (labels are -100 on the prompt) unless ``train_on_inputs``. The prompt tokens are exactly
 `encode_prompt` of the record, i.e. what evaluation feeds the model, so a tuned model sees the same
 token boundary at train and test time.
+
+A plain-text record (``{"text": ...}``) has no prompt: its tokens (with the tokenizer's own special tokens, as
+in pre-training, and EOS) are all targets, cut into consecutive windows of ``cutoff_len`` tokens so that a long
+document is learnt whole rather than truncated.
 """
 
 from __future__ import annotations
@@ -97,6 +101,8 @@ def _tokenize_batch(
     """Tokenize records in one tokenizer call per text kind (fast tokenizers batch in Rust)."""
     if isinstance(cutoff_len, bool) or not isinstance(cutoff_len, int) or cutoff_len < 2:
         raise ConfigError(f"cutoff_len must be an integer of at least 2 tokens, got {cutoff_len!r}")
+    if not examples:
+        return []  # a fast tokenizer fails on an empty batch
     eos = _eos_id(tokenizer)
     special = _add_special_tokens(template)
     pairs = [build_prompt_and_target(ex, template, tokenizer, system_prompt=system_prompt) for ex in examples]
@@ -121,6 +127,41 @@ def _tokenize_batch(
     return out
 
 
+def _text_windows(examples: Sequence[Example], tokenizer: Any, cutoff_len: int) -> list[list[dict[str, list[int]]]]:
+    """Each plain-text record as consecutive windows of `cutoff_len` tokens, every token a target; a last
+    window of one token is dropped (it has no next token to predict)."""
+    if not examples:
+        return []  # a fast tokenizer fails on an empty batch
+    eos = _eos_id(tokenizer)
+    out = []
+    # verbose=False: a document longer than the model's context is expected here, it is cut into windows below
+    for ids in tokenizer([ex.response for ex in examples], add_special_tokens=True, verbose=False)["input_ids"]:
+        ids = [*ids, eos]
+        windows = [ids[i : i + cutoff_len] for i in range(0, len(ids), cutoff_len)]
+        out.append([{"input_ids": w, "attention_mask": [1] * len(w), "labels": list(w)} for w in windows if len(w) > 1])
+    return out
+
+
+def _tokenize_chunk(
+    examples: Sequence[Example],
+    tokenizer: Any,
+    template: str,
+    cutoff_len: int,
+    train_on_inputs: bool,
+    system_prompt: str | None,
+) -> list[list[_Tokenized]]:
+    """Per record, in order: its tokenized sequence, or a plain-text record's windows."""
+    records = iter(_tokenize_batch([ex for ex in examples if not ex.plain_text], tokenizer, template, cutoff_len,
+                                   train_on_inputs, system_prompt))  # fmt: skip
+    texts = iter(_text_windows([ex for ex in examples if ex.plain_text], tokenizer, cutoff_len))
+    return [
+        [_Tokenized(w, 0, len(w["input_ids"]), len(w["input_ids"])) for w in next(texts)]
+        if ex.plain_text
+        else [next(records)]
+        for ex in examples
+    ]
+
+
 def tokenize_example(
     example: Example,
     tokenizer: Any,
@@ -136,9 +177,10 @@ def tokenize_example(
     turn with it). Labels are -100 on the prompt tokens unless ``train_on_inputs`` (then labels equal
     input_ids). Sequences longer than ``cutoff_len`` are cut from the right, so the EOS survives only if
     the whole sequence fits. If the prompt alone fills ``cutoff_len`` no target token is left:
-    `build_sft_dataset` counts and drops such records; this function just returns them.
+    `build_sft_dataset` counts and drops such records; this function just returns them. A plain-text record
+    gives its first window (`build_sft_dataset` keeps them all).
     """
-    return _tokenize_batch([example], tokenizer, template, cutoff_len, train_on_inputs, system_prompt)[0].features
+    return _tokenize_chunk([example], tokenizer, template, cutoff_len, train_on_inputs, system_prompt)[0][0].features
 
 
 @dataclass(frozen=True)
@@ -146,7 +188,7 @@ class SFTStats:
     """What tokenization did to a dataset; log it so silent truncation is visible."""
 
     num_records: int  # records given
-    num_examples: int  # sequences kept
+    num_examples: int  # sequences kept (a plain-text record gives one per window of cutoff_len tokens)
     num_truncated: int  # kept, but cut at cutoff_len (EOS and maybe part of the target lost)
     num_dropped: int  # dropped: the target was cut off entirely (prompt >= cutoff_len)
     max_length: int
@@ -168,7 +210,7 @@ class SFTDataset(torch.utils.data.Dataset):
     def __init__(self, features: Sequence[dict[str, list[int]]], stats: SFTStats, examples: Sequence[Example]):
         self.features = list(features)
         self.stats = stats
-        #: the records kept, aligned with `features`
+        #: the records kept, aligned with `features` (a plain-text record once per window)
         self.examples = list(examples)
 
     def __len__(self) -> int:
@@ -208,19 +250,17 @@ def build_sft_dataset(
             )
     for start in range(0, len(examples), _BATCH):
         chunk = examples[start : start + _BATCH]
-        for ex, tok in zip(
-            chunk,
-            _tokenize_batch(chunk, tokenizer, template, cutoff_len, train_on_inputs, system_prompt),
-            strict=True,
-        ):
-            if tok.target_kept == 0:
-                dropped += 1
-                continue
-            if tok.target_kept < tok.target_len:
-                truncated += 1
-            kept_features.append(tok.features)
-            kept_examples.append(ex)
-            prompt_lens.append(tok.prompt_len)
+        tokenized = _tokenize_chunk(chunk, tokenizer, template, cutoff_len, train_on_inputs, system_prompt)
+        for ex, sequences in zip(chunk, tokenized, strict=True):
+            for tok in sequences:
+                if tok.target_kept == 0:
+                    dropped += 1
+                    continue
+                if tok.target_kept < tok.target_len:
+                    truncated += 1
+                kept_features.append(tok.features)
+                kept_examples.append(ex)
+                prompt_lens.append(tok.prompt_len)
     if not kept_features:
         raise DataError(
             f"every one of the {len(examples)} records has a prompt of at least cutoff_len={cutoff_len} tokens, "

@@ -93,8 +93,11 @@ def build_prompt(
 
     ``template="alpaca"`` ignores ``tokenizer`` and ``system_prompt`` (the Alpaca preamble plays the
     system role). ``template="chat"`` needs a tokenizer with a chat template (`ConfigError` if not).
+    A plain-text record has no prompt under any template: its text is learnt as it is.
     """
     _check_template(template)
+    if example.plain_text:
+        return ""
     if template == "alpaca":
         return alpaca_prompt(example.instruction, example.input)
     return chat_prompt(example, tokenizer, system_prompt)
@@ -116,7 +119,7 @@ def build_prompt_and_target(
     to the bare response.
     """
     prompt = build_prompt(example, template, tokenizer, system_prompt=system_prompt)
-    if template == "alpaca":
+    if template == "alpaca" or example.plain_text:
         return prompt, example.response
     messages = [*chat_messages(example, system_prompt), {"role": "assistant", "content": example.response}]
     full = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)

@@ -44,6 +44,8 @@ def load_training_questions(paths: Iterable[str | Path]) -> tuple[set[str], list
             continue
         read.append(str(path))
         for rec in records:
+            if rec.plain_text:
+                continue  # a document, not a question: nothing an evaluation question could repeat verbatim
             questions.add(normalize_question(rec.instruction))
             if rec.input:
                 questions.add(normalize_question(f"{rec.instruction}\n{rec.input}"))

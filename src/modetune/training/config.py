@@ -85,7 +85,8 @@ class TrainConfig(OptimConfig):
         default="smollm2-135m",
     )
     data: list[str] = _help(
-        "Training file(s): LLM-Adapters JSON, GSM8K JSONL, prompt/completion JSONL or chat JSONL (format detected); "
+        "Training file(s): LLM-Adapters JSON, GSM8K JSONL, prompt/completion JSONL, chat JSONL or plain text "
+        "({\"text\": ...} records, cut into --cutoff-len windows) (format detected); "
         "or 'synthetic[:N[:LEVEL]]' for N built-in arithmetic word problems (LEVEL 1, 2, 3 or mixed); "
         "or a Hugging Face dataset: a save_to_disk directory, a .parquet/.arrow/.csv file or a cached hub name, "
         "SOURCE@SPLIT for a split (default train).",
