@@ -100,11 +100,15 @@ def heldout_ids(tokenizer: Any) -> list[int]:
     return tokenizer(text)["input_ids"]
 
 
-def arc_items(tokenizer: Any, n: int) -> list[tuple[list[int], list[list[int]], int]]:
+def choice_items(tokenizer: Any, n: int, task: str = "arc_easy") -> list[tuple[list[int], list[list[int]], int]]:
+    """The first `n` test questions (0: all) of an LLM-Adapters multiple-choice set with "Answer1: ..." choices
+    (arc_easy, arc_challenge, openbookqa) as (prompt ids, choice ids, gold index): "Question: ...\nAnswer:" then
+    " choice", as lm-evaluation-harness scores ARC."""
     import re
 
     items = []
-    for record in json.loads((DATA / "arc_easy" / "test.json").read_text())[:n]:
+    records = json.loads((DATA / task / "test.json").read_text())
+    for record in records[:n] if n else records:
         text = record["instruction"].split("question: ", 1)[1].split("\n\nAnswer format")[0]
         question, _, choices = text.partition("\n\nAnswer1:")
         options = [c.strip() for c in re.split(r"\s*Answer\d+:\s*", "Answer1:" + choices) if c.strip()]
@@ -285,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         base.eval()
         mod = load_run(args.run_threshold, args.model, args.dtype)
         topk_mod = load_run(args.run_topk, args.model, args.dtype) if args.run_topk else None
-        text, items, model_name = heldout_ids(tokenizer), arc_items(tokenizer, args.task_n), args.model
+        text, items, model_name = heldout_ids(tokenizer), choice_items(tokenizer, args.task_n), args.model
     n_layers, n_routed = len(mod._located.layers), len(mod.layer_indices)
 
     variants = [Variant("base", base, None)]

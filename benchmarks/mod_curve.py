@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from mod_bench import (  # noqa: E402
     DATA,
     Variant,
-    arc_items,
+    choice_items,
     perplexity,
     prefill_and_decode,
     task_accuracy,
@@ -155,31 +155,48 @@ def context_key(context: int) -> str:
     return f"{context // 1024}k" if context % 1024 == 0 else str(context)
 
 
+TASK_LABELS = {"arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "openbookqa": "OpenBookQA"}
+
+
 def measure(
-    variant: Variant, text: dict[str, list[int]], items: list, args: argparse.Namespace, detail: bool = False
+    variant: Variant, text: dict[str, list[int]], tasks: dict[str, list], args: argparse.Namespace, detail: bool = False
 ) -> dict[str, float]:
-    """Perplexity; with `detail`, also the task (ARC-Easy) and one prefill of --speed-context tokens: its time and
-    the KV bytes it leaves."""
+    """Perplexity; with `detail`, also the tasks' accuracy and, at each --speed-contexts length, one prefill (its
+    time and the KV bytes it leaves) and --decode-steps cached decoding steps (their median time)."""
     ppl, processed = perplexity(variant, text["gsm8k"], args.ppl_len, args.ppl_chunks)
     quality = {"perplexity_gsm8k": ppl, "processed": processed}
     if "general" in text:
         quality["perplexity"], quality["processed_general"] = perplexity(
             variant, text["general"], args.ppl_len, args.ppl_chunks
         )  # routing calibrated on GSM8K may skip another share of general text: recorded
-    if detail and items:
-        quality["arc_easy"] = task_accuracy(variant, items)
-    if detail and args.speed_context:
-        ids = text["gsm8k"]
-        run = prefill_and_decode(variant, (ids * (1 + args.speed_context // len(ids)))[: args.speed_context], 1)
-        quality.update(prefill_s=run["prefill_s"], kv_bytes=run["kv_bytes"])
+    if not detail:
+        return quality
+    for task, items in tasks.items():
+        quality[task] = task_accuracy(variant, items)
+    ids = text["gsm8k"]
+    for context in args.speed_contexts:
+        run = prefill_and_decode(variant, (ids * (1 + context // len(ids)))[:context], args.decode_steps)
+        key = context_key(context)
+        quality.update({f"prefill_s_{key}": run["prefill_s"], f"decode_step_s_{key}": run["decode_step_s"],
+                        f"kv_bytes_{key}": run["kv_bytes"]})  # fmt: skip
     return quality
+
+
+def against_base(quality: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    """Speed-ups and KV reductions of a detailed measurement against the base model's, per context length."""
+    ratios = {}
+    for key in [k.removeprefix("prefill_s_") for k in quality if k.startswith("prefill_s_")]:
+        ratios[f"prefill_speedup_{key}"] = base[f"prefill_s_{key}"] / quality[f"prefill_s_{key}"]
+        ratios[f"decode_speedup_{key}"] = base[f"decode_step_s_{key}"] / quality[f"decode_step_s_{key}"]
+        ratios[f"kv_reduction_{key}"] = base[f"kv_bytes_{key}"] / max(1, quality[f"kv_bytes_{key}"])
+    return ratios
 
 
 def curve(
     base: nn.Module,
     text: dict[str, list[int]],
     calib: list[list[int]],
-    items: list,
+    tasks: dict[str, list],
     args: argparse.Namespace,
     conversions: list[tuple[str, Any]],
     fixed: list[tuple[str, Any]] = (),
@@ -196,14 +213,11 @@ def curve(
     influence, attn_influence = block_influence(base, calib)
     L = len(layers)
     detailed = set(args.detail_shares)  # shares at which the task, prefill time and KV bytes are measured too
-    base_quality = measure(Variant("base", base, None), text, items, args, detail=bool(detailed))
+    base_quality = measure(Variant("base", base, None), text, tasks, args, detail=bool(detailed))
     rows = []
 
     def add(method: str, skipped: float, quality: dict[str, float], **extra: Any) -> None:
-        if "prefill_s" in quality:
-            key = context_key(args.speed_context)
-            quality[f"prefill_speedup_{key}"] = base_quality["prefill_s"] / quality["prefill_s"]
-            quality[f"kv_reduction_{key}"] = base_quality["kv_bytes"] / max(1, quality["kv_bytes"])
+        quality.update(against_base(quality, base_quality))
         rows.append({"method": method, "skipped_compute": round(skipped, 4), "perplexity": None, **quality, **extra})
         print(json.dumps(rows[-1]), flush=True)
 
@@ -218,26 +232,26 @@ def curve(
         if fitted is not None:
             fitted.mod_config.target_skip = share
             report = calibrate_thresholds(fitted, calib_batches)
-            quality = measure(Variant("influence", fitted, {}), text, items, args, detail=share in detailed)
+            quality = measure(Variant("influence", fitted, {}), text, tasks, args, detail=share in detailed)
             add("influence_routing", (1 - quality["processed"]) * routed / L, quality, share=share,
                 calibrated_skip=report["achieved_skip"], layer_thresholds=report["layer_thresholds"])  # fmt: skip
         if wanted("static_layers"):
             n = max(1, round(share * L))
             order = sorted(range(L), key=influence.__getitem__)[:n]
             with removed(base, order, attention_only=False):
-                quality = measure(Variant("static", base, None), text, items, args, detail=share in detailed)
+                quality = measure(Variant("static", base, None), text, tasks, args, detail=share in detailed)
             add("static_layers", n / L, quality, share=share, layers=sorted(order))
         if wanted("static_attention"):
             n_attn = min(L, max(1, round(share / attention_fraction * L)))
             order = sorted(range(L), key=attn_influence.__getitem__)[:n_attn]
             with removed(base, order, attention_only=True):
-                quality = measure(Variant("attention", base, None), text, items, args, detail=share in detailed)
+                quality = measure(Variant("attention", base, None), text, tasks, args, detail=share in detailed)
             add("static_attention", n_attn * attention_fraction / L, quality, share=share, layers=sorted(order))
         if wanted("random_routing"):
             capacity = max(0.01, 1 - share * L / routed)
             torch.manual_seed(0)
             random_variant = Variant("random", mod, {"operator": "random", "capacity": capacity})
-            quality = measure(random_variant, text, items, args, detail=share in detailed)
+            quality = measure(random_variant, text, tasks, args, detail=share in detailed)
             add("random_routing", (1 - quality["processed"]) * routed / L, quality, share=share,
                 capacity=round(capacity, 4))  # fmt: skip
 
@@ -245,26 +259,23 @@ def curve(
         for share in args.fractions:
             run.mod_config.operator, run.mod_config.target_skip = "threshold", share
             report = calibrate_thresholds(run, calib_batches)
-            quality = measure(Variant(label, run, {}), text, items, args, detail=share in detailed)
+            quality = measure(Variant(label, run, {}), text, tasks, args, detail=share in detailed)
             add(label, (1 - quality["processed"]) * len(run.layer_indices) / L, quality, share=share,
                 calibrated_skip=report["achieved_skip"], layer_thresholds=report["layer_thresholds"],
                 share_allocation=run.mod_config.share_allocation)  # fmt: skip
+            if args.topk:  # the same routers choosing each layer's top tokens over the whole sequence, same compute
+                capacity = max(0.01, 1 - share * L / len(run.layer_indices))
+                topk = Variant(f"{label}_topk", run, {"operator": "topk", "capacity": capacity})
+                quality = measure(topk, text, tasks, args, detail=share in detailed)
+                add(f"{label}_topk", (1 - quality["processed"]) * len(run.layer_indices) / L, quality, share=share,
+                    capacity=round(capacity, 4))  # fmt: skip
     for label, run in fixed:  # skipping fixed in training (e.g. layers deleted, then healed): one row, as trained
-        quality = measure(Variant(label, run, {}), text, items, args, detail=bool(detailed))
+        quality = measure(Variant(label, run, {}), text, tasks, args, detail=bool(detailed))
         add(label, (1 - quality["processed"]) * len(run.layer_indices) / L, quality, as_trained=True)
     return {
         "base_perplexity": base_quality.get("perplexity"),
         "base_perplexity_gsm8k": base_quality["perplexity_gsm8k"],
-        **(
-            {
-                "base_prefill_s": base_quality["prefill_s"],
-                "base_kv_bytes": base_quality["kv_bytes"],
-                "speed_context": args.speed_context,
-            }
-            if "prefill_s" in base_quality
-            else {}
-        ),
-        "base_arc_easy": base_quality.get("arc_easy"),
+        "base": base_quality,
         "attention_share_of_layer_compute": round(attention_fraction, 4),
         "block_influence": [round(v, 5) for v in influence],
         "attention_influence": [round(v, 5) for v in attn_influence],
@@ -273,111 +284,138 @@ def curve(
 
 
 def plot(results: dict, path: Path) -> None:
+    """Quality against compute, one line per method: perplexity / base (log scale) on each text, then each task's
+    accuracy with the base model's as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("perplexity", "general text (Wikipedia)"), ("perplexity_gsm8k", "GSM8K test")]
-    panels = [(key, label) for key, label in panels if results.get(f"base_{key}")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2), squeeze=False)
-    for ax, (key, label) in zip(axes[0], panels, strict=True):
-        base = results[f"base_{key}"]
+    base = results["base"]
+    panels = [(k, label, True) for k, label in (("perplexity", "general text (Wikipedia)"),
+              ("perplexity_gsm8k", "GSM8K test")) if base.get(k)]  # fmt: skip
+    panels += [(t, TASK_LABELS[t], False) for t in TASK_LABELS if base.get(t) is not None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.2), squeeze=False)
+    for ax, (key, label, is_perplexity) in zip(axes[0], panels, strict=True):
         for method in sorted({r["method"] for r in results["rows"]}):
-            rows = sorted((r for r in results["rows"] if r["method"] == method and r.get(key)),
+            rows = sorted((r for r in results["rows"] if r["method"] == method and r.get(key) is not None),
                           key=lambda r: r["skipped_compute"])  # fmt: skip
-            ax.plot([100 * r["skipped_compute"] for r in rows], [r[key] / base for r in rows], "o-", label=method)
-        ax.set_yscale("log")
-        ax.axhline(1.25, color="grey", linestyle=":", label="target: 1.25 x base")
+            values = [r[key] / base[key] if is_perplexity else r[key] for r in rows]
+            ax.plot([100 * r["skipped_compute"] for r in rows], values, "o-", label=method)
+        if is_perplexity:
+            ax.set_yscale("log")
+            ax.axhline(1.25, color="grey", linestyle=":", label="target: 1.25 x base")
+            ax.set_ylabel(f"perplexity / base ({label}, log scale)")
+        else:
+            ax.axhline(base[key], color="black", linestyle="--", label=f"base model ({base[key]:.3f})")
+            ax.set_ylabel(f"{label} accuracy ({results['task_n'][key]} questions)")
         ax.set_xlabel("share of decoder-layer compute skipped (%, at 1k tokens)")
-        ax.set_ylabel(f"perplexity / base ({label}, log scale)")
         ax.set_title(f"{results.get('model', '')}: {label}")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
 CURVE_START, CURVE_END = "<!-- mod-curve:start -->", "<!-- mod-curve:end -->"
 
 
+def _ratio(value: float | None, base: float | None, fmt: str = "{:.2f}x") -> str:
+    return fmt.format(value / base) if value is not None and base else "-"
+
+
 def render(results: dict) -> str:
-    """The curve as a markdown table (benchmarks/RESULTS.md)."""
-    base_ppl, base_arc, base_general = (results["base_perplexity_gsm8k"], results["base_arc_easy"],
-                                        results.get("base_perplexity"))  # fmt: skip
-    context = results.get("speed_context")
-    speed_key = context_key(context) if context else None
+    """The curve as markdown tables (benchmarks/RESULTS.md): quality at every share, speed where measured."""
+    base = results["base"]
+    tasks = [t for t in TASK_LABELS if base.get(t) is not None]
+    contexts = sorted({k.removeprefix("prefill_s_") for k in base if k.startswith("prefill_s_")},
+                      key=lambda k: int(k[:-1]) * 1024 if k.endswith("k") else int(k))  # fmt: skip
+    general = base.get("perplexity")
+    task_text = ", ".join(
+        f"{TASK_LABELS[t]} ({results['task_n'][t]} test questions, base {base[t]:.3f})" for t in tasks
+    )
     lines = [
         CURVE_START,
-        f"Model {results['model']}: perplexity of held-out text, {results['ppl_chunks']} x {results['ppl_len']} "
-        "tokens of "
-        + (
-            f"general text (Wikipedia articles, `modetune data fetch general-text`; base {base_general:.2f}) and "
-            if base_general
-            else ""
-        )
-        + f"GSM8K test (base {base_ppl:.2f})"
-        + (
-            f" and ARC-Easy accuracy (first {results['arc_easy_n']} test questions; base {base_arc:.3f})"
-            if base_arc is not None
-            else ""
-        )
-        + ". The baselines and `influence_routing` are untrained; the conversions are trained runs. Attention is "
-        f"{100 * results['attention_share_of_layer_compute']:.0f}% of a decoder layer's compute at "
-        f"{results['context_for_compute']} tokens."
-        + (
-            f" Prefill speed-up and KV reduction: one prefill of {context} tokens against the base model's "
-            f"({results['base_prefill_s']:.1f} s, {results['base_kv_bytes'] / 2**20:.0f} MiB of KV), every other "
-            "process paused."
-            if context
-            else ""
-        ),
+        f"Model {results['model']}: perplexity of held-out text, {results['ppl_chunks']} x {results['ppl_len']} tokens"
+        + (f" of general text (Wikipedia articles, `modetune data fetch general-text`; base {general:.2f}) and" if general else "")
+        + f" of GSM8K test (base {base['perplexity_gsm8k']:.2f})"
+        + (f"; accuracy (log-likelihood of each choice) on {task_text}" if tasks else "")
+        + ". The baselines and `influence_routing` are untrained; the conversions are trained runs (LoRA merged). "
+        f"Attention is {100 * results['attention_share_of_layer_compute']:.0f}% of a decoder layer's compute at "
+        f"{results['context_for_compute']} tokens. For routed rows the general-text column gives, in brackets, the "
+        "share the thresholds (calibrated on the calibration text) skip there.",
         "",
-        "| method | layer compute skipped |"
-        + (" general-text perplexity / base |" if base_general else "")
-        + " GSM8K perplexity / base |"
-        + (" ARC-Easy |" if base_arc is not None else "")
-        + (f" prefill speed-up @{speed_key} | KV reduction @{speed_key} |" if speed_key else ""),
-        "|---|---|"
-        + ("---|" if base_general else "")
-        + "---|"
-        + ("---|" if base_arc is not None else "")
-        + ("---|---|" if speed_key else ""),
-    ]
-    for row in sorted(results["rows"], key=lambda r: (r["method"], r["skipped_compute"])):
-        arc = "" if base_arc is None else (f" {row['arc_easy']:.3f} |" if row.get("arc_easy") is not None else " - |")
-        ratio = row["perplexity_gsm8k"] / base_ppl
-        speed = ""
-        if speed_key:
-            up, kv = row.get(f"prefill_speedup_{speed_key}"), row.get(f"kv_reduction_{speed_key}")
-            speed = f" {up:.2f}x | {kv:.2f}x |" if up is not None else " - | - |"
-        general = ""
-        if base_general:
-            general = f" {row['perplexity'] / base_general:.2f}x" if row.get("perplexity") else " -"
+        "| method | layer compute skipped |" + (" general-text perplexity / base |" if general else "")
+        + " GSM8K perplexity / base |" + "".join(f" {TASK_LABELS[t]} |" for t in tasks),
+        "|---|---|" + ("---|" if general else "") + "---|" + "---|" * len(tasks),
+    ]  # fmt: skip
+    rows = sorted(results["rows"], key=lambda r: (r["method"], r["skipped_compute"]))
+    for row in rows:
+        cells = [row["method"], f"{100 * row['skipped_compute']:.1f}%"]
+        if general:
+            cell = _ratio(row.get("perplexity"), general)
             if row.get("processed_general") is not None and row["processed"] < 1:  # routing: its own share there
                 routed_share = row["skipped_compute"] / (1 - row["processed"])
-                general += f" (at {100 * (1 - row['processed_general']) * routed_share:.1f}%)"
-            general += " |"
-        lines.append(f"| {row['method']} | {100 * row['skipped_compute']:.1f}% |{general} {ratio:.2f}x |{arc}{speed}")
+                cell += f" (at {100 * (1 - row['processed_general']) * routed_share:.1f}%)"
+            cells.append(cell)
+        cells.append(_ratio(row["perplexity_gsm8k"], base["perplexity_gsm8k"]))
+        cells += [f"{row[t]:.3f}" if row.get(t) is not None else "-" for t in tasks]
+        lines.append("| " + " | ".join(cells) + " |")
+    timed = [row for row in rows if any(k.startswith("prefill_speedup_") for k in row)]
+    if contexts and timed:
+        lines += [
+            "",
+            "Speed and memory against the base model (one prefill of each length, then the median of "
+            f"{results.get('decode_steps', '?')} cached decoding steps; every other process paused): base prefill "
+            + ", ".join(f"{base[f'prefill_s_{k}']:.1f} s" for k in contexts) + f" and KV {base[f'kv_bytes_{contexts[-1]}'] / 2**20:.0f} MiB "
+            f"at {' / '.join(contexts)} tokens.",
+            "",
+            "| method | layer compute skipped |" + "".join(f" prefill @{k} |" for k in contexts)
+            + "".join(f" decoding step @{k} |" for k in contexts) + "".join(f" KV @{k} |" for k in contexts),
+            "|---|---|" + "---|" * 3 * len(contexts),
+        ]  # fmt: skip
+        for row in timed:
+            cells = [row["method"], f"{100 * row['skipped_compute']:.1f}%"]
+            for kind in ("prefill_speedup", "decode_speedup", "kv_reduction"):
+                cells += [f"{row[f'{kind}_{k}']:.2f}x" if row.get(f"{kind}_{k}") else "-" for k in contexts]
+            lines.append("| " + " | ".join(cells) + " |")
     commands: dict[str, list[str]] = {}
     for row in results["rows"]:
-        methods = commands.setdefault(row.get("command", results.get("command", "")), [])
-        if row["method"] not in methods:
-            methods.append(row["method"])
+        for command in [*row.get("earlier_commands", []), row.get("command", results.get("command", ""))]:
+            methods = commands.setdefault(command, [])
+            if row["method"] not in methods:
+                methods.append(row["method"])
     lines += ["", "Made by:", ""]
     lines += [f"* `{command}` ({', '.join(methods)})" for command, methods in commands.items()]
     lines += ["", f"Figure: `{FIGURE.relative_to(ROOT)}`.", CURVE_END]
     return "\n".join(lines)
 
 
+def merged_run(path: str) -> Any:
+    """A trained MoD run with its LoRA merged into the weights, as it would be deployed (an unmerged adapter
+    would cost the conversion time that is not the method's)."""
+    model = load_run(path, dtype="float32", device="cpu")[0]
+    return model.merge_and_unload().eval()
+
+
 def merged_rows(kept: list[dict], measured: list[dict]) -> list[dict]:
     """The measured rows, and the kept ones at a (method, share) not measured again (a kept row that does not
-    record its share is replaced whenever its method is measured)."""
-    new = {(row["method"], row.get("share")) for row in measured}
+    record its share is replaced whenever its method is measured). A row measured again keeps the kept row's
+    fields it did not measure (e.g. the tasks of an earlier pass when this pass only timed), and the earlier
+    command in `earlier_commands`."""
+    key = lambda row: (row["method"], row.get("share"))  # noqa: E731
+    new = {key(row) for row in measured}
     methods = {row["method"] for row in measured}
+    old = {key(row): row for row in kept}
     stays = [row for row in kept
-             if (row["method"], row.get("share")) not in new and not ("share" not in row and row["method"] in methods)]  # fmt: skip
-    return sorted(stays + measured, key=lambda row: (row["method"], row.get("share") or 0))
+             if key(row) not in new and not ("share" not in row and row["method"] in methods)]  # fmt: skip
+    updated = []
+    for row in measured:
+        before = old.get(key(row), {})
+        earlier = [*before.get("earlier_commands", []), before.get("command")]
+        earlier = [c for i, c in enumerate(earlier) if c and c != row["command"] and c not in earlier[:i]]
+        updated.append({**before, **row, **({"earlier_commands": earlier} if earlier else {})})
+    return sorted(stays + updated, key=lambda row: (row["method"], row.get("share") or 0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -388,7 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ppl-len", type=int, default=512)
     parser.add_argument("--ppl-chunks", type=int, default=8)
     parser.add_argument("--calib-blocks", type=int, default=4, help="512-token blocks of GSM8K train for influence")
-    parser.add_argument("--arc-n", type=int, default=2376, help="ARC-Easy test questions (2376: all; 0: none)")
+    parser.add_argument("--tasks", nargs="*", default=["arc_easy", "openbookqa"], choices=list(TASK_LABELS),
+                        help="multiple-choice test sets scored at --detail-shares (LLM-Adapters files)")  # fmt: skip
+    parser.add_argument("--task-n", type=int, default=0, help="first N questions of each task (0: all)")
+    parser.add_argument("--topk", action="store_true",
+                        help="also each conversion's routers as top-k (operator=topk) at the same compute")  # fmt: skip
     parser.add_argument("--output", default=None, help=f"default: {OUT.relative_to(ROOT)} (none with --tiny)")
     parser.add_argument("--report", help="markdown file to write the table into (between mod-curve markers)")
     parser.add_argument(
@@ -416,10 +458,11 @@ def main(argv: list[str] | None = None) -> int:
         "rows of the existing --output",
     )
     parser.add_argument("--detail-shares", type=float, nargs="+", default=[],
-                        help="shares (of --fractions) at which each method is also scored on ARC-Easy and timed: one "
-                        "prefill of --speed-context tokens and the KV bytes it leaves; run alone (every other "
-                        "process paused)")  # fmt: skip
-    parser.add_argument("--speed-context", type=int, default=8192, help="0: no timing")
+                        help="shares (of --fractions) at which each method is also scored on --tasks and timed: at each "
+                        "--speed-contexts length one prefill, the KV bytes it leaves and --decode-steps cached decoding "
+                        "steps; run alone (every other process paused)")  # fmt: skip
+    parser.add_argument("--speed-contexts", type=int, nargs="*", default=[1024, 4096, 8192], help="none: no timing")
+    parser.add_argument("--decode-steps", type=int, default=8, help="cached decoding steps timed after each prefill")
     parser.add_argument("--render-only", action="store_true", help="rewrite --report from the existing JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -431,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         base, tiny_conversion, (ids,) = tiny_models()
         text = {"gsm8k": ids, "general": ids[::-1]}
-        calib, items, name = [ids[:64], ids[64:128]], tiny_items(min(args.arc_n, 8)), "tiny random llama"
+        calib, name = [ids[:64], ids[64:128]], "tiny random llama"
+        tasks = {task: tiny_items(min(args.task_n or 8, 8)) for task in args.tasks}
         args.ppl_len, args.ppl_chunks = 32, 2
         conversions = [(spec.partition("=")[2] or "conversion", tiny_conversion) for spec in args.conversion]
         fixed = [(spec.partition("=")[2] or "fixed", tiny_conversion) for spec in args.fixed]
@@ -446,21 +490,23 @@ def main(argv: list[str] | None = None) -> int:
         text = {"gsm8k": tokenizer(gsm8k)["input_ids"], "general": tokenizer(general)["input_ids"]}
         calib_ids = tokenizer("\n\n".join(f"{r['question']}\n{r['answer']}" for r in map(json.loads, train[:400])))
         calib = [calib_ids["input_ids"][i * 512 : (i + 1) * 512] for i in range(args.calib_blocks)]
-        items, name = arc_items(tokenizer, args.arc_n), args.model
-        for spec in args.conversion:
-            run, _, label = spec.partition("=")
-            conversions.append((label or "conversion", load_run(run, dtype="float32", device="cpu")[0]))
-        fixed = [(spec.partition("=")[2] or "fixed", load_run(spec.partition("=")[0], dtype="float32", device="cpu")[0])
-                 for spec in args.fixed]  # fmt: skip
+        tasks, name = {task: choice_items(tokenizer, args.task_n, task) for task in args.tasks}, args.model
+        conversions = [(spec.partition("=")[2] or "conversion", merged_run(spec.partition("=")[0]))
+                       for spec in args.conversion]  # fmt: skip
+        fixed = [(spec.partition("=")[2] or "fixed", merged_run(spec.partition("=")[0])) for spec in args.fixed]
     base.eval()
     command = "python benchmarks/mod_curve.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    measured = curve(base, text, calib, items, args, conversions, fixed)
+    measured = curve(base, text, calib, tasks, args, conversions, fixed)
     for row in measured["rows"]:
         row["command"] = command
     results = {"model": name, "context_for_compute": CONTEXT, "ppl_len": args.ppl_len, "ppl_chunks": args.ppl_chunks,
-               "arc_easy_n": len(items), **measured}  # fmt: skip
-    if args.only:  # the other rows (and their commands) stay as they were
-        results["rows"] = merged_rows(json.loads(Path(args.output or OUT).read_text())["rows"], measured["rows"])
+               "task_n": {task: len(items) for task, items in tasks.items()}, "decode_steps": args.decode_steps,
+               **measured}  # fmt: skip
+    if args.only:  # the other rows (and their commands) stay as they were, and so do base figures not measured now
+        kept = json.loads(Path(args.output or OUT).read_text())
+        results["rows"] = merged_rows(kept["rows"], measured["rows"])
+        results["base"] = {**kept.get("base", {}), **measured["base"]}
+        results["task_n"] = {**kept.get("task_n", {}), **results["task_n"]}
     output = args.output or (None if args.tiny else str(OUT))
     if output:
         Path(output).write_text(json.dumps(results, indent=2) + "\n")

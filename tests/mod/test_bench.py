@@ -60,25 +60,30 @@ def test_mod_curve_smoke(tmp_path, monkeypatch):
 
     output, report = tmp_path / "curve.json", tmp_path / "RESULTS.md"
     report.write_text("# Benchmarks\n\nkept\n")
-    args = ["--tiny", "--fractions", "0.2", "0.4", "--arc-n", "4", "--output", str(output), "--report", str(report),
-            "--conversion", "tiny", "--detail-shares", "0.4", "--speed-context", "128", "--fixed", "tiny=healed"]  # fmt: skip
+    args = ["--tiny", "--fractions", "0.2", "0.4", "--task-n", "4", "--output", str(output), "--report", str(report),
+            "--conversion", "tiny", "--topk", "--detail-shares", "0.4", "--speed-contexts", "64", "128",
+            "--decode-steps", "2", "--fixed", "tiny=healed"]  # fmt: skip
     assert mod_curve.main(args) == 0
     results = json.loads(output.read_text())
     methods = [row["method"] for row in results["rows"]]
     assert (
         methods
         == ["influence_routing", "static_layers", "static_attention", "random_routing"] * 2
-        + ["conversion"] * 2
+        + ["conversion", "conversion_topk"] * 2  # top-k with the same routers at the same compute
         + ["healed"]  # a --fixed run: one row, as trained
     )
     assert results["rows"][-1]["as_trained"] and "prefill_speedup_128" in results["rows"][-1]
+    topk = [r for r in results["rows"] if r["method"] == "conversion_topk"]
+    assert [round(r["skipped_compute"], 1) for r in topk] == [0.2, 0.4] and all(r["capacity"] < 1 for r in topk)
     assert len(results["block_influence"]) == 6 and 0 < results["attention_share_of_layer_compute"] < 1
     for row in results["rows"]:
         assert row["perplexity_gsm8k"] > 0 and 0 < row["skipped_compute"] < 1 and row["command"]
         if row["method"] in ("random_routing", "conversion", "influence_routing"):
             assert row["processed"] < 1
-        if "prefill_speedup_128" in row:
-            assert row["prefill_speedup_128"] > 0 and row["kv_reduction_128"] >= 1
+        if "prefill_speedup_128" in row:  # every length and every task, at the detail shares
+            assert all(row[f"{kind}_{n}"] > 0 for kind in ("prefill_speedup", "decode_speedup") for n in (64, 128))
+            assert row["kv_reduction_128"] >= 1 and row["kv_reduction_64"] >= 1
+            assert 0 <= row["arc_easy"] <= 1 and 0 <= row["openbookqa"] <= 1
         if "calibrated_skip" in row:  # calibrated to the share asked for, on the calibration text, where reachable
             share = 0.2 if row["layer_thresholds"] in firsts(results) else 0.4
             reachable = len(row["layer_thresholds"]) / 6
@@ -86,7 +91,7 @@ def test_mod_curve_smoke(tmp_path, monkeypatch):
     timed = [row for row in results["rows"] if "prefill_speedup_128" in row]  # at the --speed-shares only
     assert sorted(row["method"] for row in timed) == sorted(set(methods))  # the --fixed row is always detailed
     assert [row["kv_reduction_128"] for row in timed if row["method"] == "static_layers"] == [6 / (6 - 2)]
-    again = ["--tiny", "--fractions", "0.2", "0.4", "--arc-n", "0", "--output", str(output), "--only", "random_routing"]
+    again = ["--tiny", "--fractions", "0.2", "0.4", "--tasks", "--output", str(output), "--only", "random_routing"]
     assert mod_curve.main(again) == 0  # one method measured again, the other rows kept with their commands
     rows = json.loads(output.read_text())["rows"]
     assert sorted(r["method"] for r in rows) == sorted(methods)
@@ -97,9 +102,16 @@ def test_mod_curve_smoke(tmp_path, monkeypatch):
     rows = json.loads(output.read_text())["rows"]
     static = {r["share"]: r["command"] for r in rows if r["method"] == "static_layers"}
     assert sorted(static) == [0.2, 0.4] and static[0.4].endswith("static_layers") and "--conversion" in static[0.2]
+    timing = ["--tiny", "--fractions", "0.4", "--output", str(output), "--only", "static_layers", "--tasks",
+              "--detail-shares", "0.4", "--speed-contexts", "64", "--decode-steps", "1"]  # fmt: skip
+    assert mod_curve.main(timing) == 0  # a pass that only times keeps the tasks of the earlier pass
+    (row,) = [r for r in json.loads(output.read_text())["rows"] if r["method"] == "static_layers" and r["share"] == 0.4]
+    assert "arc_easy" in row and "prefill_speedup_64" in row and row["command"].endswith("1")
+    assert len(row["earlier_commands"]) == 2 and "--conversion tiny" in row["earlier_commands"][0]
     assert output.with_suffix(".png").stat().st_size > 0
     text = report.read_text()
     assert "kept" in text and "| static_layers |" in text and text.count(mod_curve.CURVE_START) == 1
+    assert "| prefill @128 |" in text and "| OpenBookQA |" in text
 
 
 def test_choice_scores_in_one_padded_batch_equal_one_forward_per_choice(monkeypatch):
