@@ -200,8 +200,11 @@ def curve(
     args: argparse.Namespace,
     conversions: list[tuple[str, Any]],
     fixed: list[tuple[str, Any]] = (),
+    known_base: dict[str, float] | None = None,
 ) -> dict:
-    """Every method's rows at each share in `args.fractions` (with `args.only`: those methods' rows only)."""
+    """Every method's rows at each share in `args.fractions` (with `args.only`: those methods' rows only).
+    `known_base`: the base model's task accuracies already measured on the same questions (deterministic, so
+    reused rather than scored again)."""
 
     def wanted(method: str) -> bool:
         return not args.only or method in args.only
@@ -213,7 +216,9 @@ def curve(
     influence, attn_influence = block_influence(base, calib)
     L = len(layers)
     detailed = set(args.detail_shares)  # shares at which the task, prefill time and KV bytes are measured too
-    base_quality = measure(Variant("base", base, None), text, tasks, args, detail=bool(detailed))
+    known_base = known_base or {}
+    base_tasks = {task: items for task, items in tasks.items() if task not in known_base}
+    base_quality = {**measure(Variant("base", base, None), text, base_tasks, args, detail=bool(detailed)), **known_base}
     rows = []
 
     def add(method: str, skipped: float, quality: dict[str, float], **extra: Any) -> None:
@@ -496,14 +501,17 @@ def main(argv: list[str] | None = None) -> int:
         fixed = [(spec.partition("=")[2] or "fixed", merged_run(spec.partition("=")[0])) for spec in args.fixed]
     base.eval()
     command = "python benchmarks/mod_curve.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    measured = curve(base, text, calib, tasks, args, conversions, fixed)
+    kept = json.loads(Path(args.output or OUT).read_text()) if args.only else {}
+    known_base = {task: kept["base"][task] for task, items in tasks.items()  # the same questions: the same answer
+                  if task in kept.get("base", {}) and kept.get("task_n", {}).get(task) == len(items)}  # fmt: skip
+    measured = curve(base, text, calib, tasks, args, conversions, fixed, known_base)
     for row in measured["rows"]:
         row["command"] = command
     results = {"model": name, "context_for_compute": CONTEXT, "ppl_len": args.ppl_len, "ppl_chunks": args.ppl_chunks,
-               "task_n": {task: len(items) for task, items in tasks.items()}, "decode_steps": args.decode_steps,
+               "task_n": {task: len(items) for task, items in tasks.items()} if args.detail_shares else {},
+               "decode_steps": args.decode_steps,
                **measured}  # fmt: skip
     if args.only:  # the other rows (and their commands) stay as they were, and so do base figures not measured now
-        kept = json.loads(Path(args.output or OUT).read_text())
         results["rows"] = merged_rows(kept["rows"], measured["rows"])
         results["base"] = {**kept.get("base", {}), **measured["base"]}
         results["task_n"] = {**kept.get("task_n", {}), **results["task_n"]}

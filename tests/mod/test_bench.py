@@ -104,10 +104,16 @@ def test_mod_curve_smoke(tmp_path, monkeypatch):
     assert sorted(static) == [0.2, 0.4] and static[0.4].endswith("static_layers") and "--conversion" in static[0.2]
     timing = ["--tiny", "--fractions", "0.4", "--output", str(output), "--only", "static_layers", "--tasks",
               "--detail-shares", "0.4", "--speed-contexts", "64", "--decode-steps", "1"]  # fmt: skip
+    scored = []
+    monkeypatch.setattr(mod_curve, "task_accuracy", lambda variant, items: scored.append(variant.name) or 0.125)
     assert mod_curve.main(timing) == 0  # a pass that only times keeps the tasks of the earlier pass
     (row,) = [r for r in json.loads(output.read_text())["rows"] if r["method"] == "static_layers" and r["share"] == 0.4]
-    assert "arc_easy" in row and "prefill_speedup_64" in row and row["command"].endswith("1")
+    assert "arc_easy" in row and "prefill_speedup_64" in row and row["command"].endswith("1") and not scored
     assert len(row["earlier_commands"]) == 2 and "--conversion tiny" in row["earlier_commands"][0]
+    rescore = ["--tiny", "--fractions", "0.4", "--output", str(output), "--only", "static_layers", "--task-n", "4",
+               "--detail-shares", "0.4", "--speed-contexts"]  # fmt: skip
+    assert mod_curve.main(rescore) == 0 and "base" not in scored  # the base's answers on the same questions reused
+    assert json.loads(output.read_text())["base"]["arc_easy"] != 0.125 and "static" in scored
     assert output.with_suffix(".png").stat().st_size > 0
     text = report.read_text()
     assert "kept" in text and "| static_layers |" in text and text.count(mod_curve.CURVE_START) == 1
