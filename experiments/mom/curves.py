@@ -1,12 +1,14 @@
 """Learning curves for issue 32: MoM against fair controls, held-out loss against tokens and forward FLOPs.
 
     OMP_NUM_THREADS=1 python experiments/mom/curves.py --plan           # cells x measured s/step x steps = hours
-    OMP_NUM_THREADS=1 python experiments/mom/curves.py --phase sweep    # 5 archs x 3 learning rates, seed 0
+    OMP_NUM_THREADS=1 python experiments/mom/curves.py --phase sweep    # 6 archs x 3 learning rates, seed 0
     OMP_NUM_THREADS=1 python experiments/mom/curves.py --phase seeds    # each arch's best rate, the other seeds
     python experiments/mom/curves.py --report      # curves PNG + tables -> RESULTS.md (between the curve markers)
     python experiments/mom/curves.py --list        # every cell of both phases and its state
     ... --cells NAME [NAME ...]                    # some cells only; --jobs N: N cells at once (one thread each)
     ... --corpus general                           # another `modetune pretrain --corpus` (default: shared)
+    ... --archs mom-2phase                         # some architectures only (e.g. with --phase sweep / seeds)
+    ... --phase1-fraction 0.5                      # the two-phase cells' share of tokens in phase 1 (vanilla)
 
 The architectures (`ARCHS`), all at the "small" size of `run.py` (d=192, 4 heads, FFN 512, SmolLM2 tokenizer,
 tied embedding):
@@ -18,12 +20,31 @@ tied embedding):
 * vanilla-gated: 4 layers with per-token gated residual updates starting at MoM's mean router weight
   (`--arch vanilla-gated --gate-init 0.34`): the control for MoM's shrunk updates;
 * mom: issue 15's MoM (4 + 4 modules, 1 SKIP, H = 4, K = 2, GRU state 64, softmax weights);
-* mom-authors: the same pool with the authors' settings (`--preset authors`).
+* mom-authors: the same pool with the authors' settings (`--preset authors`);
+* mom-2phase: the paper's two-phase recipe, vanilla -> MoM: the vanilla model above for the first half of the
+  tokens (`--phase1-fraction`), then issue 15's MoM built from its layers (`modetune pretrain --init-from`) for
+  the rest. Its comparison is vanilla trained on the same total tokens: the `vanilla` cells (same budget, seeds).
 
-Each cell is one `modetune pretrain` run (`RUNS`, not in git; resumed from its last checkpoint if interrupted)
-that evaluates the held-out loss every `--every` tokens on the same `--eval-blocks` held-out blocks; its curve
-(step, tokens, cumulative forward FLOPs, held-out loss) goes to `RESULTS/<corpus>/<cell>.json` when the run is
-complete, and a cell with that file is never run again. Cumulative forward FLOPs add each logged step's tokens
+A two-phase cell is two `modetune pretrain` runs in its run directory, `phase1/` (vanilla, `Grid.phase1_steps`
+steps) and `phase2/` (`--arch mom --init-from <phase1>`, the remaining steps), each with its own cosine schedule,
+warm-up and fresh AdamW state, as the authors' phase-2 runs start (`pretrain.sh`: every run its own cosine with
+warm-up, `--init_from_vanilla` loading a finished vanilla checkpoint's weights only). Both phases train at the
+cell's learning rate: the authors' script uses one `LR=1e-3` for the vanilla runs and the MoM runs initialised
+from them alike, so the sweep picks one rate for the whole recipe. Phase 2 draws its data order (and its routers'
+initialisation) from seed + `PHASE2_SEED_OFFSET`: with the cell's own seed it would see exactly phase 1's batches
+again in the same order, while vanilla's second half continues through the corpus. Phase-1 fraction 0.5 by
+default: the authors' code fixes no split (`mom/utils.py:386` names a vanilla checkpoint at step 20,000; their
+phase-2 runs take 5,000-30,000 steps, so phase 1 is 40-80% of their total; their `*_fw_20k` runs are 20,000 +
+20,000 = 0.5), and half gives each phase 8 of the 16 held-out points and MoM as many tokens to learn its routing
+as the vanilla phase had. The curve is one curve over the whole budget: phase 1's points, then phase 2's with
+steps, tokens and cumulative FLOPs continuing from phase 1's totals (phase 2's FLOPs from MoM's realised picks),
+each point marked with its `phase`; held-out loss on the same blocks (same corpus, split and `--eval-blocks`).
+Each phase resumes like any cell (a finished phase 1 is never trained again; an unfinished one is resumed first).
+
+Each other cell is one `modetune pretrain` run (`RUNS`, not in git; resumed from its last checkpoint if
+interrupted) that evaluates the held-out loss every `--every` tokens on the same `--eval-blocks` held-out blocks;
+its curve (step, tokens, cumulative forward FLOPs, held-out loss) goes to `RESULTS/<corpus>/<cell>.json` when the
+run is complete, and a cell with that file is never run again. Cumulative forward FLOPs add each logged step's tokens
 times the FLOPs per token of that step: constant for the vanilla models, for MoM computed from the step's router
 loads (modules picked per round that are not SKIP). The learning rate schedule is cosine over each run's whole
 budget, so the curves are those of runs of that length, not of one longer run.
@@ -69,6 +90,8 @@ MOM_OURS = dict(num_skip_modules=1, k_per_round=2, router="gru", router_hidden_s
 # picks, 0.4672 / 0.4736 of FFN picks): what the FLOP-matched vanilla model is sized for.
 MOM_REALISED_PICKS = (2 * (1 - (0.4709 + 0.4644) / 2), 2 * (1 - (0.4672 + 0.4736) / 2))
 GATE_INIT = 0.34  # MoM's summed router weight per round at initialisation (docs/mom.md), the gates' start
+PHASE1_FRACTION = 0.5  # two-phase cells: share of the tokens in phase 1 (vanilla); see the docstring
+PHASE2_SEED_OFFSET = 1000  # two-phase cells: phase 2's seed (data order, routers) = the cell's + this
 
 
 @dataclass(frozen=True)
@@ -83,10 +106,11 @@ class Grid:
     eval_blocks: int = 96  # the first 96 held-out blocks, as issue 15 (12,192 predicted tokens)
     learning_rates: tuple[float, ...] = (1e-3, 2e-3, 4e-3)  # around issue 15's 2e-3 (the authors': 1e-3)
     seeds: tuple[int, ...] = (0, 1, 2)  # the sweep uses the first
-    archs: tuple[str, ...] = ("vanilla", "vanilla-flops", "vanilla-gated", "mom", "mom-authors")
+    archs: tuple[str, ...] = ("vanilla", "vanilla-flops", "vanilla-gated", "mom", "mom-authors", "mom-2phase")
     size: dict[str, int] = field(default_factory=lambda: dict(SIZE))
     tokenizer: str = "smollm2-135m"
-    warmup_fraction: float = 0.05
+    warmup_fraction: float = 0.05  # of each run (of each phase in a two-phase cell)
+    phase1_fraction: float = PHASE1_FRACTION  # two-phase cells: share of the budget in phase 1
 
     @property
     def tokens_per_step(self) -> int:
@@ -102,6 +126,18 @@ class Grid:
         return max(1, round(self.tokens / self.tokens_per_step / self.eval_steps)) * self.eval_steps
 
     @property
+    def phase1_steps(self) -> int:
+        """A two-phase cell's phase-1 steps: the whole evaluation intervals nearest `phase1_fraction` of the run,
+        at least one interval in each phase (the boundary is a checkpoint, and its held-out point phase 1's last)."""
+        intervals = self.steps // self.eval_steps
+        if intervals < 2 or not 0 < self.phase1_fraction < 1:
+            raise ValueError(
+                f"a two-phase cell needs 0 < phase-1 fraction < 1 (got {self.phase1_fraction:g}) and at least two "
+                f"evaluation intervals (got {intervals})"
+            )
+        return min(intervals - 1, max(1, math.floor(self.phase1_fraction * intervals + 0.5))) * self.eval_steps
+
+    @property
     def tag(self) -> str:
         """The corpus as a folder name (cells of different corpora never mix)."""
         return "+".join(Path(c).stem if ("/" in c or c.endswith((".txt", ".jsonl"))) else c.replace(":", "-")
@@ -115,6 +151,8 @@ class CurveArch:
     key: str
     label: str
     options: Callable[[Grid], dict[str, Any]]
+    # two-phase cells: the architecture (key) trained first, whose run's layers `options`' MoM is built from
+    phase1: str = ""
 
 
 def flop_matched_layers(grid: Grid) -> int:
@@ -142,6 +180,7 @@ ARCHS: dict[str, CurveArch] = {
         ),
         CurveArch("mom", "MoM (ours)", lambda g: {"arch": "mom", **MOM_OURS}),
         CurveArch("mom-authors", "MoM (authors' settings)", lambda g: {"arch": "mom", "preset": "authors"}),
+        CurveArch("mom-2phase", "vanilla -> MoM (two-phase)", lambda g: {"arch": "mom", **MOM_OURS}, phase1="vanilla"),
         # not in the default grid: the authors' settings with their router state scaled to this width (256 of
         # d = 768 there; 64 of d = 192 here), whose routers cost ~0.8 M rather than ~5.5 M FLOPs per token
         CurveArch(
@@ -206,16 +245,38 @@ def seed_cells(grid: Grid, rates: dict[str, float | None] | None = None) -> list
     return [Cell(a, lr, s) for a, lr in rates.items() if lr is not None for s in grid.seeds[1:]]
 
 
-def pretrain_config(grid: Grid, cell: Cell) -> PretrainConfig:
-    steps = grid.steps
-    options = {**grid.size, **ARCHS[cell.arch].options(grid)}
+def run_config(grid: Grid, output: Path, options: dict[str, Any], learning_rate: float, seed: int,
+               steps: int) -> PretrainConfig:  # fmt: skip
+    """One `modetune pretrain` run of `steps` steps with the grid's data, size, batch, evaluation and schedule."""
+    options = {**grid.size, **options}
     return PretrainConfig(
-        output=str(run_dir(grid, cell)), corpus=list(grid.corpus), tokenizer=grid.tokenizer, seed=cell.seed,
-        learning_rate=cell.learning_rate, max_steps=steps, batch_size=grid.batch_size, block_size=grid.block_size,
+        output=str(output), corpus=list(grid.corpus), tokenizer=grid.tokenizer, seed=seed,
+        learning_rate=learning_rate, max_steps=steps, batch_size=grid.batch_size, block_size=grid.block_size,
         warmup_steps=max(1, round(grid.warmup_fraction * steps)), eval_steps=grid.eval_steps,
         save_steps=grid.eval_steps, save_total_limit=1, logging_steps=1, eval_max_blocks=grid.eval_blocks,
         **options,
     )  # fmt: skip
+
+
+def pretrain_config(grid: Grid, cell: Cell) -> PretrainConfig:
+    """A one-phase cell's run (a two-phase cell's runs: `phase_configs`)."""
+    if ARCHS[cell.arch].phase1:
+        raise ValueError(f"{cell.arch} is a two-phase architecture: its runs are phase_configs(grid, cell)")
+    return run_config(grid, run_dir(grid, cell), ARCHS[cell.arch].options(grid), cell.learning_rate, cell.seed,
+                      grid.steps)  # fmt: skip
+
+
+def phase_configs(grid: Grid, cell: Cell) -> list[PretrainConfig]:
+    """The cell's runs in order: its one run, or a two-phase cell's phase 1 (the `phase1` architecture for
+    `grid.phase1_steps`) and phase 2 (its MoM from phase 1's layers for the rest, seed + PHASE2_SEED_OFFSET)."""
+    arch = ARCHS[cell.arch]
+    if not arch.phase1:
+        return [pretrain_config(grid, cell)]
+    first, root = grid.phase1_steps, run_dir(grid, cell)
+    phase1 = run_config(grid, root / "phase1", ARCHS[arch.phase1].options(grid), cell.learning_rate, cell.seed, first)
+    phase2 = run_config(grid, root / "phase2", {**arch.options(grid), "init_from": phase1.output}, cell.learning_rate,
+                        cell.seed + PHASE2_SEED_OFFSET, grid.steps - first)  # fmt: skip
+    return [phase1, phase2]
 
 
 def _records(run: Path) -> list[dict[str, Any]]:
@@ -262,30 +323,91 @@ def curve_of(run: Path) -> dict[str, Any]:
             "realised_flops_per_token": flops / tokens if tokens else nominal}  # fmt: skip
 
 
+def two_phase_curve(runs: list[Path]) -> dict[str, Any]:
+    """One curve over consecutive runs (a two-phase cell's phases): each run's points with the steps, tokens and
+    cumulative forward FLOPs of the runs before it added, and `phase` (1, 2, ...) on every point."""
+    points: list[dict[str, Any]] = []
+    steps, tokens, flops = 0, 0, 0.0
+    for phase, run in enumerate(runs, 1):
+        curve = curve_of(run)
+        points += [{**p, "step": p["step"] + steps, "tokens": p["tokens"] + tokens,
+                    "forward_flops": p["forward_flops"] + flops, "phase": phase} for p in curve["points"]]  # fmt: skip
+        steps += int(json.loads((run / "run.json").read_text())["global_step"])
+        tokens += curve["tokens"]
+        flops += curve["forward_flops"]
+    return {"points": points, "tokens": tokens, "forward_flops": flops,
+            "realised_flops_per_token": flops / tokens if tokens else math.nan}  # fmt: skip
+
+
+def _read_info(run: Path) -> dict[str, Any]:
+    return json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+
+
+def _train(cfg: PretrainConfig, argv: list[str]) -> dict[str, Any]:
+    """Train (or resume) one run unless it is complete; its run.json."""
+    run = Path(cfg.output)
+    info = _read_info(run)
+    if info.get("status") != "complete":
+        cfg.resume = bool(info)
+        cfg.overwrite = not cfg.resume
+        pretrain(cfg, argv=argv)
+        info = _read_info(run)
+    return info
+
+
+def _train_phases(configs: list[PretrainConfig], argv: list[str]) -> list[dict[str, Any]]:
+    """A two-phase cell's runs in order. A complete phase is never trained again; a later phase that exists
+    while an earlier one is not complete (or was made for another split) was not built from it: refused."""
+    infos = []
+    for i, cfg in enumerate(configs):
+        info = _read_info(Path(cfg.output))
+        ran, planned = info.get("pretrain_config", {}).get("max_steps"), cfg.max_steps
+        if info.get("status") == "complete" and ran != planned:
+            raise ValueError(f"{cfg.output} ran {ran} steps, this grid plans {planned} (another --tokens or "
+                             "--phase1-fraction): delete the cell's run directory to run it anew")  # fmt: skip
+        if info.get("status") != "complete":
+            later = [c.output for c in configs[i + 1 :] if Path(c.output).exists()]
+            if later:
+                raise ValueError(f"{', '.join(later)} exist(s) but {cfg.output} is not complete: the later phase was "
+                                 "not built from it; delete the cell's run directory to run it anew")  # fmt: skip
+        infos.append(_train(cfg, argv))
+    return infos
+
+
 def run_cell(grid: Grid, cell: Cell, argv: list[str] | None = None) -> dict[str, Any]:
-    """Train (or resume) one cell's run and write its curve; a cell whose JSON is complete is returned as it is."""
+    """Train (or resume) one cell's run(s) and write its curve; a cell whose JSON is complete is returned as it is."""
     done = finished(grid, cell)
     if done is not None:
         return done
     torch.set_num_threads(1)  # one thread per cell: cells run side by side with --jobs
-    cfg = pretrain_config(grid, cell)
-    run = Path(cfg.output)
-    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
-    if info.get("status") != "complete":
-        cfg.resume = bool(info)
-        cfg.overwrite = not cfg.resume
-        pretrain(cfg, argv=argv or ["experiments/mom/curves.py", "--cells", cell.name])
-        info = json.loads((run / "run.json").read_text())
-    curve = curve_of(run)
+    argv = argv or ["experiments/mom/curves.py", "--cells", cell.name]
+    configs = phase_configs(grid, cell)
+    two_phase = len(configs) > 1
+    infos = _train_phases(configs, argv) if two_phase else [_train(configs[0], argv)]
+    info = infos[-1]  # the final model's run
+    runs = [Path(c.output) for c in configs]
+    curve = two_phase_curve(runs) if two_phase else curve_of(runs[0])
+    seconds = sum(i["seconds"] for i in infos)
+    grid_record = asdict(grid)
+    if not two_phase:
+        del grid_record["phase1_fraction"]  # one-phase cells record the grid as before the two-phase cells
     result = {
         "cell": cell.name, **asdict(cell), "status": "complete", "label": ARCHS[cell.arch].label,
-        "grid": {**asdict(grid), "steps": grid.steps, "eval_steps": grid.eval_steps},
+        "grid": {**grid_record, "steps": grid.steps, "eval_steps": grid.eval_steps},
         "pretrain_config": info["pretrain_config"], "model_config": info["model_config"],
         "parameters": info["parameters"], "forward_flops_per_token_nominal": info["forward_flops_per_token"],
-        "final_eval_loss": info["eval_loss"], "train_seconds": info["seconds"],
-        "seconds_per_step": info["seconds"] / max(1, info["global_step"]), "command": info["command"],
+        "final_eval_loss": info["eval_loss"], "train_seconds": seconds,
+        "seconds_per_step": seconds / max(1, sum(i["global_step"] for i in infos)), "command": info["command"],
         "code_commit": code_commit(), **curve,
     }  # fmt: skip
+    if two_phase:  # the top-level run fields are phase 2's (the final model); each phase's here
+        result["phases"] = [
+            {"phase": n, "arch": key, "steps": i["global_step"], "tokens": i["tokens_seen"],
+             "pretrain_config": i["pretrain_config"], "model_config": i["model_config"], "parameters": i["parameters"],
+             "forward_flops_per_token_nominal": i["forward_flops_per_token"], "final_eval_loss": i["eval_loss"],
+             "train_seconds": i["seconds"]}
+            for n, (key, i) in enumerate(zip((ARCHS[cell.arch].phase1, cell.arch), infos, strict=True), 1)
+        ]  # fmt: skip
     out = results_dir(grid) / f"{cell.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -335,9 +457,11 @@ def run_cells(grid: Grid, cells: list[Cell], jobs: int, forward: list[str]) -> N
 # -- the plan ------------------------------------------------------------------------------------------------
 def measure_seconds(grid: Grid, arch: str, steps: int = 3) -> tuple[float, float]:
     """(seconds per training step, seconds per held-out evaluation pass) of `arch` at the grid's size and batch,
-    one thread, random tokens, after one warm-up step: a few steps, not a run."""
+    one thread, random tokens, after one warm-up step: a few steps, not a run. A two-phase architecture: its
+    phase-2 model, built fresh (the same modules and routers as when built from phase 1's layers)."""
     torch.set_num_threads(1)
-    cfg = pretrain_config(grid, Cell(arch, grid.learning_rates[0], grid.seeds[0]))
+    options = ARCHS[arch].options(grid)
+    cfg = run_config(grid, Path("-"), options, grid.learning_rates[0], grid.seeds[0], grid.steps)
     tokenizer = load_tokenizer(cfg.tokenizer)
     model = build_model(cfg, tokenizer).train()
     hf_set_seed(0)
@@ -376,14 +500,35 @@ def plan(grid: Grid, measure_steps: int = 3) -> str:
         "| arch | s/step (measured, 1 thread) | eval pass (s) | hours per cell | cells | hours |",
         "|---|---|---|---|---|---|",
     ]
-    total = 0.0
+    measured: dict[str, tuple[float, float]] = {}  # by the options measured: the same model is measured once
+
+    def seconds(arch: str) -> tuple[float, float]:
+        key = json.dumps(ARCHS[arch].options(grid), sort_keys=True)
+        if key not in measured:
+            measured[key] = measure_seconds(grid, arch, measure_steps)
+        return measured[key]
+
+    total, notes = 0.0, []
     for arch in grid.archs:
-        per_step, per_eval = measure_seconds(grid, arch, measure_steps)
-        hours = (grid.steps * per_step + evals * per_eval) / 3600
+        phase1 = ARCHS[arch].phase1
+        if phase1:  # phase 1 at its architecture's step time, phase 2 at the MoM's
+            first = grid.phase1_steps
+            (s1, e1), (s2, e2) = seconds(phase1), seconds(arch)
+            n1, n2 = first // grid.eval_steps + 1, (grid.steps - first) // grid.eval_steps + 1
+            cell_seconds = first * s1 + n1 * e1 + (grid.steps - first) * s2 + n2 * e2
+            per_step, per_eval = (first * s1 + (grid.steps - first) * s2) / grid.steps, (n1 * e1 + n2 * e2) / (n1 + n2)
+            notes.append(f"{arch}: phase 1 ({phase1}) {first} steps at {s1:.3f} s/step, {n1} evaluations at "
+                         f"{e1:.2f} s; phase 2 (MoM from its layers) {grid.steps - first} steps at {s2:.3f} s/step, "
+                         f"{n2} evaluations at {e2:.2f} s")  # fmt: skip
+        else:
+            per_step, per_eval = seconds(arch)
+            cell_seconds = grid.steps * per_step + evals * per_eval
+        hours = cell_seconds / 3600
         n = sweep + seeds
         total += n * hours
         lines.append(f"| {arch} | {per_step:.3f} | {per_eval:.2f} | {hours:.2f} | {n} | {n * hours:.1f} |")
-    lines += ["", f"total: {total:.1f} hours of one core; with --jobs 2 on two free cores about {total / 2:.1f} "
+    lines += ["", *notes, *([""] if notes else []),
+              f"total: {total:.1f} hours of one core; with --jobs 2 on two free cores about {total / 2:.1f} "
               "hours (cells queue behind the slowest; the seeds phase starts when the sweep is done)"]  # fmt: skip
     return "\n".join(lines)
 
@@ -458,6 +603,9 @@ def figure(grid: Grid, by_arch: dict[str, list[dict[str, Any]]], path: Path) -> 
             line = ax.plot(xs, [s[0] for s in stats], marker=".", label=f"{ARCHS[arch].label} (n={len(cells)})")[0]
             if len(cells) > 1:
                 ax.fill_between(xs, [s[1] for s in stats], [s[2] for s in stats], color=line.get_color(), alpha=0.2)
+            boundary = [x for x, p in zip(xs, cells[0]["points"], strict=True) if p.get("phase") == 1]
+            if boundary and len(boundary) < len(xs):  # a two-phase cell: a dotted line at phase 1's last point
+                ax.axvline(boundary[-1], color=line.get_color(), linestyle=":", linewidth=1)
         ax.set_xlabel(label)
         ax.set_ylabel("held-out loss (nats)")
         ax.grid(alpha=0.3)
@@ -470,8 +618,12 @@ def figure(grid: Grid, by_arch: dict[str, list[dict[str, Any]]], path: Path) -> 
     return path
 
 
+# (first, second): a row when both have finished cells at their best rates, paired by seed. mom-2phase - vanilla is
+# the two-phase recipe against vanilla on the same total tokens (the question of issue 32); - mom: against MoM from
+# scratch on them.
 COMPARISONS = (("mom", "vanilla"), ("mom", "vanilla-flops"), ("mom", "vanilla-gated"),
-               ("mom-authors", "vanilla-flops"), ("vanilla-gated", "vanilla"), ("vanilla-flops", "vanilla"))  # fmt: skip
+               ("mom-authors", "vanilla-flops"), ("vanilla-gated", "vanilla"), ("vanilla-flops", "vanilla"),
+               ("mom-2phase", "vanilla"), ("mom-2phase", "mom"))  # fmt: skip
 
 
 def report(grid: Grid) -> str:
@@ -487,6 +639,16 @@ def report(grid: Grid) -> str:
         f"{', '.join(f'{lr:g}' for lr in grid.learning_rates)} at seed {grid.seeds[0]}, then seeds "
         f"{', '.join(map(str, grid.seeds[1:]))} at each architecture's best rate. Per-cell curves: `{rel}/`."
     )
+    two_phase = [a for a in grid.archs if ARCHS[a].phase1]
+    if two_phase:
+        first = grid.phase1_steps
+        out[-1] += (
+            f" Two-phase cells ({', '.join(two_phase)}): phase 1 trains {ARCHS[two_phase[0]].phase1} for {first} "
+            f"steps ({first * grid.tokens_per_step:,} tokens), phase 2 the MoM built from its layers for the other "
+            f"{grid.steps - first}, each phase its own cosine schedule at the cell's learning rate; one curve over "
+            "both (dotted line in the figure: the phase boundary; realised FLOPs per token: the mean over both "
+            "phases), compared with vanilla on the same total tokens."
+        )
     # the sweep
     out += ["", "| arch | " + " | ".join(f"lr {lr:g}" for lr in grid.learning_rates) + " |",
             "|---|" + "---|" * len(grid.learning_rates)]  # fmt: skip
@@ -552,7 +714,8 @@ def write_report(grid: Grid) -> Path:
 
 # -- the command line ----------------------------------------------------------------------------------------
 def grid_from(args: argparse.Namespace) -> Grid:
-    return Grid(corpus=tuple(args.corpus or ("shared",)), tokens=args.tokens, every=args.every, archs=tuple(args.archs))
+    return Grid(corpus=tuple(args.corpus or ("shared",)), tokens=args.tokens, every=args.every, archs=tuple(args.archs),
+                phase1_fraction=args.phase1_fraction)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -567,11 +730,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=Grid.tokens, help="training tokens per run")
     parser.add_argument("--every", type=int, default=Grid.every, help="held-out loss every this many tokens")
     parser.add_argument("--archs", nargs="+", choices=list(ARCHS), default=list(Grid.archs),
-                        help="architectures of the grid (default: the five of the docstring)")  # fmt: skip
+                        help="architectures of the grid (default: the six of the docstring)")  # fmt: skip
+    parser.add_argument("--phase1-fraction", type=float, default=Grid.phase1_fraction,
+                        help="two-phase cells: share of the tokens in phase 1 (vanilla), rounded to whole "
+                             "evaluation intervals (default: 0.5, see the docstring)")  # fmt: skip
     args = parser.parse_args(argv)
     grid = grid_from(args)
     forward = [*(["--corpus", *args.corpus] if args.corpus else []), "--tokens", str(args.tokens),
-               "--every", str(args.every), "--archs", *args.archs]  # fmt: skip
+               "--every", str(args.every), "--archs", *args.archs,
+               "--phase1-fraction", str(args.phase1_fraction)]  # fmt: skip
     if args.plan:
         print(plan(grid))
         return 0

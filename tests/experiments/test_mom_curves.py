@@ -1,8 +1,10 @@
 """experiments/mom/curves.py on tiny cells: curves with tokens and FLOPs, a finished cell is never retrained, the
-seeds phase follows the sweep, the report renders from the JSONs, the plan measures a few steps."""
+seeds phase follows the sweep, the report renders from the JSONs, the plan measures a few steps; the two-phase cell
+(vanilla -> MoM from its layers) is one continuous curve and resumes a killed phase 2 without phase 1."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import random
@@ -117,11 +119,18 @@ def test_plan_measures_a_few_steps_of_every_arch(curves, corpus_file, tiny_model
     grid = tiny_grid(curves, corpus_file, tiny_model_dir, archs=curves.Grid.archs, learning_rates=(1e-3, 2e-3, 4e-3),
                      seeds=(0, 1, 2))  # fmt: skip
     text = curves.plan(grid, measure_steps=1)
-    assert "= 25 cells" in text and text.count("\n| ") == 6  # header + 5 architectures
+    assert "= 30 cells" in text and text.count("\n| ") == 7  # header + 6 architectures
     rows = [line for line in text.splitlines() if line.startswith("| ") and "arch" not in line]
     assert [r.split(" | ")[0][2:] for r in rows] == list(curves.Grid.archs)
     assert all(float(r.split(" | ")[1]) > 0 for r in rows)
     assert "total:" in text
+    # the two-phase row: phase 1 at vanilla's measured step time, phase 2 at MoM's (the same measurements)
+    by_arch = {r.split(" | ")[0][2:]: [float(x) for x in r.strip(" |").split(" | ")[1:]] for r in rows}
+    (note,) = [line for line in text.splitlines() if line.startswith("mom-2phase: ")]
+    assert f"phase 1 (vanilla) 4 steps at {by_arch['vanilla'][0]:.3f} s/step" in note
+    assert f"phase 2 (MoM from its layers) 2 steps at {by_arch['mom'][0]:.3f} s/step" in note
+    assert min(by_arch["vanilla"][0], by_arch["mom"][0]) - 1e-3 <= by_arch["mom-2phase"][0]
+    assert by_arch["mom-2phase"][0] <= max(by_arch["vanilla"][0], by_arch["mom"][0]) + 1e-3
 
 
 def test_controls_are_what_the_docstring_says(curves, corpus_file, tiny_model_dir):
@@ -135,5 +144,135 @@ def test_controls_are_what_the_docstring_says(curves, corpus_file, tiny_model_di
     gated = curves.pretrain_config(grid, curves.Cell("vanilla-gated", 1e-3, 0))
     assert (gated.arch, gated.gate_init, gated.num_layers) == ("vanilla-gated", 0.34, 4)
     assert (grid.steps, grid.eval_steps, grid.tag) == (2048, 128, "shared")
+    # the two-phase cell: vanilla (the parameter-matched one, seed and rate of the cell) for half the steps, then
+    # issue 15's MoM from its layers for the rest, each its own cosine; phase 2 another data order
+    first, second = curves.phase_configs(grid, curves.Cell("mom-2phase", 2e-3, 1))
+    vanilla = curves.pretrain_config(grid, curves.Cell("vanilla", 2e-3, 1))
+    assert grid.phase1_steps == 1024 and (first.max_steps, first.warmup_steps) == (1024, 51)
+    differs = {k for k, v in first.to_dict().items() if vanilla.to_dict()[k] != v}
+    assert differs == {"output", "max_steps", "warmup_steps"}
+    mom = curves.pretrain_config(grid, curves.Cell("mom", 2e-3, 1))
+    differs = {k for k, v in second.to_dict().items() if mom.to_dict()[k] != v}
+    assert differs == {"output", "max_steps", "warmup_steps", "init_from", "seed"}
+    assert (second.init_from, second.seed, second.max_steps, second.learning_rate) == (first.output, 1001, 1024, 2e-3)
+    assert first.output.endswith("shared/mom-2phase-lr0.002-s1/phase1") and second.output.endswith("s1/phase2")
+    with pytest.raises(ValueError, match="two-phase"):
+        curves.pretrain_config(grid, curves.Cell("mom-2phase", 2e-3, 1))
     mean, lo, hi = curves.t_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and hi - mean == pytest.approx(4.303 / 3**0.5) == pytest.approx(mean - lo)
+
+
+def test_two_phase_cell_is_one_continuous_curve_from_phase_one_weights(curves, corpus_file, tiny_model_dir):
+    """vanilla for half the tokens, then MoM from its layers: one curve, steps, tokens and FLOPs continuing across the
+    boundary, phase 2 starting where phase 1 ended; the report pairs it with vanilla on the same tokens."""
+    grid = tiny_grid(curves, corpus_file, tiny_model_dir, tokens=512, every=128, learning_rates=(1e-2,),
+                     archs=("vanilla", "mom", "mom-2phase"))  # fmt: skip
+    assert (grid.steps, grid.eval_steps, grid.phase1_steps) == (16, 4, 8)
+    cells = curves.sweep_cells(grid)
+    assert [c.name for c in cells] == ["vanilla-lr0.01-s0", "mom-lr0.01-s0", "mom-2phase-lr0.01-s0"]
+    first, second = curves.phase_configs(grid, cells[2])
+    assert (first.arch, first.num_layers, first.max_steps, first.seed) == ("vanilla", 2, 8, 0)
+    assert (second.arch, second.max_steps, second.seed, second.k_per_round) == ("mom", 8, 1000, 2)
+    assert second.init_from == first.output and first.learning_rate == second.learning_rate == 1e-2
+    curves.run_cells(grid, cells, jobs=1, forward=[])
+    vanilla, mom, two = (json.loads((curves.results_dir(grid) / f"{c.name}.json").read_text()) for c in cells)
+
+    points = two["points"]
+    assert [p["step"] for p in points] == [4, 8, 12, 16] and [p["phase"] for p in points] == [1, 1, 2, 2]
+    assert [p["tokens"] for p in points] == [p["tokens"] for p in vanilla["points"]] == [128, 256, 384, 512]
+    flops = [p["forward_flops"] for p in points]
+    assert 0 < flops[0] < flops[1] < flops[2] < flops[3] == pytest.approx(two["forward_flops"])
+    assert two["tokens"] == 512 and two["final_eval_loss"] == pytest.approx(points[-1]["eval_loss"], abs=1e-4)
+    phase1, phase2 = two["phases"]
+    assert (phase1["arch"], phase1["steps"], phase2["arch"], phase2["steps"]) == ("vanilla", 8, "mom-2phase", 8)
+    # phase 1 at the vanilla model's FLOPs per token, phase 2 at MoM's realised ones (at most its nominal)
+    assert flops[1] == pytest.approx(256 * phase1["forward_flops_per_token_nominal"])
+    assert (flops[3] - flops[1]) / 256 <= phase2["forward_flops_per_token_nominal"] * (1 + 1e-9)
+    assert phase2["pretrain_config"]["init_from"].endswith("mom-2phase-lr0.01-s0/phase1")
+    assert two["model_config"]["model_type"] == mom["model_config"]["model_type"]
+    assert two["parameters"] == mom["parameters"]  # the same MoM: phase 1's layers are its pool
+    # phase 2 starts from phase 1's weights: its first training loss (the MoM built from phase 1's layers, before
+    # any update) is near phase 1's last, far below a fresh MoM's first (about ln of the vocabulary), and its first
+    # held-out point lies below phase 1's last, itself far below a fresh MoM's first
+    root = curves.run_dir(grid, cells[2])
+    end1 = _train_losses(root / "phase1")[-1]
+    start2 = _train_losses(root / "phase2")[0]
+    fresh = _train_losses(curves.run_dir(grid, cells[1]))[0]
+    assert abs(start2 - end1) < 0.25 * (fresh - end1)
+    assert points[2]["eval_loss"] < points[1]["eval_loss"] < mom["points"][0]["eval_loss"] - 0.25
+
+    # the report: a sweep row, a row at its best rate, and the paired differences with vanilla and with MoM
+    curves.REPORT.write_text("# results\n")
+    text = curves.REPORT.read_text() if curves.write_report(grid) else ""
+    assert "| mom-2phase | **" in text and "| vanilla -> MoM (two-phase) | 2 | 0.01 | 1 |" in text
+    assert "Two-phase cells (mom-2phase): phase 1 trains vanilla for 8 steps (256 tokens)" in text
+    assert "| vanilla -> MoM (two-phase) - vanilla, equal parameters | 1 |" in text
+    assert "| vanilla -> MoM (two-phase) - MoM (ours) | 1 |" in text
+
+
+def test_killed_phase_two_resumes_without_training_phase_one_again(curves, corpus_file, tiny_model_dir, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
+    from modetune.training.trainer import MethodTrainer
+
+    grid = tiny_grid(curves, corpus_file, tiny_model_dir, tokens=256, archs=("mom-2phase",))
+    assert (grid.steps, grid.eval_steps, grid.phase1_steps) == (8, 2, 4)
+    cell = curves.sweep_cells(grid)[0]
+    root = curves.run_dir(grid, cell)
+    # the same cell uninterrupted, elsewhere: the reference
+    runs, results = curves.RUNS, curves.RESULTS
+    monkeypatch.setattr(curves, "RUNS", tmp_path / "straight" / "runs")
+    monkeypatch.setattr(curves, "RESULTS", tmp_path / "straight" / "results")
+    straight = curves.run_cell(grid, cell)
+    monkeypatch.setattr(curves, "RUNS", runs)
+    monkeypatch.setattr(curves, "RESULTS", results)
+
+    # killed in phase 2 after its first checkpoint (step 2 of 4): phase 1 complete, phase 2 unfinished, no curve
+    class Killed(Exception):
+        pass
+
+    step = MethodTrainer.training_step
+
+    def dying(self, *args, **kwargs):
+        if Path(self.args.output_dir).name == "phase2" and self.state.global_step >= 2:
+            raise Killed
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(MethodTrainer, "training_step", dying)
+    with pytest.raises(Killed):
+        curves.run_cell(grid, cell)
+    monkeypatch.setattr(MethodTrainer, "training_step", step)
+    assert json.loads((root / "phase1" / "run.json").read_text())["status"] == "complete"
+    assert json.loads((root / "phase2" / "run.json").read_text())["status"] == "running"
+    assert (root / "phase2" / "checkpoint-2").is_dir() and curves.finished(grid, cell) is None
+
+    # run again: only phase 2 trains, resumed from its checkpoint; the curve is the uninterrupted one
+    calls = []
+    pretrain = curves.pretrain
+
+    def recording(cfg, argv=None):
+        calls.append((Path(cfg.output).name, cfg.resume))
+        return pretrain(cfg, argv=argv)
+
+    monkeypatch.setattr(curves, "pretrain", recording)
+    phase1 = (root / "phase1" / "run.json").read_text()
+    result = curves.run_cell(grid, cell)
+    assert calls == [("phase2", True)] and (root / "phase1" / "run.json").read_text() == phase1
+    info = json.loads((root / "phase2" / "run.json").read_text())
+    assert info["status"] == "complete" and [r["from"][-12:] for r in info["resumed"]] == ["checkpoint-2"]
+    assert [p["phase"] for p in result["points"]] == [1, 1, 2, 2]
+    for key in ("step", "tokens", "forward_flops", "eval_loss"):
+        assert [p[key] for p in result["points"]] == pytest.approx([p[key] for p in straight["points"]], abs=1e-5)
+
+    # a phase 2 that was not built from the phase 1 there (phase 1 unfinished, or made for another split): refused
+    (curves.results_dir(grid) / f"{cell.name}.json").unlink()
+    with pytest.raises(ValueError, match="ran 4 steps, this grid plans 6"):
+        curves.run_cell(dataclasses.replace(grid, phase1_fraction=0.75), cell)
+    info1 = json.loads(phase1)
+    (root / "phase1" / "run.json").write_text(json.dumps({**info1, "status": "running"}))
+    with pytest.raises(ValueError, match="not complete"):
+        curves.run_cell(grid, cell)
+    assert calls == [("phase2", True)]  # neither trained anything
+
+
+def _train_losses(run: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
