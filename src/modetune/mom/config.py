@@ -24,6 +24,7 @@ ROUTERS = ("gru", "linear")
 WEIGHTINGS = ("softmax", "topk_softmax")
 POOL_INITS = ("layers", "fresh")
 ASSEMBLIES = ("outputs", "qkv")
+KV_LAYOUTS = ("slots", "picked")
 # bookkeeping keys of a saved config that say nothing about the modules
 _NOT_ARCHITECTURE = {
     "_name_or_path",
@@ -79,6 +80,12 @@ FIELD_HELP: dict[str, str] = {
     "attention and their outputs are weighted and summed (KV cache: one slot per round and module); 'qkv' = the "
     "authors' code: the picked modules' Q/K/V projections are summed, one attention runs, each picked module's "
     "output projection is applied to its result and weighted (KV cache: one slot per round).",
+    "kv_layout": "How an 'outputs' attention module runs and what the KV cache keeps of it (same attention, so the "
+    "same logits up to float rounding): 'slots' = the module runs on the whole chunk, masked to the tokens that "
+    "picked it, and its (round, module) slot keeps every position (zeros and a mask for the others); 'picked' = it "
+    "runs on the tokens that picked it only and its slot keeps only their keys/values and positions (memory grows "
+    "with the picks, not with rounds x modules; see docs/mom.md). 'qkv' assembly keeps one slot per round and takes "
+    "'slots' only.",
     "router_temperature": "Softmax temperature of the routers' scores: probabilities = softmax(logits / T); below 1 "
     "sharpens them, so with 'softmax' weighting a picked module's weight is closer to 1 (the authors' code uses 0.2).",
     "load_balance_weight": "Weight of a Switch-Transformer load-balancing loss over each router's choices, added "
@@ -112,6 +119,7 @@ class MoMConfig(PretrainedConfig):
         weighting: str = "softmax",
         router_temperature: float = 1.0,
         attention_assembly: str = "outputs",
+        kv_layout: str = "slots",
         load_balance_weight: float = 0.0,
         pool_init: str = "fresh",
         router_init_bias: float = 0.0,
@@ -135,6 +143,7 @@ class MoMConfig(PretrainedConfig):
         self.weighting = weighting
         self.router_temperature = float(router_temperature)
         self.attention_assembly = attention_assembly
+        self.kv_layout = kv_layout
         self.load_balance_weight = float(load_balance_weight)
         self.pool_init = pool_init
         self.router_init_bias = float(router_init_bias)
@@ -203,9 +212,14 @@ class MoMConfig(PretrainedConfig):
         if not self.load_balance_weight >= 0:
             raise ConfigError(f"MoMConfig.load_balance_weight must be >= 0, got {self.load_balance_weight!r}")
         choices = (("router", ROUTERS), ("weighting", WEIGHTINGS), ("pool_init", POOL_INITS))
-        for name, allowed in (*choices, ("attention_assembly", ASSEMBLIES)):
+        for name, allowed in (*choices, ("attention_assembly", ASSEMBLIES), ("kv_layout", KV_LAYOUTS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"MoMConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.kv_layout == "picked" and self.attention_assembly == "qkv":
+            raise ConfigError(
+                "MoMConfig.kv_layout='picked' applies to attention_assembly='outputs'; 'qkv' already keeps one K/V "
+                "per round and token (and a token that picked only SKIPs still holds a zero key every token attends to)"
+            )
         for kind, pool, pruned in (
             ("attention", self.num_attention_modules, self.pruned_attention_modules),
             ("ffn", self.num_ffn_modules, self.pruned_ffn_modules),

@@ -52,17 +52,22 @@ were. "Authors" below means that code.
   over the tokens that picked *that module in that round*, outputs weighted and summed; the cache has one
   slot per (round, module) pair plus its selection mask. Why offer it and default to it: a query of module A
   then never meets keys made by module B (a different projection space), every attention is a proper
-  single-module attention, and a token's cost is only the modules it picked (as MoD skips tokens). A slot is
-  allocated when its module is first picked in its round and padded with masked zeros for earlier positions,
-  so memory grows with the (round, module) pairs actually used. Both reduce exactly to the vanilla model and
-  cache under fixed routes (tested bitwise), and both give the same logits cached and uncached.
+  single-module attention, and a token's cost is only the modules it picked (as MoD skips tokens). Its cache
+  layout (`kv_layout`, ours; issue 32): 'slots' (default) allocates a slot when its module is first picked in
+  its round, keeps every position in it and pads earlier ones with masked zeros, so memory grows with the
+  (round, module) pairs used (up to H x m^A K/V per token: ~4x vanilla's cache at issue 15's size); 'picked'
+  keeps only the keys/values (and positions) of the tokens that picked the module, so memory grows with the
+  picks (H x the non-SKIP picks per round; ~1.07x vanilla with issue 15's trained routers, at most K x). Both
+  are the same attention, so the same logits up to float rounding. Both assemblies reduce exactly to the
+  vanilla model and cache under fixed routes (tested bitwise), and give the same logits cached and uncached.
 * Two-phase initialisation (paper and authors): phase 1 pre-trains a vanilla transformer, phase 2 splits its
   layers into modules (`from_pretrained_layers`; module i is a copy of layer i mod L, the authors map
   consecutive layers into each chunk), adds the routers and trains everything. Routers start random unless
   `router_init_bias` > 0 (ours).
-* Compute: this implementation runs an 'outputs' attention module on the whole chunk when any token picked it
-  (masking the rest) and an FFN module only on the tokens that picked it. The reported FLOPs per token count
-  the modules a token picked, not this implementation's dense work.
+* Compute: an FFN module runs only on the tokens that picked it; an 'outputs' attention module runs on the whole
+  chunk when any token picked it, masked to those tokens, with a [T, S] mask per module and round
+  (`kv_layout='slots'`), or on the picking tokens only, gathered, with no mask for one sequence ('picked'). The
+  reported FLOPs per token count the modules a token picked, not the 'slots' layout's dense work.
 """
 
 from __future__ import annotations
@@ -100,14 +105,20 @@ def family_classes(model_type: str) -> tuple[type, type, type]:
 
 # -- the cache -------------------------------------------------------------------------------------------
 class MoMCache(DynamicCache):
-    """One KV slot per (round, attention module) pair, and each slot's selection mask.
+    """One KV slot per (round, attention module) pair (per round for 'qkv'), and each slot's bookkeeping.
 
-    Slot (h, j) holds, for the cached positions, the keys/values module j produced in round h and whether
-    that token picked module j in round h (positions that did not are masked out of the attention). A slot
-    is filled only when some token picks its module: the positions before are then padded with masked
-    zeros, so a module nobody uses in a round costs no memory (with fixed routes the cache is exactly the
-    vanilla one, H slots). The masks live in the same DynamicCache as extra "layers" (shape [B, 1, S, 1]),
-    so beam-search reordering and batch selection treat them exactly like the keys.
+    `kv_layout='slots'`: slot (h, j) holds, for every cached position, the keys/values module j produced in round
+    h, and a selection mask says which tokens picked module j in round h (the others are masked out of the
+    attention). A slot is filled only when some token picks its module: the positions before are then padded
+    with masked zeros, so a module nobody uses in a round costs no memory (with fixed routes the cache is
+    exactly the vanilla one, H slots). The masks live in the same DynamicCache as extra "layers" (float flags
+    [B, 1, S, 1] stored as keys and as values), so beam-search reordering and batch selection treat them
+    exactly like the keys.
+
+    `kv_layout='picked'`: slot (h, j) holds the keys/values of the tokens that picked module j in round h only,
+    in order, and the extra layer holds each entry's position (int32 [B, 1, N, 1]; the value side is empty,
+    [B, 1, N, 0]). A batch row that did not pick the module in a chunk where another row did gets an entry
+    with position -1 (masked), so only batch size 1 is exactly "the picks, nothing else".
     """
 
     def __init__(self, num_rounds: int, num_modules: int):
@@ -144,6 +155,17 @@ class MoMCache(DynamicCache):
         stored, _ = self.update(flag, flag, self._mask_slot(round_idx, module_idx))
         return stored[:, 0, :, 0] > 0.5
 
+    def update_positions(self, round_idx: int, module_idx: int, positions: torch.Tensor) -> torch.Tensor:
+        """'picked' layout: append this chunk's entry positions [B, C] (-1 = no entry) to slot (h, j); return the
+        positions of all its entries [B, N]. Stored as int32 keys with an empty value side (4 bytes an entry)."""
+        stored_as = positions.to(torch.int32)[:, None, :, None]
+        stored, _ = self.update(stored_as, stored_as[..., :0], self._mask_slot(round_idx, module_idx))
+        return stored[:, 0, :, 0]
+
+    def nbytes(self) -> int:
+        """Bytes of every tensor the cache holds: keys, values and the slots' masks or positions."""
+        return sum(t.nbytes for layer in self.layers if layer.is_initialized for t in (layer.keys, layer.values))
+
 
 class _SlotView:
     """What an HF attention module sees as its cache: writes go to one (round, module) slot of a MoMCache."""
@@ -153,6 +175,22 @@ class _SlotView:
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
         return self.cache.update(key_states, value_states, self.slot)
+
+
+def _picked_order(sel: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """For a selection [B, T]: (indices [B, C] of each row's selected tokens in order, right-padded with unselected
+    ones, or None when every token is selected; which of the C entries are real [B, C]). C = the most per row."""
+    if bool(sel.all()):
+        return None, sel
+    count = sel.sum(1)
+    order = torch.argsort((~sel).to(torch.uint8), dim=1, stable=True)[:, : int(count.max())]
+    return order, torch.arange(order.shape[1], device=sel.device)[None] < count[:, None]
+
+
+def _gather_tokens(t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """t [B, T, ...] at the token indices `order` [B, C] -> [B, C, ...]."""
+    index = order.view(*order.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
+    return t.gather(1, index)
 
 
 # -- modules and routers --------------------------------------------------------------------------------
@@ -371,19 +409,20 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
         self, selected: torch.Tensor, key_valid: torch.Tensor, past: int, T: int, dtype: torch.dtype
     ) -> torch.Tensor | None:
         """Additive mask [B,1,T,S]: causal, not padding, and the key picked this module in this round (or is the
-        query itself). None when that is plain causal attention that SDPA can do on its own."""
+        query itself). None when that is plain causal attention that SDPA can do on its own (no key beyond a window)."""
         S = key_valid.shape[1]
+        window = self.config.sliding_window()
         if (
             bool(selected.all())
             and bool(key_valid.all())
             and (past == 0 or T == 1)
+            and (not window or window >= S)
             and self.config._attn_implementation == "sdpa"
         ):
             return None
         q_pos = torch.arange(past, past + T, device=selected.device)[:, None]
         k_pos = torch.arange(S, device=selected.device)[None, :]
         allowed = k_pos <= q_pos
-        window = self.config.sliding_window()
         if window:
             allowed = allowed & (q_pos - k_pos < window)
         keys = (selected & key_valid)[:, None, :] | (k_pos == q_pos)[None]  # [B, T, S]
@@ -503,30 +542,102 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
         past: int,
         position_embeddings: Any,
     ) -> tuple[torch.Tensor, Any, Any, torch.Tensor | None]:
-        """Round h's assembled attention: every module some token picked runs on the chunk, masked to the
-        tokens that picked it. Returns (x, picks, probs, router state)."""
+        """Round h's assembled attention: every module some token picked runs, on the whole chunk masked to the
+        tokens that picked it ('slots') or on those tokens only ('picked'). Returns (x, picks, probs, router state)."""
         cfg = self.config
-        T = x.shape[1]
         w, picked, picks, probs, state = self._route(
             self.attention_router, x, state, h, cfg.num_attention_modules, cfg.pruned_attention_modules
         )
         if cfg.attention_assembly == "qkv":
             x = x + self._qkv_assembled_attention(x, w, picked, h, cache, key_valid, past, position_embeddings)
             return x, picks, probs, state
+        run = self._picked_module_attention if cfg.kv_layout == "picked" else self._slotted_module_attention
         out = None
         for j, module in enumerate(self.attention_modules):
             sel = picked[..., j]
             if not bool(sel.any()):
                 continue
-            slot = cache.kv_slot(h, j) if cache is not None else None
-            if cache is not None:
-                cache.pad_slot(h, j, x, self._kv_heads, self._head_dim)
-            sel_all = cache.update_selection(h, j, sel) if cache is not None else sel
-            mask = self._attention_mask(sel_all, key_valid, past, T, x.dtype)
-            y = module(x, position_embeddings, mask, cache=_SlotView(cache, slot) if cache is not None else None)
-            y = y * w[..., j : j + 1]
-            out = y if out is None else out + y
+            y = run(module, h, j, x, w[..., j], sel, cache, key_valid, past, position_embeddings)
+            if y is not None:
+                out = y if out is None else out + y
         return (x + out if out is not None else x), picks, probs, state
+
+    def _slotted_module_attention(
+        self,
+        module: AttentionModule,
+        h: int,
+        j: int,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        sel: torch.Tensor,
+        cache: MoMCache | None,
+        key_valid: torch.Tensor,
+        past: int,
+        position_embeddings: Any,
+    ) -> torch.Tensor:
+        """'slots': module j runs on the whole chunk, its keys masked to the tokens that picked it in round h; its
+        cache slot keeps every position. Returns its router-weighted output [B, T, d]."""
+        slot = cache.kv_slot(h, j) if cache is not None else None
+        if cache is not None:
+            cache.pad_slot(h, j, x, self._kv_heads, self._head_dim)
+        sel_all = cache.update_selection(h, j, sel) if cache is not None else sel
+        mask = self._attention_mask(sel_all, key_valid, past, x.shape[1], x.dtype)
+        y = module(x, position_embeddings, mask, cache=_SlotView(cache, slot) if cache is not None else None)
+        return y * weight[..., None]
+
+    def _picked_module_attention(
+        self,
+        module: AttentionModule,
+        h: int,
+        j: int,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        sel: torch.Tensor,
+        cache: MoMCache | None,
+        key_valid: torch.Tensor,
+        past: int,
+        position_embeddings: Any,
+    ) -> torch.Tensor | None:
+        """'picked': module j runs on the (real) tokens that picked it in round h only, gathered in order, so the
+        attention among them is plain causal attention (no [T, S] mask for one sequence) and only their keys and
+        values are cached. The same attention as 'slots' for every token that picked the module. Returns its
+        router-weighted output scattered back to [B, T, d], or None when no real token picked it."""
+        B, T, d = x.shape
+        sel = sel & key_valid[:, -T:]
+        if not bool(sel.any()):
+            return None
+        order, valid = _picked_order(sel)
+        index = order if order is not None else torch.arange(T, device=x.device).expand(B, T)
+        positions = torch.where(valid, past + index, -1)
+        key_positions = cache.update_positions(h, j, positions) if cache is not None else positions
+        mask = self._picked_mask(positions, key_positions, x.dtype)
+        view = _SlotView(cache, cache.kv_slot(h, j)) if cache is not None else None
+        if order is None:  # every token of the chunk picked it: no gather
+            return module(x, position_embeddings, mask, cache=view) * weight[..., None]
+        xs, pe = _gather_tokens(x, order), tuple(_gather_tokens(t, order) for t in position_embeddings)
+        y = module(xs, pe, mask, cache=view) * (weight.gather(1, order) * valid)[..., None]
+        return torch.zeros_like(x).scatter_add_(1, order[..., None].expand(-1, -1, d), y)
+
+    def _picked_mask(
+        self, positions: torch.Tensor, key_positions: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """Additive mask [B,1,C,N+C] for gathered queries at `positions` (-1 = padding) over keys at `key_positions`:
+        a real key, not after the query, within the window. None when SDPA's own causal mask is exact: no cached
+        entries (padding entries of the chunk come after every real one) or one query over only real cached keys."""
+        C, N = positions.shape[1], key_positions.shape[1] - positions.shape[1]
+        window = self.config.sliding_window()
+        real_keys = key_positions >= 0
+        in_window = not window or int(positions.max()) - int(key_positions[real_keys].min()) < window
+        plain = N == 0 or (C == 1 and bool(real_keys[:, :N].all()))
+        if plain and in_window and self.config._attn_implementation == "sdpa":
+            return None
+        q, k = positions[:, :, None], key_positions[:, None, :]
+        allowed = (k >= 0) & (k <= q)
+        if window:
+            allowed = allowed & (q - k < window)
+        allowed = allowed | (q < 0)  # a padding query's output is dropped; never leave its row empty
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=positions.device)
+        return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
     def _ffn_round(
         self, x: torch.Tensor, h: int, state: torch.Tensor | None

@@ -104,6 +104,7 @@ def mom_config(cfg: PretrainConfig, base: Any, num_layers: int, pool_init: str) 
         weighting=cfg.weighting,
         router_temperature=cfg.router_temperature,
         attention_assembly=cfg.attention_assembly,
+        kv_layout=cfg.kv_layout,
         load_balance_weight=cfg.load_balance_weight,
         router_init_bias=cfg.router_init_bias,
         pool_init=pool_init,
@@ -195,6 +196,7 @@ class PretrainConfig(OptimConfig):
     weighting: str = _help(FIELD_HELP["weighting"], default="softmax")
     router_temperature: float = _help(FIELD_HELP["router_temperature"], default=1.0)
     attention_assembly: str = _help(FIELD_HELP["attention_assembly"], default="outputs")
+    kv_layout: str = _help(FIELD_HELP["kv_layout"], default="slots")
     load_balance_weight: float = _help(FIELD_HELP["load_balance_weight"], default=0.0)
     router_init_bias: float = _help(FIELD_HELP["router_init_bias"], default=0.0)
     preset: str = _help(
@@ -221,6 +223,7 @@ class PretrainConfig(OptimConfig):
         "weighting",
         "router_temperature",
         "attention_assembly",
+        "kv_layout",
         "load_balance_weight",
         "router_init_bias",
         "preset",
