@@ -86,7 +86,7 @@ class TrainConfig(OptimConfig):
     )
     data: list[str] = _help(
         "Training file(s): LLM-Adapters JSON, GSM8K JSONL, prompt/completion JSONL, chat JSONL or plain text "
-        "({\"text\": ...} records, cut into --cutoff-len windows) (format detected); "
+        '({"text": ...} records, cut into --cutoff-len windows) (format detected); '
         "or 'synthetic[:N[:LEVEL]]' for N built-in arithmetic word problems (LEVEL 1, 2, 3 or mixed); "
         "or a Hugging Face dataset: a save_to_disk directory, a .parquet/.arrow/.csv file or a cached hub name, "
         "SOURCE@SPLIT for a split (default train).",
