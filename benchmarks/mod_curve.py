@@ -306,7 +306,9 @@ def plot(results: dict, path: Path) -> None:
             rows = sorted((r for r in results["rows"] if r["method"] == method and r.get(key) is not None),
                           key=lambda r: r["skipped_compute"])  # fmt: skip
             values = [r[key] / base[key] if is_perplexity else r[key] for r in rows]
-            ax.plot([100 * r["skipped_compute"] for r in rows], values, "o-", label=method)
+            skipped = general_skipped if key == "perplexity" else (lambda r: r["skipped_compute"])
+            order = sorted(range(len(rows)), key=lambda i: skipped(rows[i]))
+            ax.plot([100 * skipped(rows[i]) for i in order], [values[i] for i in order], "o-", label=method)
         if is_perplexity:
             ax.set_yscale("log")
             ax.axhline(1.25, color="grey", linestyle=":", label="target: 1.25 x base")
@@ -314,7 +316,8 @@ def plot(results: dict, path: Path) -> None:
         else:
             ax.axhline(base[key], color="black", linestyle="--", label=f"base model ({base[key]:.3f})")
             ax.set_ylabel(f"{label} accuracy ({results['task_n'][key]} questions)")
-        ax.set_xlabel("share of decoder-layer compute skipped (%, at 1k tokens)")
+        ax.set_xlabel("share of decoder-layer compute skipped (%, at 1k tokens)"
+                      + (" on this text" if key == "perplexity" else ""))  # fmt: skip
         ax.set_title(f"{results.get('model', '')}: {label}")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -323,6 +326,14 @@ def plot(results: dict, path: Path) -> None:
 
 
 CURVE_START, CURVE_END = "<!-- mod-curve:start -->", "<!-- mod-curve:end -->"
+
+
+def general_skipped(row: dict) -> float:
+    """The share of layer compute a row skips on the general text: a routed row's thresholds are calibrated on
+    the calibration text and skip another share there (`processed_general`); a static row skips the same."""
+    if row.get("processed_general") is None or row["processed"] >= 1:
+        return row["skipped_compute"]
+    return row["skipped_compute"] / (1 - row["processed"]) * (1 - row["processed_general"])
 
 
 def _ratio(value: float | None, base: float | None, fmt: str = "{:.2f}x") -> str:
@@ -360,8 +371,7 @@ def render(results: dict) -> str:
         if general:
             cell = _ratio(row.get("perplexity"), general)
             if row.get("processed_general") is not None and row["processed"] < 1:  # routing: its own share there
-                routed_share = row["skipped_compute"] / (1 - row["processed"])
-                cell += f" (at {100 * (1 - row['processed_general']) * routed_share:.1f}%)"
+                cell += f" (at {100 * general_skipped(row):.1f}%)"
             cells.append(cell)
         cells.append(_ratio(row["perplexity_gsm8k"], base["perplexity_gsm8k"]))
         cells += [f"{row[t]:.3f}" if row.get(t) is not None else "-" for t in tasks]
