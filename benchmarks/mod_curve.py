@@ -201,10 +201,12 @@ def curve(
     conversions: list[tuple[str, Any]],
     fixed: list[tuple[str, Any]] = (),
     known_base: dict[str, float] | None = None,
+    on_row: Callable[[dict], None] | None = None,
 ) -> dict:
     """Every method's rows at each share in `args.fractions` (with `args.only`: those methods' rows only).
     `known_base`: the base model's task accuracies already measured on the same questions (deterministic, so
-    reused rather than scored again)."""
+    reused rather than scored again). `on_row` gets the results so far after every row (a long pass that is
+    stopped keeps what it measured)."""
 
     def wanted(method: str) -> bool:
         return not args.only or method in args.only
@@ -221,10 +223,23 @@ def curve(
     base_quality = {**measure(Variant("base", base, None), text, base_tasks, args, detail=bool(detailed)), **known_base}
     rows = []
 
+    def results() -> dict:
+        return {
+            "base_perplexity": base_quality.get("perplexity"),
+            "base_perplexity_gsm8k": base_quality["perplexity_gsm8k"],
+            "base": base_quality,
+            "attention_share_of_layer_compute": round(attention_fraction, 4),
+            "block_influence": [round(v, 5) for v in influence],
+            "attention_influence": [round(v, 5) for v in attn_influence],
+            "rows": rows,
+        }
+
     def add(method: str, skipped: float, quality: dict[str, float], **extra: Any) -> None:
         quality.update(against_base(quality, base_quality))
         rows.append({"method": method, "skipped_compute": round(skipped, 4), "perplexity": None, **quality, **extra})
         print(json.dumps(rows[-1]), flush=True)
+        if on_row is not None:
+            on_row(results())
 
     mod = get_mod_model(base, operator="random")
     routed = len(mod.layer_indices)
@@ -277,15 +292,7 @@ def curve(
     for label, run in fixed:  # skipping fixed in training (e.g. layers deleted, then healed): one row, as trained
         quality = measure(Variant(label, run, {}), text, tasks, args, detail=bool(detailed))
         add(label, (1 - quality["processed"]) * len(run.layer_indices) / L, quality, as_trained=True)
-    return {
-        "base_perplexity": base_quality.get("perplexity"),
-        "base_perplexity_gsm8k": base_quality["perplexity_gsm8k"],
-        "base": base_quality,
-        "attention_share_of_layer_compute": round(attention_fraction, 4),
-        "block_influence": [round(v, 5) for v in influence],
-        "attention_influence": [round(v, 5) for v in attn_influence],
-        "rows": rows,
-    }
+    return results()
 
 
 def plot(results: dict, path: Path) -> None:
@@ -514,18 +521,28 @@ def main(argv: list[str] | None = None) -> int:
     kept = json.loads(Path(args.output or OUT).read_text()) if args.only else {}
     known_base = {task: kept["base"][task] for task, items in tasks.items()  # the same questions: the same answer
                   if task in kept.get("base", {}) and kept.get("task_n", {}).get(task) == len(items)}  # fmt: skip
-    measured = curve(base, text, calib, tasks, args, conversions, fixed, known_base)
-    for row in measured["rows"]:
-        row["command"] = command
-    results = {"model": name, "context_for_compute": CONTEXT, "ppl_len": args.ppl_len, "ppl_chunks": args.ppl_chunks,
-               "task_n": {task: len(items) for task, items in tasks.items()} if args.detail_shares else {},
-               "decode_steps": args.decode_steps,
-               **measured}  # fmt: skip
-    if args.only:  # the other rows (and their commands) stay as they were, and so do base figures not measured now
-        results["rows"] = merged_rows(kept["rows"], measured["rows"])
-        results["base"] = {**kept.get("base", {}), **measured["base"]}
-        results["task_n"] = {**kept.get("task_n", {}), **results["task_n"]}
     output = args.output or (None if args.tiny else str(OUT))
+
+    def combined(measured: dict) -> dict:
+        """This pass's results, merged into the kept ones with --only."""
+        for row in measured["rows"]:
+            row["command"] = command
+        results = {"model": name, "context_for_compute": CONTEXT, "ppl_len": args.ppl_len,
+                   "ppl_chunks": args.ppl_chunks, "decode_steps": args.decode_steps,
+                   "task_n": {task: len(items) for task, items in tasks.items()} if args.detail_shares else {},
+                   **measured}  # fmt: skip
+        if args.only:  # the other rows (and their commands) stay as they were, and so do base figures not measured now
+            results["rows"] = merged_rows(kept["rows"], measured["rows"])
+            results["base"] = {**kept.get("base", {}), **measured["base"]}
+            results["task_n"] = {**kept.get("task_n", {}), **results["task_n"]}
+        return results
+
+    def save(measured: dict) -> None:
+        if output:
+            Path(output).write_text(json.dumps(combined(measured), indent=2) + "\n")
+
+    measured = curve(base, text, calib, tasks, args, conversions, fixed, known_base, on_row=save)
+    results = combined(measured)
     if output:
         Path(output).write_text(json.dumps(results, indent=2) + "\n")
         plot(results, FIGURE if output == str(OUT) else Path(output).with_suffix(".png"))

@@ -138,3 +138,25 @@ def test_choice_scores_in_one_padded_batch_equal_one_forward_per_choice(monkeypa
                     logp = model(input_ids=ids, use_cache=False).logits[0, :-1].float().log_softmax(-1)
                 alone.append(float(logp.gather(1, ids[0, 1:, None])[-len(cont) :, 0].mean()))
             assert mod_bench.choice_scores(model, prompt, conts) == pytest.approx(alone, abs=1e-4)
+
+
+def test_mod_curve_keeps_the_rows_measured_before_a_pass_stops(tmp_path, monkeypatch):
+    """A long pass writes its results after every row, so stopping it loses only the row in progress."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("mod_curve", None)
+    import mod_curve
+
+    output = tmp_path / "curve.json"
+    measure, calls = mod_curve.measure, []
+
+    def stops_on_the_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(mod_curve, "measure", stops_on_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        mod_curve.main(["--tiny", "--fractions", "0.2", "--tasks", "--output", str(output)])
+    rows = json.loads(output.read_text())["rows"]  # the base, then influence_routing and static_layers
+    assert [r["method"] for r in rows] == ["influence_routing", "static_layers"] and all(r["command"] for r in rows)
