@@ -9,7 +9,7 @@ modules, vocabulary 49,152 tied; memory and speed need no training), float32, ba
 
 * vanilla: 4 layers (`LlamaForCausalLM`);
 * mom-slots: MoM as in issue 15's runs (4 attention + 4 FFN modules + 1 SKIP, H=4, K=2, GRU state 64), with
-  today's default `kv_layout='slots'` (one KV slot per (round, module) pair, every position);
+  the former default `kv_layout='slots'` (one KV slot per (round, module) pair, every position);
 * mom-picked: the same model with `kv_layout='picked'` (each slot keeps only the tokens that picked the module);
 * mom-qkv: the same with `attention_assembly='qkv'` (the authors' assembly: one K/V per round).
 

@@ -177,6 +177,7 @@ def test_authors_preset_sets_exactly_the_listed_fields():
         "weighting": "topk_softmax",
         "load_balance_weight": 0.01,
         "attention_assembly": "qkv",
+        "kv_layout": "slots",
     }
     cfg = MoMConfig.authors_preset(num_rounds=3)
     default = MoMConfig(num_rounds=3).to_dict()

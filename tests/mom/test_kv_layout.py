@@ -30,7 +30,7 @@ def kv_entry_bytes(mom: MoMForCausalLM) -> int:
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3"])
 def test_picked_layout_gives_the_slots_logits(model_type, batch):
-    slots, picked = routed(model_type), routed(model_type, kv_layout="picked")
+    slots, picked = routed(model_type, kv_layout="slots"), routed(model_type, kv_layout="picked")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     with torch.no_grad():
         a = slots(ids, attention_mask=mask, output_routes=True)
@@ -70,7 +70,7 @@ def test_picked_generation_of_one_sequence_matches_slots_token_for_token():
     kw = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
     picked = routed(kv_layout="picked")
     assert torch.equal(picked.generate(ids, **kw), picked.generate(ids, use_cache=False, **kw))
-    assert torch.equal(picked.generate(ids, **kw), routed().generate(ids, **kw))
+    assert torch.equal(picked.generate(ids, **kw), routed(kv_layout="slots").generate(ids, **kw))
 
 
 @pytest.mark.parametrize("layout", ["slots", "picked"])
@@ -82,7 +82,7 @@ def test_sliding_window_is_kept_with_fixed_routes_and_with_routers(layout):
     with torch.no_grad():
         torch.testing.assert_close(mom(ids).logits, source(ids).logits, rtol=1e-5, atol=1e-5)
         windowed = {"sliding_window": 4}
-        a = routed("mistral", windowed)(ids).logits
+        a = routed("mistral", windowed, kv_layout="slots")(ids).logits
         b = routed("mistral", windowed, kv_layout=layout)(ids).logits
         cached = routed("mistral", windowed, kv_layout=layout)
         out = cached(ids[:, :3], use_cache=True)
@@ -131,11 +131,18 @@ def test_picked_cache_holds_exactly_its_formula_in_bytes():
     assert cache.nbytes() == int(counts.sum()) * (entry + 4)
 
     with torch.no_grad():
-        slots = routed()(ids, use_cache=True).cache
+        slots = routed(kv_layout="slots")(ids, use_cache=True).cache
         qkv = routed(attention_assembly="qkv")(ids, use_cache=True).cache
     used = sum(slots.filled(h, j) > 0 for h in range(POOL["num_rounds"]) for j in range(POOL["num_attention_modules"]))
     assert slots.nbytes() == used * T * (entry + 8)
     assert qkv.nbytes() == POOL["num_rounds"] * T * entry
+
+
+def test_default_layout_is_picked_and_qkv_takes_slots():
+    """The measured better layout is the default; a saved config keeps the layout it was trained with."""
+    assert MoMConfig().kv_layout == "picked"
+    assert MoMConfig(attention_assembly="qkv").kv_layout == "slots"
+    assert MoMConfig.from_dict(MoMConfig(kv_layout="slots").to_dict()).kv_layout == "slots"
 
 
 def test_picked_layout_is_refused_with_qkv_assembly():
@@ -147,7 +154,7 @@ def test_picked_layout_is_refused_with_qkv_assembly():
 
 def test_picked_layout_trains_like_slots(batch):
     """Training (no cache, a padded batch): the same loss as 'slots' and gradients reach the routers and modules."""
-    slots, picked = routed().train(), routed(kv_layout="picked").train()
+    slots, picked = routed(kv_layout="slots").train(), routed(kv_layout="picked").train()
     a, b = slots(**batch), picked(**batch)
     torch.testing.assert_close(b.loss, a.loss, rtol=1e-5, atol=1e-6)
     b.loss.backward()

@@ -102,7 +102,7 @@ def test_cached_and_uncached_agree(router, weighting, assembly, batch):
 
 def test_fixed_route_cache_holds_only_the_used_slots():
     mom = from_pretrained_layers(build_tiny_model("llama"), MoMConfig(num_rounds=3, num_attention_modules=4,
-                                 num_ffn_modules=4)).fix_routes_to_layers()  # fmt: skip
+                                 num_ffn_modules=4, kv_layout="slots")).fix_routes_to_layers()  # fmt: skip
     with torch.no_grad():
         cache = mom(torch.randint(3, VOCAB, (1, 5)), use_cache=True).cache
     used = {i for i, layer in enumerate(cache.layers) if layer.get_seq_length() > 0}

@@ -196,7 +196,7 @@ class PretrainConfig(OptimConfig):
     weighting: str = _help(FIELD_HELP["weighting"], default="softmax")
     router_temperature: float = _help(FIELD_HELP["router_temperature"], default=1.0)
     attention_assembly: str = _help(FIELD_HELP["attention_assembly"], default="outputs")
-    kv_layout: str = _help(FIELD_HELP["kv_layout"], default="slots")
+    kv_layout: str | None = _help(FIELD_HELP["kv_layout"], default=None)
     load_balance_weight: float = _help(FIELD_HELP["load_balance_weight"], default=0.0)
     router_init_bias: float = _help(FIELD_HELP["router_init_bias"], default=0.0)
     preset: str = _help(
