@@ -211,14 +211,14 @@ def _plot_forest(rows, by_row, milestones) -> None:
                 entries.append((label, 100 * p["diff"], 100 * p["diff_ci95"][0], 100 * p["diff_ci95"][1]))
     if not entries:
         return
-    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.35 * len(entries)))
+    fig, ax = plt.subplots(figsize=(6.4, 1.3 + 0.35 * len(entries)))
     for i, (_, diff, low, high) in enumerate(reversed(entries)):
         ax.plot([low, high], [i, i], color="#4c72b0")
         ax.plot([diff], [i], "o", color="#4c72b0")
     ax.axvline(0, color="grey", linewidth=0.8)
     ax.set_yticks(range(len(entries)), [e[0] for e in reversed(entries)], fontsize=7)
-    ax.set_xlabel("Δ accuracy, points (paired, 95% CI; all sets of the milestone)")
+    ax.set_xlabel("Δ accuracy, points (paired 95% CI, all sets of the milestone)", fontsize=8)
     fig.tight_layout()
     grid_report.FIGURES.mkdir(exist_ok=True)
-    fig.savefig(grid_report.FIGURES / "long_forest.png", dpi=110)
+    fig.savefig(grid_report.FIGURES / "long_forest.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
