@@ -263,6 +263,17 @@ class MoMCausalLMOutput(CausalLMOutputWithPast):
 
 # -- the model -----------------------------------------------------------------------------------------
 @dataclass
+class _Chunk:
+    """What every attention module sees of one forward's chunk besides its hidden states: the cache, which keys
+    are real tokens ([B, past + T]), how many positions the cache held before it, and the rotary embeddings."""
+
+    cache: MoMCache | None
+    key_valid: torch.Tensor
+    past: int
+    position_embeddings: Any
+
+
+@dataclass
 class _Routing:
     """What one forward's routers did, round by round: loads, entropies, balance terms, the picks."""
 
@@ -466,15 +477,13 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
         use_cache, cache = self._cache_for(cache, use_cache)
         past = cache.get_seq_length() if cache is not None else 0
         key_valid, position_ids = self._key_valid_and_positions(x, attention_mask, position_ids, past)
-        position_embeddings = self.rotary_emb(x, position_ids=position_ids)
+        chunk = _Chunk(cache, key_valid, past, self.rotary_emb(x, position_ids=position_ids))
 
         routing = _Routing(balance=bool(cfg.load_balance_weight and labels is not None), keep_routes=output_routes)
         real = key_valid[:, -T:]
         state_a = state_f = None
         for h in range(cfg.num_rounds):
-            x, picks_a, probs_a, state_a = self._attention_round(
-                x, h, state_a, cache, key_valid, past, position_embeddings
-            )
+            x, picks_a, probs_a, state_a = self._attention_round(x, h, state_a, chunk)
             x, picks_f, probs_f, state_f = self._ffn_round(x, h, state_f)
             if picks_a is not None:
                 routing.add(self, (picks_a, probs_a), (picks_f, probs_f), real)
@@ -533,14 +542,7 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
         return key_valid, position_ids
 
     def _attention_round(
-        self,
-        x: torch.Tensor,
-        h: int,
-        state: torch.Tensor | None,
-        cache: MoMCache | None,
-        key_valid: torch.Tensor,
-        past: int,
-        position_embeddings: Any,
+        self, x: torch.Tensor, h: int, state: torch.Tensor | None, chunk: _Chunk
     ) -> tuple[torch.Tensor, Any, Any, torch.Tensor | None]:
         """Round h's assembled attention: every module some token picked runs, on the whole chunk masked to the
         tokens that picked it ('slots') or on those tokens only ('picked'). Returns (x, picks, probs, router state)."""
@@ -549,7 +551,7 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
             self.attention_router, x, state, h, cfg.num_attention_modules, cfg.pruned_attention_modules
         )
         if cfg.attention_assembly == "qkv":
-            x = x + self._qkv_assembled_attention(x, w, picked, h, cache, key_valid, past, position_embeddings)
+            x = x + self._qkv_assembled_attention(x, w, picked, h, chunk)
             return x, picks, probs, state
         run = self._picked_module_attention if cfg.kv_layout == "picked" else self._slotted_module_attention
         out = None
@@ -557,7 +559,7 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
             sel = picked[..., j]
             if not bool(sel.any()):
                 continue
-            y = run(module, h, j, x, w[..., j], sel, cache, key_valid, past, position_embeddings)
+            y = run(module, h, j, x, w[..., j], sel, chunk)
             if y is not None:
                 out = y if out is None else out + y
         return (x + out if out is not None else x), picks, probs, state
@@ -570,19 +572,17 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
         x: torch.Tensor,
         weight: torch.Tensor,
         sel: torch.Tensor,
-        cache: MoMCache | None,
-        key_valid: torch.Tensor,
-        past: int,
-        position_embeddings: Any,
+        chunk: _Chunk,
     ) -> torch.Tensor:
         """'slots': module j runs on the whole chunk, its keys masked to the tokens that picked it in round h; its
         cache slot keeps every position. Returns its router-weighted output [B, T, d]."""
+        cache = chunk.cache
         slot = cache.kv_slot(h, j) if cache is not None else None
         if cache is not None:
             cache.pad_slot(h, j, x, self._kv_heads, self._head_dim)
         sel_all = cache.update_selection(h, j, sel) if cache is not None else sel
-        mask = self._attention_mask(sel_all, key_valid, past, x.shape[1], x.dtype)
-        y = module(x, position_embeddings, mask, cache=_SlotView(cache, slot) if cache is not None else None)
+        mask = self._attention_mask(sel_all, chunk.key_valid, chunk.past, x.shape[1], x.dtype)
+        y = module(x, chunk.position_embeddings, mask, cache=_SlotView(cache, slot) if cache is not None else None)
         return y * weight[..., None]
 
     def _picked_module_attention(
@@ -593,22 +593,20 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
         x: torch.Tensor,
         weight: torch.Tensor,
         sel: torch.Tensor,
-        cache: MoMCache | None,
-        key_valid: torch.Tensor,
-        past: int,
-        position_embeddings: Any,
+        chunk: _Chunk,
     ) -> torch.Tensor | None:
         """'picked': module j runs on the (real) tokens that picked it in round h only, gathered in order, so the
         attention among them is plain causal attention (no [T, S] mask for one sequence) and only their keys and
         values are cached. The same attention as 'slots' for every token that picked the module. Returns its
         router-weighted output scattered back to [B, T, d], or None when no real token picked it."""
         B, T, d = x.shape
-        sel = sel & key_valid[:, -T:]
+        cache, position_embeddings = chunk.cache, chunk.position_embeddings
+        sel = sel & chunk.key_valid[:, -T:]
         if not bool(sel.any()):
             return None
         order, valid = _picked_order(sel)
         index = order if order is not None else torch.arange(T, device=x.device).expand(B, T)
-        positions = torch.where(valid, past + index, -1)
+        positions = torch.where(valid, chunk.past + index, -1)
         key_positions = cache.update_positions(h, j, positions) if cache is not None else positions
         mask = self._picked_mask(positions, key_positions, x.dtype)
         view = _SlotView(cache, cache.kv_slot(h, j)) if cache is not None else None
@@ -666,10 +664,7 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
         w: torch.Tensor,
         picked: torch.Tensor,
         h: int,
-        cache: MoMCache | None,
-        key_valid: torch.Tensor,
-        past: int,
-        position_embeddings: Any,
+        chunk: _Chunk,
     ) -> torch.Tensor:
         """The authors' assembly: the picked modules' Q/K/V projections (of their own input norms) are summed, one
         attention runs over them (keys of earlier tokens are their own assemblies, cached per round), and each
@@ -693,13 +688,13 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
             k[sel] += kj
             v[sel] += attn.v_proj(xs).view(xs.shape[0], -1, hd)
         fm = family_module(fam.model_type)
-        cos, sin = position_embeddings
+        cos, sin = chunk.position_embeddings
         q, k = fm.apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
         v = v.transpose(1, 2)
-        if cache is not None:
-            k, v = cache.update(k, v, cache.kv_slot(h, 0))
-        everyone = torch.ones_like(key_valid)
-        mask = self._attention_mask(everyone, key_valid, past, T, x.dtype)
+        if chunk.cache is not None:
+            k, v = chunk.cache.update(k, v, chunk.cache.kv_slot(h, 0))
+        everyone = torch.ones_like(chunk.key_valid)
+        mask = self._attention_mask(everyone, chunk.key_valid, chunk.past, T, x.dtype)
         attn0 = self.attention_modules[0].self_attn
         interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, fm.eager_attention_forward)
         y, _ = interface(attn0, q, k, v, mask, dropout=0.0, scaling=attn0.scaling)
