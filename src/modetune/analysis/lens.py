@@ -81,6 +81,51 @@ class _Accumulator:
         self.class_n = dict.fromkeys(TOKEN_CLASSES, 0)
         self.class_entropy = dict.fromkeys(TOKEN_CLASSES, 0.0)
 
+    def add_lens(self, i: int, logits: torch.Tensor, gold: torch.Tensor) -> None:
+        """Layer i's plain logit lens at the scored positions."""
+        lp, correct, _ = _gold_stats(logits, gold)
+        self.lens_ce[i] += float(-lp.double().sum())
+        self.lens_acc[i] += float(correct.sum())
+
+    def add_late_layers(self, logits_k: list[torch.Tensor], g: torch.Tensor, gold: torch.Tensor) -> list[torch.Tensor]:
+        """The k late layers' own predictions, their distance from the final layer's, the router's mixture of
+        them ([n, k] weights g) and the per-token oracle; returns each layer's log-probs [n, V]."""
+        gold_lps, logps = [], []
+        for i, logits in enumerate(logits_k):
+            lp, correct, logp = _gold_stats(logits, gold)
+            self.adapter_ce[i] += float(-lp.double().sum())
+            self.adapter_acc[i] += float(correct.sum())
+            gold_lps.append(lp)
+            logps.append(logp)
+        final_logp = logps[-1]
+        final_p = final_logp.exp()
+        for i, logp in enumerate(logps):
+            kl = (final_p * (final_logp - logp)).sum(-1)
+            self.kl_from_final[i] += float(kl.double().sum())
+            self.agree_final[i] += float((logp.argmax(-1) == final_logp.argmax(-1)).sum())
+        k = len(logits_k)
+        lp, correct, _ = _gold_stats(sum(g[:, i : i + 1] * logits_k[i] for i in range(k)), gold)
+        self.ens_ce += float(-lp.double().sum())
+        self.ens_acc += float(correct.sum())
+        stacked = torch.stack(gold_lps, dim=-1)  # [n, k]
+        if k > 1:
+            self.oracle_beats += float((stacked[:, :-1].max(-1).values > stacked[:, -1]).sum())
+        self.oracle_ce += float(-stacked.max(-1).values.double().sum())
+        self.best_layer += torch.bincount(stacked.argmax(-1), minlength=k).double().cpu()
+        return logps
+
+    def add_router(self, g: torch.Tensor, classes: list[str]) -> None:
+        """The router's weights [n, k]: mean, argmax counts and entropy, overall and per gold-token class."""
+        k = g.shape[-1]
+        entropy = -(g * g.clamp_min(1e-12).log()).sum(-1)  # [n]
+        self.router_sum += g.double().sum(0).cpu()
+        self.router_argmax += torch.bincount(g.argmax(-1), minlength=k).double().cpu()
+        self.router_entropy += float(entropy.double().sum())
+        for j, cls in enumerate(classes):
+            self.class_sum[cls] += g[j].double().cpu()
+            self.class_n[cls] += 1
+            self.class_entropy[cls] += float(entropy[j])
+
 
 def _gold_stats(logits: torch.Tensor, gold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log-prob of gold [n], top-1 correct [n], log-probs [n, V]) from logits [n, V]."""
@@ -166,47 +211,12 @@ def inspect_batches(
             # the plain logit lens of every layer: the model's own final norm, then its output path
             for i in range(num_layers):
                 h = at_labels(states[("layer", i)])
-                y = final_norm(h) if final_norm is not None else h
-                lp, correct, _ = _gold_stats(project(y), gold)
-                acc.lens_ce[i] += float(-lp.double().sum())
-                acc.lens_acc[i] += float(correct.sum())
+                acc.add_lens(i, project(final_norm(h) if final_norm is not None else h), gold)
             # the late layers as MoDE sees them: adapters for the non-final ones, y_L for the final one
             ys = [states[("adapter", i)] for i in range(k - 1)] + [states["final_y"]]
             g = at_labels(gates)  # [n, k]
-            logits_k = [project(at_labels(y)) for y in ys]
-            gold_lps, logps = [], []
-            for i, logits in enumerate(logits_k):
-                lp, correct, logp = _gold_stats(logits, gold)
-                acc.adapter_ce[i] += float(-lp.double().sum())
-                acc.adapter_acc[i] += float(correct.sum())
-                gold_lps.append(lp)
-                logps.append(logp)
-            final_logp = logps[-1]
-            final_p = final_logp.exp()
-            for i, logp in enumerate(logps):
-                kl = (final_p * (final_logp - logp)).sum(-1)
-                acc.kl_from_final[i] += float(kl.double().sum())
-                acc.agree_final[i] += float((logp.argmax(-1) == final_logp.argmax(-1)).sum())
-            ens = sum(g[:, i : i + 1] * logits_k[i] for i in range(k))
-            lp, correct, _ = _gold_stats(ens, gold)
-            acc.ens_ce += float(-lp.double().sum())
-            acc.ens_acc += float(correct.sum())
-            stacked = torch.stack(gold_lps, dim=-1)  # [n, k]
-            if k > 1:
-                acc.oracle_beats += float((stacked[:, :-1].max(-1).values > stacked[:, -1]).sum())
-            acc.oracle_ce += float(-stacked.max(-1).values.double().sum())
-            acc.best_layer += torch.bincount(stacked.argmax(-1), minlength=k).double().cpu()
-            # the router
-            entropy = -(g * g.clamp_min(1e-12).log()).sum(-1)  # [n]
-            acc.router_sum += g.double().sum(0).cpu()
-            acc.router_argmax += torch.bincount(g.argmax(-1), minlength=k).double().cpu()
-            acc.router_entropy += float(entropy.double().sum())
-            gold_texts = [tokenizer.decode([int(t)]) for t in gold.tolist()]
-            classes = [token_class(t) for t in gold_texts]
-            for j, cls in enumerate(classes):
-                acc.class_sum[cls] += g[j].double().cpu()
-                acc.class_n[cls] += 1
-                acc.class_entropy[cls] += float(entropy[j])
+            logps = acc.add_late_layers([project(at_labels(y)) for y in ys], g, gold)
+            acc.add_router(g, [token_class(tokenizer.decode([int(t)])) for t in gold.tolist()])
             # routing maps for the first examples
             if len(maps) < map_examples:
                 maps.extend(
