@@ -308,14 +308,18 @@ def plot(results: dict, path: Path) -> None:
               ("perplexity_gsm8k", "GSM8K test")) if base.get(k)]  # fmt: skip
     panels += [(t, TASK_LABELS[t], False) for t in TASK_LABELS if base.get(t) is not None]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.2), squeeze=False)
+    methods = sorted({r["method"] for r in results["rows"]})  # one colour and marker per method in every panel
+    style = {m: (plt.cm.tab20(i % 20), "os^D"[i % 4]) for i, m in enumerate(methods)}
     for ax, (key, label, is_perplexity) in zip(axes[0], panels, strict=True):
-        for method in sorted({r["method"] for r in results["rows"]}):
+        for method in methods:
             rows = sorted((r for r in results["rows"] if r["method"] == method and r.get(key) is not None),
                           key=lambda r: r["skipped_compute"])  # fmt: skip
             values = [r[key] / base[key] if is_perplexity else r[key] for r in rows]
             skipped = general_skipped if key == "perplexity" else (lambda r: r["skipped_compute"])
             order = sorted(range(len(rows)), key=lambda i: skipped(rows[i]))
-            ax.plot([100 * skipped(rows[i]) for i in order], [values[i] for i in order], "o-", label=method)
+            color, marker = style[method]
+            ax.plot([100 * skipped(rows[i]) for i in order], [values[i] for i in order], marker=marker, linestyle="-",
+                    color=color, label=method)  # fmt: skip
         if is_perplexity:
             ax.set_yscale("log")
             ax.axhline(1.25, color="grey", linestyle=":", label="target: 1.25 x base")
@@ -485,11 +489,15 @@ def main(argv: list[str] | None = None) -> int:
                         "steps; run alone (every other process paused)")  # fmt: skip
     parser.add_argument("--speed-contexts", type=int, nargs="*", default=[1024, 4096, 8192], help="none: no timing")
     parser.add_argument("--decode-steps", type=int, default=8, help="cached decoding steps timed after each prefill")
-    parser.add_argument("--render-only", action="store_true", help="rewrite --report from the existing JSON")
+    parser.add_argument(
+        "--render-only", action="store_true", help="redraw the figure and rewrite --report from the existing JSON"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.render_only:
-        results = json.loads(Path(args.output or OUT).read_text())
+        source = Path(args.output or OUT)
+        results = json.loads(source.read_text())
+        plot(results, FIGURE if source == OUT else source.with_suffix(".png"))
         replace_marked_block(Path(args.report), CURVE_START, CURVE_END, render(results), if_missing="error")
         return 0
     conversions, fixed = [], []

@@ -118,6 +118,11 @@ def test_mod_curve_smoke(tmp_path, monkeypatch):
     text = report.read_text()
     assert "kept" in text and "| static_layers |" in text and text.count(mod_curve.CURVE_START) == 1
     assert "| prefill @128 |" in text and "| OpenBookQA |" in text
+    figure = output.with_suffix(".png")
+    figure.unlink()
+    assert mod_curve.main(["--render-only", "--output", str(output), "--report", str(report)]) == 0
+    assert figure.stat().st_size > 0  # the figure is redrawn, the report rewritten from the JSON
+    assert mod_curve.render(json.loads(output.read_text())) in report.read_text()
 
 
 def test_choice_scores_in_one_padded_batch_equal_one_forward_per_choice(monkeypatch):
