@@ -494,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.render_only and not args.report:
+        parser.error("--render-only rewrites a report: name it with --report (e.g. --report benchmarks/RESULTS.md)")
     if args.render_only:
         source = Path(args.output or OUT)
         results = json.loads(source.read_text())

@@ -122,6 +122,8 @@ def test_mod_curve_smoke(tmp_path, monkeypatch):
     figure.unlink()
     assert mod_curve.main(["--render-only", "--output", str(output), "--report", str(report)]) == 0
     assert figure.stat().st_size > 0  # the figure is redrawn, the report rewritten from the JSON
+    with pytest.raises(SystemExit):  # argparse's message naming --report, no traceback
+        mod_curve.main(["--render-only", "--output", str(output)])
     assert mod_curve.render(json.loads(output.read_text())) in report.read_text()
 
 
