@@ -311,15 +311,12 @@ def plot(results: dict, path: Path) -> None:
     methods = sorted({r["method"] for r in results["rows"]})  # one colour and marker per method in every panel
     style = {m: (plt.cm.tab20(i % 20), "os^D"[i % 4]) for i, m in enumerate(methods)}
     for ax, (key, label, is_perplexity) in zip(axes[0], panels, strict=True):
+        skipped = general_skipped if key == "perplexity" else (lambda r: r["skipped_compute"])
         for method in methods:
-            rows = sorted((r for r in results["rows"] if r["method"] == method and r.get(key) is not None),
-                          key=lambda r: r["skipped_compute"])  # fmt: skip
+            rows = sorted((r for r in results["rows"] if r["method"] == method and r.get(key) is not None), key=skipped)
             values = [r[key] / base[key] if is_perplexity else r[key] for r in rows]
-            skipped = general_skipped if key == "perplexity" else (lambda r: r["skipped_compute"])
-            order = sorted(range(len(rows)), key=lambda i: skipped(rows[i]))
             color, marker = style[method]
-            ax.plot([100 * skipped(rows[i]) for i in order], [values[i] for i in order], marker=marker, linestyle="-",
-                    color=color, label=method)  # fmt: skip
+            ax.plot([100 * skipped(r) for r in rows], values, marker=marker, linestyle="-", color=color, label=method)
         if is_perplexity:
             ax.set_yscale("log")
             ax.axhline(1.25, color="grey", linestyle=":", label="target: 1.25 x base")
@@ -337,6 +334,11 @@ def plot(results: dict, path: Path) -> None:
 
 
 CURVE_START, CURVE_END = "<!-- mod-curve:start -->", "<!-- mod-curve:end -->"
+
+
+def figure_path(json_path: Path) -> Path:
+    """The figure beside a results file: the repository's figure for the repository's results."""
+    return FIGURE if json_path == OUT else json_path.with_suffix(".png")
 
 
 def general_skipped(row: dict) -> float:
@@ -499,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render_only:
         source = Path(args.output or OUT)
         results = json.loads(source.read_text())
-        plot(results, FIGURE if source == OUT else source.with_suffix(".png"))
+        plot(results, figure_path(source))
         replace_marked_block(Path(args.report), CURVE_START, CURVE_END, render(results), if_missing="error")
         return 0
     conversions, fixed = [], []
@@ -547,15 +549,16 @@ def main(argv: list[str] | None = None) -> int:
             results["task_n"] = {**kept.get("task_n", {}), **results["task_n"]}
         return results
 
-    def save(measured: dict) -> None:
+    def save(results: dict) -> None:
         if output:
-            Path(output).write_text(json.dumps(combined(measured), indent=2) + "\n")
+            Path(output).write_text(json.dumps(results, indent=2) + "\n")
 
-    measured = curve(base, text, calib, tasks, args, conversions, fixed, known_base, on_row=save)
+    measured = curve(base, text, calib, tasks, args, conversions, fixed, known_base,
+                     on_row=lambda so_far: save(combined(so_far)))  # fmt: skip
     results = combined(measured)
+    save(results)
     if output:
-        Path(output).write_text(json.dumps(results, indent=2) + "\n")
-        plot(results, FIGURE if output == str(OUT) else Path(output).with_suffix(".png"))
+        plot(results, figure_path(Path(output)))
     if args.report:
         replace_marked_block(Path(args.report), CURVE_START, CURVE_END, render(results),
                              heading="## MoDification: the quality-compute curve\n\n")  # fmt: skip
