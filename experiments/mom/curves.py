@@ -583,6 +583,13 @@ def main_cells(grid: Grid, results: dict[str, dict[str, Any]]) -> dict[str, list
     }
 
 
+def first_rate_cells(grid: Grid, results: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per architecture, its finished sweep cell at the grid's first learning rate: what the report shows, marked
+    provisional, while no architecture has finished its sweep (the sweep runs that rate first)."""
+    cells = {a: results.get(Cell(a, grid.learning_rates[0], grid.seeds[0]).name) for a in grid.archs}
+    return {arch: [cell] for arch, cell in cells.items() if cell is not None}
+
+
 def figure(grid: Grid, by_arch: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     """Held-out loss against tokens and against cumulative forward FLOPs: mean over seeds, band = 95% t-interval."""
     import matplotlib
@@ -660,8 +667,16 @@ def report(grid: Grid) -> str:
             text = f"{r['final_eval_loss']:.3f}" if r else "-"
             cells.append(f"**{text}**" if rates.get(arch) == lr else text)
         out.append(f"| {arch} | " + " | ".join(cells) + " |")
+    shown_rates: dict[str, float] = {arch: rate for arch, rate in rates.items() if rate is not None}
     if not by_arch:
-        return "\n".join([*out, "", "(no architecture has finished its sweep yet)", END])
+        by_arch = first_rate_cells(grid, results)
+        if not by_arch:
+            return "\n".join([*out, "", "(no cell has finished yet)", END])
+        shown_rates = dict.fromkeys(by_arch, grid.learning_rates[0])
+        out += ["", f"**Provisional: no architecture has finished its sweep yet.** The curves and tables below are "
+                f"the cells finished at the first rate (lr {grid.learning_rates[0]:g}, seed {grid.seeds[0]}), one "
+                "seed each and not at each architecture's best rate, so they have no intervals and decide nothing; "
+                "they are replaced by the best-rate cells with their seeds as those finish."]  # fmt: skip
     png = figure(grid, by_arch, results_dir(grid) / "curves.png")
     out += ["", f"![held-out loss against tokens and FLOPs]({png.relative_to(HERE)})", ""]
     # per architecture at its best rate
@@ -680,7 +695,7 @@ def report(grid: Grid) -> str:
         mflops = sum(c["realised_flops_per_token"] for c in cells) / len(cells) / 1e6
         model = cells[0]["model_config"]
         depth = model.get("num_rounds") or model.get("num_hidden_layers")
-        out.append(f"| {ARCHS[arch].label} | {depth} | {rates[arch]:g} | {len(cells)} | {p['total']:,} / "
+        out.append(f"| {ARCHS[arch].label} | {depth} | {shown_rates[arch]:g} | {len(cells)} | {p['total']:,} / "
                    f"{p['non_embedding']:,} | {mflops:.2f} | {_fmt(final)} | {math.exp(final[0]):.1f} | "
                    f"{_fmt(at_budget)} |")  # fmt: skip
     # paired differences over training

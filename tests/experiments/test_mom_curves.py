@@ -276,3 +276,38 @@ def test_killed_phase_two_resumes_without_training_phase_one_again(curves, corpu
 
 def _train_losses(run: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def _fake_result(curves, grid, cell, loss: float) -> None:
+    """A finished cell's JSON as `run_cell` writes it (the fields the report reads)."""
+    points = [{"step": s, "tokens": s * grid.tokens_per_step, "forward_flops": s * 1e6, "eval_loss": loss + 1 / s}
+              for s in range(grid.eval_steps, grid.steps + 1, grid.eval_steps)]  # fmt: skip
+    result = {"cell": cell.name, "status": "complete", "arch": cell.arch, "seed": cell.seed, "points": points,
+              "final_eval_loss": points[-1]["eval_loss"], "forward_flops": points[-1]["forward_flops"],
+              "realised_flops_per_token": 1e6 / grid.tokens_per_step, "model_config": {"num_hidden_layers": 4},
+              "parameters": {"total": 1000, "non_embedding": 100}}  # fmt: skip
+    curves.results_dir(grid).mkdir(parents=True, exist_ok=True)
+    (curves.results_dir(grid) / f"{cell.name}.json").write_text(json.dumps(result))
+
+
+def test_report_is_provisional_at_the_first_rate_until_a_sweep_finishes(curves, corpus_file, tiny_model_dir):
+    grid = tiny_grid(curves, corpus_file, tiny_model_dir, learning_rates=(2e-3, 1e-3))
+    curves.REPORT.write_text("# results\n")
+    curves.write_report(grid)
+    assert "(no cell has finished yet)" in curves.REPORT.read_text()
+
+    _fake_result(curves, grid, curves.Cell("vanilla", 2e-3, 0), 3.0)
+    _fake_result(curves, grid, curves.Cell("mom", 2e-3, 0), 2.5)
+    curves.write_report(grid)
+    text = curves.REPORT.read_text()
+    assert "**Provisional: no architecture has finished its sweep yet.**" in text
+    assert "| MoM (ours) | 4 | 0.002 | 1 |" in text and "| vanilla, equal parameters | 4 | 0.002 | 1 |" in text
+    assert "| MoM (ours) - vanilla, equal parameters | 1 | " in text and "-0.500 |" in text
+    assert (curves.results_dir(grid) / "curves.png").is_file()
+
+    # vanilla's sweep finishes at its other rate, which is better: the report shows the best-rate cells only
+    _fake_result(curves, grid, curves.Cell("vanilla", 1e-3, 0), 2.0)
+    curves.write_report(grid)
+    text = curves.REPORT.read_text()
+    assert "Provisional" not in text
+    assert "| vanilla, equal parameters | 4 | 0.001 | 1 |" in text and "| MoM (ours) | 4 |" not in text
