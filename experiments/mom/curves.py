@@ -74,6 +74,7 @@ from transformers import set_seed as hf_set_seed
 from modetune.files import replace_marked_block
 from modetune.mom import MoMConfig, mom_forward_flops
 from modetune.mom.flops import matched_vanilla_layers
+from modetune.training import TrainingDivergedError
 from modetune.training.pretrain import PretrainConfig, build_model, load_tokenizer, mom_config, pretrain
 
 HERE = Path(__file__).resolve().parent
@@ -213,12 +214,18 @@ def run_dir(grid: Grid, cell: Cell) -> Path:
 
 
 def finished(grid: Grid, cell: Cell) -> dict[str, Any] | None:
+    """The cell's result once it is over: complete, or diverged (its loss not finite; never run again)."""
     path = results_dir(grid) / f"{cell.name}.json"
     if path.is_file():
         result = json.loads(path.read_text())
-        if result.get("status") == "complete":
+        if result.get("status") in ("complete", "diverged"):
             return result
     return None
+
+
+def final_loss(result: dict[str, Any]) -> float:
+    """A finished cell's final held-out loss; infinite for a diverged one (it loses every comparison of rates)."""
+    return result["final_eval_loss"] if result.get("status") == "complete" else math.inf
 
 
 def sweep_cells(grid: Grid) -> list[Cell]:
@@ -227,15 +234,16 @@ def sweep_cells(grid: Grid) -> list[Cell]:
 
 
 def best_rates(grid: Grid) -> dict[str, float | None]:
-    """Each architecture's learning rate of lowest final held-out loss in the sweep (None until all are done)."""
+    """Each architecture's learning rate of lowest final held-out loss in the sweep (None until all are done, or
+    when every rate diverged)."""
     best: dict[str, float | None] = {}
     for arch in grid.archs:
         done = [finished(grid, Cell(arch, lr, grid.seeds[0])) for lr in grid.learning_rates]
+        losses = [final_loss(r) for r in done if r]
         best[arch] = (
-            min(zip(grid.learning_rates, done, strict=True), key=lambda x: x[1]["final_eval_loss"])[0]
-            if all(done)
+            grid.learning_rates[losses.index(min(losses))] if len(losses) == len(done) and min(losses) < math.inf
             else None
-        )
+        )  # fmt: skip
     return best
 
 
@@ -383,7 +391,12 @@ def run_cell(grid: Grid, cell: Cell, argv: list[str] | None = None) -> dict[str,
     argv = argv or ["experiments/mom/curves.py", "--cells", cell.name]
     configs = phase_configs(grid, cell)
     two_phase = len(configs) > 1
-    infos = _train_phases(configs, argv) if two_phase else [_train(configs[0], argv)]
+    try:
+        infos = _train_phases(configs, argv) if two_phase else [_train(configs[0], argv)]
+    except TrainingDivergedError as error:  # a rate too high for this architecture: a result of the sweep
+        return _write_result(grid, cell, {"cell": cell.name, **asdict(cell), "status": "diverged",
+                                          "label": ARCHS[cell.arch].label, "final_eval_loss": None,
+                                          "reason": str(error), "code_commit": code_commit()})  # fmt: skip
     info = infos[-1]  # the final model's run
     runs = [Path(c.output) for c in configs]
     curve = two_phase_curve(runs) if two_phase else curve_of(runs[0])
@@ -408,6 +421,10 @@ def run_cell(grid: Grid, cell: Cell, argv: list[str] | None = None) -> dict[str,
              "train_seconds": i["seconds"]}
             for n, (key, i) in enumerate(zip((ARCHS[cell.arch].phase1, cell.arch), infos, strict=True), 1)
         ]  # fmt: skip
+    return _write_result(grid, cell, result)
+
+
+def _write_result(grid: Grid, cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
     out = results_dir(grid) / f"{cell.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -438,7 +455,7 @@ def run_cells(grid: Grid, cells: list[Cell], jobs: int, forward: list[str]) -> N
     if jobs <= 1:
         for cell in todo:
             result = run_cell(grid, cell)
-            print(f"{cell.name}: final held-out loss {result['final_eval_loss']:.4f}", flush=True)
+            print(f"{cell.name}: {result['status']}, final held-out loss {final_loss(result):.4f}", flush=True)
         return
 
     def child(cell: Cell) -> int:
@@ -583,11 +600,14 @@ def main_cells(grid: Grid, results: dict[str, dict[str, Any]]) -> dict[str, list
     }
 
 
-def first_rate_cells(grid: Grid, results: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Per architecture, its finished sweep cell at the grid's first learning rate: what the report shows, marked
-    provisional, while no architecture has finished its sweep (the sweep runs that rate first)."""
-    cells = {a: results.get(Cell(a, grid.learning_rates[0], grid.seeds[0]).name) for a in grid.archs}
-    return {arch: [cell] for arch, cell in cells.items() if cell is not None}
+def provisional_cells(grid: Grid, results: dict[str, dict[str, Any]]) -> tuple[float, dict[str, list[dict[str, Any]]]]:
+    """(rate, per architecture its finished seed-0 cell at that rate): the rate at which most architectures have
+    finished (the first in the grid's order on a tie). What the report shows, marked provisional, while no
+    architecture has finished its sweep."""
+    by_rate = {lr: {a: [r] for a in grid.archs if (r := results.get(Cell(a, lr, grid.seeds[0]).name))}
+               for lr in grid.learning_rates}  # fmt: skip
+    rate = max(grid.learning_rates, key=lambda lr: len(by_rate[lr]))
+    return rate, by_rate[rate]
 
 
 def figure(grid: Grid, by_arch: dict[str, list[dict[str, Any]]], path: Path) -> Path:
@@ -663,18 +683,18 @@ def report(grid: Grid) -> str:
     for arch in grid.archs:
         cells = []
         for lr in grid.learning_rates:
-            r = results.get(Cell(arch, lr, grid.seeds[0]).name)
-            text = f"{r['final_eval_loss']:.3f}" if r else "-"
+            r = finished(grid, Cell(arch, lr, grid.seeds[0]))
+            text = "-" if r is None else "diverged" if r["status"] == "diverged" else f"{r['final_eval_loss']:.3f}"
             cells.append(f"**{text}**" if rates.get(arch) == lr else text)
         out.append(f"| {arch} | " + " | ".join(cells) + " |")
     shown_rates: dict[str, float] = {arch: rate for arch, rate in rates.items() if rate is not None}
     if not by_arch:
-        by_arch = first_rate_cells(grid, results)
+        rate, by_arch = provisional_cells(grid, results)
         if not by_arch:
             return "\n".join([*out, "", "(no cell has finished yet)", END])
-        shown_rates = dict.fromkeys(by_arch, grid.learning_rates[0])
+        shown_rates = dict.fromkeys(by_arch, rate)
         out += ["", f"**Provisional: no architecture has finished its sweep yet.** The curves and tables below are "
-                f"the cells finished at the first rate (lr {grid.learning_rates[0]:g}, seed {grid.seeds[0]}), one "
+                f"the cells finished at one rate (lr {rate:g}, seed {grid.seeds[0]}), one "
                 "seed each and not at each architecture's best rate, so they have no intervals and decide nothing; "
                 "they are replaced by the best-rate cells with their seeds as those finish."]  # fmt: skip
     png = figure(grid, by_arch, results_dir(grid) / "curves.png")
@@ -768,7 +788,8 @@ def main(argv: list[str] | None = None) -> int:
             phase = "sweep" if cell.seed == grid.seeds[0] else "seeds"
             if phase == "seeds" and rates.get(cell.arch) not in (None, cell.learning_rate):
                 continue  # not this architecture's best rate
-            state = "complete" if finished(grid, cell) else ("started" if run_dir(grid, cell).is_dir() else "-")
+            done = finished(grid, cell)
+            state = done["status"] if done else ("started" if run_dir(grid, cell).is_dir() else "-")
             print(f"{cell.name:32s} {phase:6s} {state}")
         return 0
     if args.cells:

@@ -105,13 +105,16 @@ _HELDOUT: dict[tuple, list[dict[str, list[int]]]] = {}
 def heldout_blocks(run: Path, tokenizer: Any) -> list[dict[str, list[int]]]:
     """The run's evaluation blocks (the same ones its trainer evaluated on; built once per process)."""
     from modetune.data.corpus import build_corpus
+    from modetune.training.pretrain import EVAL_BLOCK_SELECTION, evaluation_blocks
 
     cfg = json.loads((run / "run.json").read_text())["pretrain_config"]
     key = (tuple(cfg["corpus"]), cfg["tokenizer"], cfg["block_size"], cfg["heldout_fraction"])
     if key not in _HELDOUT:
         _HELDOUT[key] = build_corpus(cfg["corpus"], tokenizer, cfg["block_size"], cfg["heldout_fraction"]).heldout
-    blocks = _HELDOUT[key]
-    return blocks[: cfg["eval_max_blocks"]] if cfg["eval_max_blocks"] else blocks
+    blocks, count = _HELDOUT[key], cfg["eval_max_blocks"]
+    if json.loads((run / "run.json").read_text())["corpus"].get("eval_block_selection") == EVAL_BLOCK_SELECTION:
+        return evaluation_blocks(blocks, count)
+    return blocks[:count] if count else blocks  # runs from before the blocks were spread: the first N
 
 
 @torch.no_grad()

@@ -42,7 +42,8 @@ def test_compare_cli_pools_pairs(tmp_path, capsys):
     )
     report = json.loads(out.read_text())
     assert report["tasks"]["gsm8k"]["n_paired"] == 8 and report["tasks"]["gsm8k"]["only_b_correct"] == 6
-    assert "+75.0" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "+75.0" in shown and "+100.0, +50.0" in shown  # pooled: each pair's B - A
     with pytest.raises(SystemExit):  # --pool takes a pair (argparse's usage message)
         main(["compare", str(a0), str(b0), "--pool", str(a1)])
 

@@ -200,3 +200,6 @@ def test_pooled_pairs_pair_questions_within_their_own_pair(tmp_path):
     assert g["n_questions"] == 4 and g["p_value"] == pytest.approx(sign_flip_exact([1, 0, 0, 0])) == 1.0
     assert "s0A + " in report["a"] and "s1B" in report["b"] and report["pairs"] == 2
     assert "sign-flip" in report["test"]
+    # each pair's own difference, and the interval over pairs and questions on the questions both answered
+    assert g["diff_per_pair"] == [0.5, -0.25] and report["pooled"]["diff_per_pair"] == [0.5, -0.25]
+    assert g["n_common_questions"] == 4 and g["seed_question_ci95"][0] <= 0.125 <= g["seed_question_ci95"][1]

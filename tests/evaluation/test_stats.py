@@ -9,7 +9,9 @@ import pytest
 from modetune.evaluation.stats import (
     accuracy_interval,
     mcnemar_exact,
+    multi_bootstrap,
     paired_bootstrap,
+    paired_mde,
     sign_flip_exact,
     wilson_interval,
 )
@@ -118,3 +120,38 @@ def test_accuracy_interval_uses_the_questions_as_the_sample_size():
     assert width_120[1] - width_120[0] - 1e-12 <= hi - lo <= width_40[1] - width_40[0] + 1e-12
     # 0 of 120: no variance to measure, so the questions are the sample (not a degenerate [0, 0])
     assert accuracy_interval([False] * 120, list(range(40)) * 3) == pytest.approx(wilson_interval(0, 40))
+
+
+def test_multi_bootstrap_covers_seeds_as_well_as_questions():
+    rng = __import__("random").Random(0)
+    base = [rng.choice((-1, 0, 0, 1)) for _ in range(200)]
+    # one seed: the paired bootstrap over questions
+    one = multi_bootstrap([base], n_resamples=4000, seed=3)
+    plain = paired_bootstrap([d < 0 for d in base], [d > 0 for d in base], n_resamples=4000, seed=3)
+    assert one["diff"] == pytest.approx(plain["diff"])
+    assert one["ci_high"] - one["ci_low"] == pytest.approx(plain["ci_high"] - plain["ci_low"], abs=0.02)
+    # three seeds that agree on every question: no more certain than one seed (the questions are the same)
+    agree = multi_bootstrap([base] * 3, n_resamples=4000, seed=3)
+    assert agree["ci_high"] - agree["ci_low"] == pytest.approx(one["ci_high"] - one["ci_low"], abs=0.02)
+    # seeds that disagree as a whole (one gains on every question it changes, one loses): the interval widens
+    # to cover both, where the question-only interval of the pooled answers stays narrow
+    shifted = [[1 if d == 0 and i % 3 == 0 else d for i, d in enumerate(base)], base,
+               [-1 if d == 0 and i % 3 == 0 else d for i, d in enumerate(base)]]  # fmt: skip
+    both = multi_bootstrap(shifted, n_resamples=4000, seed=3)
+    flat = [d for row in shifted for d in row]
+    clustered = paired_bootstrap([d < 0 for d in flat], [d > 0 for d in flat], n_resamples=4000, seed=3,
+                                 clusters=list(range(200)) * 3)  # fmt: skip
+    assert both["diff"] == pytest.approx(sum(flat) / 600)
+    assert both["ci_high"] - both["ci_low"] > 1.5 * (clustered["ci_high"] - clustered["ci_low"])
+    assert multi_bootstrap(shifted, n_resamples=4000, seed=3) == both  # seeded
+    with pytest.raises(ValueError, match="seeds x questions"):
+        multi_bootstrap([[1, 0], [1]])
+
+
+def test_paired_mde_follows_the_disagreement_rate():
+    # 200 questions on which the models disagree 10% of the time: 2.80 * sqrt(0.1 / 200) = 6.3 points
+    assert paired_mde(200, 0.10) == pytest.approx(0.0626, abs=5e-4)
+    assert paired_mde(800, 0.10) == pytest.approx(paired_mde(200, 0.10) / 2)
+    assert paired_mde(200, 0.0) == 0.0 and math.isnan(paired_mde(0, 0.1))
+    with pytest.raises(ValueError, match="share between 0 and 1"):
+        paired_mde(10, 1.5)

@@ -311,3 +311,21 @@ def test_report_is_provisional_at_the_first_rate_until_a_sweep_finishes(curves, 
     text = curves.REPORT.read_text()
     assert "Provisional" not in text
     assert "| vanilla, equal parameters | 4 | 0.001 | 1 |" in text and "| MoM (ours) | 4 |" not in text
+
+
+def test_a_diverged_cell_is_a_result_of_the_sweep_not_a_stop(curves, corpus_file, tiny_model_dir, monkeypatch):
+    grid = tiny_grid(curves, corpus_file, tiny_model_dir, learning_rates=(2e-3, 1e-3))
+
+    def diverges(cfg, argv):
+        raise curves.TrainingDivergedError("the loss is nan at step 3; lower --learning-rate")
+
+    monkeypatch.setattr(curves, "_train", diverges)
+    result = curves.run_cell(grid, curves.Cell("mom", 1e-3, 0))
+    assert result["status"] == "diverged" and "nan at step 3" in result["reason"]
+    assert curves.finished(grid, curves.Cell("mom", 1e-3, 0)) == result  # never run again
+    _fake_result(curves, grid, curves.Cell("mom", 2e-3, 0), 2.5)
+    assert curves.best_rates(grid)["mom"] == 2e-3  # the rate that did not diverge
+    curves.REPORT.write_text("# results\n")
+    curves.write_report(grid)
+    text = curves.REPORT.read_text()
+    assert "| mom | **" in text and "| diverged |" in text

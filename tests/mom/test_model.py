@@ -210,3 +210,6 @@ def test_load_balance_loss_is_added_in_training_and_trains_the_routers(batch):
     plain.zero_grad()
     (b.loss - a.loss.detach()).backward()
     assert balanced.attention_router.proj.weight.grad.abs().sum() > 0
+    # evaluated, the loss is the plain cross-entropy (a held-out loss comparable with a model without routers)
+    with torch.no_grad():
+        assert float(balanced.eval()(**batch).loss) == pytest.approx(float(plain.eval()(**batch).loss), abs=1e-6)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from modetune.cli import main
 from modetune.data.corpus import build_corpus, is_heldout
 from modetune.mom import AUTHORS_PRESET
-from modetune.training.pretrain import PretrainConfig, build_model, flops_per_token, load_tokenizer
+from modetune.training.pretrain import PretrainConfig, build_model, evaluation_blocks, flops_per_token, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +178,12 @@ def test_resume_without_a_checkpoint_starts_again_like_train(tmp_path, tiny_mode
     assert info["status"] == "complete" and info["resumed"][0]["from"] == "start"
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)  # the torn line and the first attempt's lines are gone
+
+
+def test_evaluation_blocks_are_spread_over_every_source_of_the_heldout_set():
+    # 10 held-out blocks of a first source, then 10 of a second: 4 spread blocks score both, the first 4 would not
+    heldout = [{"input_ids": [source, i]} for source in (0, 1) for i in range(10)]
+    picked = evaluation_blocks(heldout, 4)
+    assert [b["input_ids"] for b in picked] == [[0, 0], [0, 5], [1, 0], [1, 5]]
+    assert evaluation_blocks(heldout, 0) == heldout and evaluation_blocks(heldout, 50) == heldout
+    assert len({id(b) for b in evaluation_blocks(heldout, 19)}) == 19  # never the same block twice

@@ -8,13 +8,16 @@ paired questions, the difference B - A, the exact McNemar p-value and a paired-b
 A directory whose sub-directories are evaluation outputs of different tasks (one ``modetune eval`` per
 task, as ``experiments/run.py`` writes them) is read as one output. Several pairs (A, B), for example one
 per seed, can be pooled: each question is paired within its own pair, and since a question then recurs,
-the test and the bootstrap treat the question as the unit (see `modetune.evaluation.stats`).
+the test and the bootstrap treat the question as the unit (see `modetune.evaluation.stats`); each pair's own
+difference and an interval over pairs *and* questions (`multi_bootstrap`) are reported next to it, since the
+question-level interval says nothing about what another seed would do.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +27,7 @@ from typing import Any
 from modetune.errors import DataError, ModetuneError
 from modetune.evaluation.predictions_io import NAMES as PREDICTION_NAMES
 from modetune.evaluation.predictions_io import iter_predictions, prediction_dirs, predictions_file
-from modetune.evaluation.stats import mcnemar_exact, paired_bootstrap, sign_flip_exact
+from modetune.evaluation.stats import mcnemar_exact, multi_bootstrap, paired_bootstrap, sign_flip_exact
 
 __all__ = ["EvalOutput", "compare_outputs", "compare_pooled", "compare_runs", "load_eval_output", "render_comparison"]
 
@@ -165,6 +168,7 @@ def compare_pooled(
                 )
             seen.add(path)
     by_task: dict[str, list[tuple[tuple[str, str, str], bool, bool]]] = {}
+    by_pair: list[dict[tuple[str, str, str], int]] = []  # per pair: question -> B - A (-1, 0 or +1)
     unpaired: dict[str, dict[str, int]] = {}
     setups: dict[str, set[str]] = {}
     for number, (a, b) in enumerate(pairs):
@@ -180,6 +184,7 @@ def compare_pooled(
             )
         for key in shared:
             by_task.setdefault(key[0], []).append((key, bool(index_a[key]["correct"]), bool(index_b[key]["correct"])))
+        by_pair.append({k: int(bool(index_b[k]["correct"])) - int(bool(index_a[k]["correct"])) for k in shared})
         n_shared = Counter(k[0] for k in shared)
         answered = {name: Counter(r["task"] for r in out.predictions) for name, out in (("a", a), ("b", b))}
         for task in n_shared:
@@ -199,6 +204,8 @@ def compare_pooled(
     for task, rows in by_task.items():
         everything.extend(rows)
         tasks[task] = {**_summarise(rows, n_resamples, seed, pooled), **unpaired.get(task, {})}
+        if pooled:
+            tasks[task].update(_over_pairs(by_pair, task, n_resamples, seed))
         if task in setups:
             tasks[task]["warning"] = "A and B were scored differently: " + "; ".join(sorted(setups[task]))
             logger.warning("compare: task %s: %s", task, tasks[task]["warning"])
@@ -219,11 +226,29 @@ def compare_pooled(
         "pairs": len(pairs),
         "tasks": tasks,
         "average": {"accuracy_a": mean_a, "accuracy_b": mean_b, "diff": mean_b - mean_a},
-        "pooled": _summarise(everything, n_resamples, seed, pooled),
+        "pooled": {
+            **_summarise(everything, n_resamples, seed, pooled),
+            **(_over_pairs(by_pair, None, n_resamples, seed) if pooled else {}),
+        },
         "tasks_only_in_a": sorted(tasks_a - set(by_task)),
         "tasks_only_in_b": sorted(tasks_b - set(by_task)),
         "test": test,
     }
+
+
+def _over_pairs(
+    by_pair: list[dict[tuple[str, str, str], int]], task: str | None, n_resamples: int, seed: int
+) -> dict[str, Any]:
+    """Each pair's own B - A, and the CI over pairs *and* questions (`multi_bootstrap`) on the questions every
+    pair answered (of `task`, or all): when the pairs are seeds, an interval that covers another seed too."""
+    keys = [{k: d for k, d in pair.items() if task is None or k[0] == task} for pair in by_pair]
+    common = [k for k in keys[0] if all(k in other for other in keys[1:])]
+    out: dict[str, Any] = {"diff_per_pair": [sum(p.values()) / len(p) if p else math.nan for p in keys]}
+    if common:
+        boot = multi_bootstrap([[p[k] for k in common] for p in keys], n_resamples=n_resamples, seed=seed)
+        out["seed_question_ci95"] = [boot["ci_low"], boot["ci_high"]]
+        out["n_common_questions"] = len(common)
+    return out
 
 
 def _summarise(
@@ -270,38 +295,34 @@ def compare_runs(
 
 
 def render_comparison(report: Mapping[str, Any]) -> Any:
-    """A rich Table: per task n, accuracy A and B, B - A with its CI, McNemar p."""
+    """A rich Table: per task n, accuracy A and B, B - A with its CI, McNemar p; below it, for pooled pairs
+    (seeds), each pair's B - A and the CI over pairs and questions."""
+    from rich.console import Group
     from rich.table import Table
 
+    pooled = report["pairs"] > 1
     table = Table(title=f"A = {report['a']}\nB = {report['b']}")
-    for name, justify in (
-        ("task", "left"),
-        ("n", "right"),
-        ("acc A", "right"),
-        ("acc B", "right"),
-        ("B - A", "right"),
-        ("95% CI", "right"),
-        ("McNemar p", "right"),
-    ):
-        table.add_column(name, justify=justify)
+    for name in ("task", "n", "acc A", "acc B", "B - A", "95% CI", "sign-flip p" if pooled else "McNemar p"):
+        table.add_column(name, justify="left" if name == "task" else "right")
 
     def row(name: str, r: Mapping[str, Any], style: str | None = None) -> None:
         lo, hi = r["diff_ci95"]
         p = r["p_value"]
         mark = " *" if p < 0.05 else ""
-        table.add_row(
-            name,
-            str(r["n_paired"]),
-            f"{100 * r['accuracy_a']:.1f}%",
-            f"{100 * r['accuracy_b']:.1f}%",
-            f"{100 * r['diff']:+.1f}",
-            f"{100 * lo:+.1f} to {100 * hi:+.1f}",
-            f"{p:.3g}{mark}",
-            style=style,
-        )
+        table.add_row(name, str(r["n_paired"]), f"{100 * r['accuracy_a']:.1f}%", f"{100 * r['accuracy_b']:.1f}%",
+                      f"{100 * r['diff']:+.1f}", f"{100 * lo:+.1f} to {100 * hi:+.1f}", f"{p:.3g}{mark}", style=style)  # fmt: skip
 
-    for task, r in report["tasks"].items():
-        row(task, r)
-    if len(report["tasks"]) > 1:
-        row("pooled", report["pooled"], style="bold")
-    return table
+    rows = dict(report["tasks"])
+    if len(rows) > 1:
+        rows["pooled"] = report["pooled"]
+    for name, r in rows.items():
+        row(name, r, style="bold" if name == "pooled" else None)
+    if not pooled:
+        return table
+    lines = ["B - A per pair, and its 95% CI over pairs and questions (on the questions every pair answered):"]
+    for name, r in rows.items():
+        per_pair = ", ".join(f"{100 * d:+.1f}" for d in r["diff_per_pair"])
+        ci = r.get("seed_question_ci95")
+        interval = f"{100 * ci[0]:+.1f} to {100 * ci[1]:+.1f}" if ci else "no question common to every pair"
+        lines.append(f"  {name}: {per_pair}; {interval}")
+    return Group(table, *lines)

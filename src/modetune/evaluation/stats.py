@@ -11,6 +11,11 @@
   (B-only minus A-only over its repeats) is as likely to be negative as positive. With one pair per
   question it is exact McNemar. `paired_bootstrap(..., clusters=...)` resamples those questions likewise,
   and `accuracy_interval` widens one accuracy's Wilson CI by the design effect of the repeats.
+* `multi_bootstrap`: the CI of B - A when both were trained under several seeds and tested on the same
+  questions: resamples seeds *and* questions (the multi-bootstrap of the MultiBERTs paper, Sellam et al.
+  2022), so the interval also covers what another training run would change, not only other questions.
+* `paired_mde`: the smallest difference a paired comparison of n questions detects at 80% power, from the
+  rate at which the two models disagree (McNemar's normal approximation).
 """
 
 from __future__ import annotations
@@ -21,10 +26,21 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["accuracy_interval", "mcnemar_exact", "paired_bootstrap", "sign_flip_exact", "wilson_interval"]
+__all__ = [
+    "accuracy_interval",
+    "mcnemar_exact",
+    "multi_bootstrap",
+    "paired_bootstrap",
+    "paired_mde",
+    "sign_flip_exact",
+    "wilson_interval",
+]
+
+Z_975 = 1.959963984540054  # two-sided 5%
+Z_80 = 0.8416212335729143  # 80% power
 
 
-def wilson_interval(correct: float, n: float, z: float = 1.959963984540054) -> tuple[float, float]:
+def wilson_interval(correct: float, n: float, z: float = Z_975) -> tuple[float, float]:
     """Wilson score interval for ``correct`` successes in ``n`` trials (default 95%); (0, 1) if n == 0.
     Both may be effective, non-integer counts (see `accuracy_interval`)."""
     if n <= 0:
@@ -168,3 +184,43 @@ def accuracy_interval(correct: Sequence[bool], clusters: Sequence[Any] | None = 
         variance = k / (k - 1) * float(((sums - p * sizes) ** 2).sum()) / n**2
         n_eff = min(float(n), max(float(k), p * (1 - p) / variance)) if variance > 0 else float(n)
     return wilson_interval(p * n_eff, n_eff)
+
+
+def multi_bootstrap(
+    diffs: Sequence[Sequence[int]], *, n_resamples: int = 10000, seed: int = 0, confidence: float = 0.95
+) -> dict[str, float]:
+    """B - A over seeds and questions: ``diffs[s][q]`` is +1 (only B right), -1 (only A right) or 0 for seed s's
+    pair of runs on question q, the same questions in every seed. Each resample draws seeds and questions
+    with replacement, independently, and takes the mean over the drawn grid; with one seed it is the paired
+    bootstrap over questions. Returns the observed mean difference and the percentile CI."""
+    if len({len(row) for row in diffs}) > 1:
+        raise ValueError("diffs must be a seeds x questions grid: every seed needs the same questions")
+    grid = np.asarray(diffs, dtype=float)
+    if grid.ndim != 2 or grid.size == 0:
+        raise ValueError("diffs must be a non-empty seeds x questions grid (the same questions in every seed)")
+    seeds, questions = grid.shape
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_resamples)
+    for start in range(0, n_resamples, 1000):  # bounded memory: 1000 resamples at a time
+        size = min(1000, n_resamples - start)
+        seed_counts = rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=size)  # [size, seeds]
+        question_counts = rng.multinomial(questions, np.full(questions, 1 / questions), size=size)  # [size, q]
+        totals = np.einsum("rs,sq,rq->r", seed_counts, grid, question_counts)
+        stats[start : start + size] = totals / (seeds * questions)
+    alpha = (1 - confidence) / 2
+    return {
+        "diff": float(grid.mean()),
+        "ci_low": float(np.quantile(stats, alpha)),
+        "ci_high": float(np.quantile(stats, 1 - alpha)),
+    }
+
+
+def paired_mde(n: int, disagreement: float) -> float:
+    """Minimum detectable difference of a paired comparison of ``n`` answers (80% power, two-sided 5%) when
+    the two models disagree on a share ``disagreement`` of them: (z_.975 + z_.8) * sqrt(disagreement / n),
+    McNemar's normal approximation at a small difference. nan when n is 0."""
+    if n <= 0:
+        return math.nan
+    if not 0 <= disagreement <= 1:
+        raise ValueError(f"disagreement must be a share between 0 and 1, got {disagreement}")
+    return (Z_975 + Z_80) * math.sqrt(disagreement / n)

@@ -479,7 +479,10 @@ class MoMForCausalLM(PreTrainedModel, GenerationMixin):
         key_valid, position_ids = self._key_valid_and_positions(x, attention_mask, position_ids, past)
         chunk = _Chunk(cache, key_valid, past, self.rotary_emb(x, position_ids=position_ids))
 
-        routing = _Routing(balance=bool(cfg.load_balance_weight and labels is not None), keep_routes=output_routes)
+        # the balance penalty trains the routers; an evaluation's loss stays the plain cross-entropy, comparable
+        # with any other model's
+        balance = bool(cfg.load_balance_weight and labels is not None and self.training)
+        routing = _Routing(balance=balance, keep_routes=output_routes)
         real = key_valid[:, -T:]
         state_a = state_f = None
         for h in range(cfg.num_rounds):

@@ -170,7 +170,11 @@ class PretrainConfig(OptimConfig):
         "Share of documents held out for perplexity (fixed by a hash of each document).", default=0.05
     )
     max_train_tokens: int = _help("Use at most this many training tokens (0: all).", default=0)
-    eval_max_blocks: int = _help("Evaluate on at most this many held-out blocks (0: all).", default=0)
+    eval_max_blocks: int = _help(
+        "Evaluate on at most this many held-out blocks, spread evenly over the held-out set so that every source of "
+        "a mixed corpus is in it (0: all).",
+        default=0,
+    )
     hidden_size: int = _help("Model width d.", default=256)
     num_layers: int = _help(
         "Vanilla: decoder layers. MoM: default for the pool sizes and the rounds (equal parameters).", default=6
@@ -349,12 +353,23 @@ def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> PretrainResu
         return _run(trainer, cfg, info, out, resume_from, started)
 
 
+EVAL_BLOCK_SELECTION = "spread"  # recorded in run.json: earlier runs evaluated on the first N held-out blocks
+
+
+def evaluation_blocks(heldout: list[dict[str, list[int]]], max_blocks: int) -> list[dict[str, list[int]]]:
+    """At most `max_blocks` held-out blocks, spread evenly over the held-out set (all of them when 0). The blocks
+    follow the corpus's sources in order, so the first N would score only the first source of a mixed corpus."""
+    if not max_blocks or max_blocks >= len(heldout):
+        return list(heldout)
+    return [heldout[i * len(heldout) // max_blocks] for i in range(max_blocks)]
+
+
 def _setup(cfg: PretrainConfig, out: Path, argv: list[str] | None) -> tuple[MethodTrainer, dict[str, Any]]:
     """Tokenizer, corpus, model and trainer: everything that can fail on user input, before anything is written."""
     tokenizer = load_tokenizer(cfg.tokenizer)
     model = build_model(cfg, tokenizer)  # before the corpus: a bad MoM option is refused before any tokenizing
     corpus = build_corpus(cfg.corpus, tokenizer, cfg.block_size, cfg.heldout_fraction, cfg.max_train_tokens)
-    heldout = corpus.heldout[: cfg.eval_max_blocks] if cfg.eval_max_blocks else corpus.heldout
+    heldout = evaluation_blocks(corpus.heldout, cfg.eval_max_blocks)
     info: dict[str, Any] = {
         "modetune_version": __version__,
         "kind": "pretrain",
@@ -363,7 +378,7 @@ def _setup(cfg: PretrainConfig, out: Path, argv: list[str] | None) -> tuple[Meth
         "command": argv if argv is not None else sys.argv,
         "pretrain_config": cfg.to_dict(),
         "model_config": model.config.to_dict(),
-        "corpus": {**corpus.stats, "eval_blocks": len(heldout)},
+        "corpus": {**corpus.stats, "eval_blocks": len(heldout), "eval_block_selection": EVAL_BLOCK_SELECTION},
         "parameters": parameter_counts(model),
         "forward_flops_per_token": flops_per_token(model, context=cfg.block_size // 2),
     }
