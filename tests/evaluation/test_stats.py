@@ -8,6 +8,7 @@ import pytest
 
 from modetune.evaluation.stats import (
     accuracy_interval,
+    holm_adjusted,
     mcnemar_exact,
     multi_bootstrap,
     paired_bootstrap,
@@ -155,3 +156,10 @@ def test_paired_mde_follows_the_disagreement_rate():
     assert paired_mde(200, 0.0) == 0.0 and math.isnan(paired_mde(0, 0.1))
     with pytest.raises(ValueError, match="share between 0 and 1"):
         paired_mde(10, 1.5)
+
+
+def test_holm_adjusted_matches_the_step_down_rule():
+    # m = 4: sorted 0.01, 0.02, 0.03, 0.5 -> x4, x3, x2, x1 = 0.04, 0.06, 0.06 (kept non-decreasing), 0.5
+    assert holm_adjusted([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.06, 0.5, 0.04, 0.06])
+    assert holm_adjusted([0.4, 0.9]) == [0.8, 0.9] and holm_adjusted([]) == []
+    assert holm_adjusted([0.6, 0.7]) == [1.0, 1.0]

@@ -4,12 +4,13 @@ while spreading the gold answer over the positions, and the whole pilot runs on 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 from collections import Counter
 
 import pytest
 
-from modetune.evaluation.tasks import parse_choices
+from modetune.evaluation.tasks import load_task_examples, parse_choices, select_subset
 from tests.experiments.test_grid_runner import _load
 
 WORDS = ["red", "blue", "green", "tall", "cold", "warm", "iron", "salt", "rain", "moss", "sand", "oak"]
@@ -147,6 +148,7 @@ def tiny_pilot(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(pilot, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(pilot, "WORK", tmp_path / "work")
     monkeypatch.setattr(pilot, "MODEL", str(tiny_model_dir))
+    monkeypatch.setattr(pilot, "CONFIRMATORY", 2)  # of 6 questions per set: 4 left to choose the recipe on
     monkeypatch.setattr(pilot, "COMMON", ["--batch-size", "2", "--cutoff-len", "128", "--save-steps", "1",
                                           "--save-total-limit", "1", "--logging-steps", "1"])  # fmt: skip
     monkeypatch.setattr(pilot, "LORA", ["--peft", "lora", "--lora-r", "2", "--target-modules", "q_proj,v_proj",
@@ -189,7 +191,14 @@ def test_the_pilot_runs_end_to_end_resumes_and_reports(tiny_pilot, tmp_path, mon
     assert "results pending" not in text and "Finished: 4 of 4 recipes" in block
     assert "#### Log-likelihood, text" in block and "#### Log-likelihood, label" in block
     assert "| answer_text | " in block and "Δ vs untuned per set" in block and "(n = 20)" in block
-    assert "#### Most common predicted label" in block and "95% CI above 0" in block
+    assert "#### Most common predicted label" in block and "p Holm-adjusted over the 8 recipe × scoring" in block
+    # the recipe is chosen on questions the confirmatory run will not be tested on
+    held = {
+        e.instruction for e in select_subset(load_task_examples("piqa", tmp_path / "data" / "piqa" / "test.json"), 2)
+    }
+    with gzip.open(tmp_path / "results" / "untuned" / "ll_text" / "piqa" / "predictions.jsonl.gz", "rt") as lines:
+        scored = [json.loads(line) for line in lines]
+    assert len(scored) == 4 and not held & {r["question"] for r in scored}
 
     # resumable: a second call trains and evaluates nothing
     def refuse(*args, **kwargs):

@@ -58,7 +58,7 @@ def test_pieces_stop_at_milestones_evaluate_them_and_resume(long, tmp_path, monk
     final = json.loads((first.piece_dir(6) / "cell.json").read_text())
     assert final["scores"]["generate"]["synthetic_l1"]["n"] == 5
     report = (tmp_path / "RESULTS.md").read_text()
-    assert "Pieces finished: 6 of 6" in report and "#### Step 4" in report and "vs lora" in report
+    assert "Pieces finished: 6 of 6" in report and "#### Step 4" in report and "| lora | generator, 150 |" in report
     assert (tmp_path / "figures" / "long_curves.png").is_file() and (tmp_path / "figures" / "long_forest.png").is_file()
 
     # finished pieces are skipped
@@ -67,3 +67,38 @@ def test_pieces_stop_at_milestones_evaluate_them_and_resume(long, tmp_path, monk
 
     monkeypatch.setattr(long, "run_piece", refuse)
     assert long.main([]) == 0
+
+
+def _fake_piece(cell, step: int, answers: dict[str, list[bool]]) -> None:
+    """A finished piece as run_piece leaves it: cell.json and one evaluation output per test set."""
+    cell.piece_dir(step).mkdir(parents=True)
+    info = {"cell": cell.key, "step": step, "step_seconds": 1.0, "eval_seconds": 2.0}
+    (cell.piece_dir(step) / "cell.json").write_text(json.dumps(info))
+    for task, correct in answers.items():
+        out = cell.piece_dir(step) / "generate" / task
+        out.mkdir(parents=True)
+        rows = [{"task": task, "id": f"{task}-{i}", "question": f"q{i}", "correct": c} for i, c in enumerate(correct)]
+        (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_report_compares_like_with_like_over_seeds_and_milestones(long, tmp_path, monkeypatch):
+    lora, mode = (row for row, _ in long.ROWS)
+    monkeypatch.setattr(long, "ROWS", [(lora, (0, 1)), (mode, (0, 1))])
+    cells = {(c.row.name, c.seed): c for c in long.all_cells()}
+    for (row, seed), cell in cells.items():
+        gain = row == "lora_mode"
+        for step in (2, 4):  # the 3 shared questions: MoDE gains one of them in seed 0, none in seed 1
+            _fake_piece(cell, step, {"synthetic_l1": [gain and seed == 0, False, True]})
+        # the final: the shared 3 plus 2 more (MoDE gains both in both seeds), and an LLM-Adapters set
+        _fake_piece(cell, 6, {"synthetic_l1": [gain and seed == 0, False, True, gain, gain], "gsm8k": [True, False]})
+    long.grid.reload_and_report("long_report", long.all_cells(), print)
+    text = (tmp_path / "RESULTS.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| 2. LoRA + MoDE | lora | ")]
+    shared = [r for r in rows if "| generator, 150 |" in r]
+    assert len(shared) == 3  # the same 3 questions at every milestone
+    assert all("| 2 | 33.3 | +16.7 [" in r and "s0 +33.3, s1 +0.0" in r for r in shared)
+    final = [r for r in rows if "| generator, 600 |" in r]  # only at the final, where it has more questions
+    assert len(final) == 1 and "| 20.0 | +50.0 [" in final[0] and "s0 +60.0, s1 +40.0" in final[0]
+    adapters = [r for r in rows if "| LLM-Adapters |" in r]
+    assert len(adapters) == 1 and "| +0.0 [" in adapters[0] and adapters[0].endswith("| n/a |")  # never disagree
+    assert (tmp_path / "figures" / "long_curves.png").is_file() and (tmp_path / "figures" / "long_forest.png").is_file()

@@ -14,6 +14,8 @@
 * `multi_bootstrap`: the CI of B - A when both were trained under several seeds and tested on the same
   questions: resamples seeds *and* questions (the multi-bootstrap of the MultiBERTs paper, Sellam et al.
   2022), so the interval also covers what another training run would change, not only other questions.
+* `holm_adjusted`: p-values adjusted for testing several hypotheses at once (Holm's step-down method: it
+  controls the chance of any false claim, like Bonferroni, and is never less powerful).
 * `paired_mde`: the smallest difference a paired comparison of n questions detects at 80% power, from the
   rate at which the two models disagree (McNemar's normal approximation).
 """
@@ -28,6 +30,7 @@ import numpy as np
 
 __all__ = [
     "accuracy_interval",
+    "holm_adjusted",
     "mcnemar_exact",
     "multi_bootstrap",
     "paired_bootstrap",
@@ -224,3 +227,16 @@ def paired_mde(n: int, disagreement: float) -> float:
     if not 0 <= disagreement <= 1:
         raise ValueError(f"disagreement must be a share between 0 and 1, got {disagreement}")
     return (Z_975 + Z_80) * math.sqrt(disagreement / n)
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values, in the given order: the k-th smallest of m is multiplied by (m - k + 1), made
+    non-decreasing in that order, capped at 1. Reject where the adjusted p is below the level."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
