@@ -432,6 +432,12 @@ CASES: dict[str, Case] = {
         lambda t, c: _pretrain(t, c, "--arch", "moe"),
         "modetune pretrain: error: --arch must be one of mom, vanilla, vanilla-gated, got 'moe'",
     ),
+    "pretrain-data-offset": Case(
+        "modetune pretrain",
+        "`--data-offset -8` (a negative number of blocks)",
+        lambda t, c: _pretrain(t, c, "--data-offset", "-8"),
+        "modetune pretrain: error: --data-offset must be >= 0 blocks, got -8",
+    ),
     "pretrain-heads": Case(
         "modetune pretrain",
         "`--num-heads 3` with `--hidden-size 32`",

@@ -30,9 +30,10 @@ steps) and `phase2/` (`--arch mom --init-from <phase1>`, the remaining steps), e
 warm-up and fresh AdamW state, as the authors' phase-2 runs start (`pretrain.sh`: every run its own cosine with
 warm-up, `--init_from_vanilla` loading a finished vanilla checkpoint's weights only). Both phases train at the
 cell's learning rate: the authors' script uses one `LR=1e-3` for the vanilla runs and the MoM runs initialised
-from them alike, so the sweep picks one rate for the whole recipe. Phase 2 draws its data order (and its routers'
-initialisation) from seed + `PHASE2_SEED_OFFSET`: with the cell's own seed it would see exactly phase 1's batches
-again in the same order, while vanilla's second half continues through the corpus. Phase-1 fraction 0.5 by
+from them alike, so the sweep picks one rate for the whole recipe. Phase 2 draws its routers' initialisation from
+seed + `PHASE2_SEED_OFFSET` and reads the data where phase 1 stopped, in the cell's own
+order (`modetune pretrain --data-seed <seed> --data-offset <phase-1 blocks>`), as vanilla's second half does: no
+block is seen twice (a fresh order of its own would repeat about a third of phase 1's blocks). Phase-1 fraction 0.5 by
 default: the authors' code fixes no split (`mom/utils.py:386` names a vanilla checkpoint at step 20,000; their
 phase-2 runs take 5,000-30,000 steps, so phase 1 is 40-80% of their total; their `*_fw_20k` runs are 20,000 +
 20,000 = 0.5), and half gives each phase 8 of the 16 held-out points and MoM as many tokens to learn its routing
@@ -92,7 +93,7 @@ MOM_OURS = dict(num_skip_modules=1, k_per_round=2, router="gru", router_hidden_s
 MOM_REALISED_PICKS = (2 * (1 - (0.4709 + 0.4644) / 2), 2 * (1 - (0.4672 + 0.4736) / 2))
 GATE_INIT = 0.34  # MoM's summed router weight per round at initialisation (docs/mom.md), the gates' start
 PHASE1_FRACTION = 0.5  # two-phase cells: share of the tokens in phase 1 (vanilla); see the docstring
-PHASE2_SEED_OFFSET = 1000  # two-phase cells: phase 2's seed (data order, routers) = the cell's + this
+PHASE2_SEED_OFFSET = 1000  # two-phase cells: phase 2's seed (its routers) = the cell's + this
 
 
 @dataclass(frozen=True)
@@ -276,13 +277,15 @@ def pretrain_config(grid: Grid, cell: Cell) -> PretrainConfig:
 
 def phase_configs(grid: Grid, cell: Cell) -> list[PretrainConfig]:
     """The cell's runs in order: its one run, or a two-phase cell's phase 1 (the `phase1` architecture for
-    `grid.phase1_steps`) and phase 2 (its MoM from phase 1's layers for the rest, seed + PHASE2_SEED_OFFSET)."""
+    `grid.phase1_steps`) and phase 2 (its MoM from phase 1's layers for the rest: routers from seed +
+    PHASE2_SEED_OFFSET, the data where phase 1 stopped in the cell's own order, as vanilla's second half reads it)."""
     arch = ARCHS[cell.arch]
     if not arch.phase1:
         return [pretrain_config(grid, cell)]
     first, root = grid.phase1_steps, run_dir(grid, cell)
     phase1 = run_config(grid, root / "phase1", ARCHS[arch.phase1].options(grid), cell.learning_rate, cell.seed, first)
-    phase2 = run_config(grid, root / "phase2", {**arch.options(grid), "init_from": phase1.output}, cell.learning_rate,
+    continued = {"init_from": phase1.output, "data_seed": cell.seed, "data_offset": first * grid.batch_size}
+    phase2 = run_config(grid, root / "phase2", {**arch.options(grid), **continued}, cell.learning_rate,
                         cell.seed + PHASE2_SEED_OFFSET, grid.steps - first)  # fmt: skip
     return [phase1, phase2]
 

@@ -145,7 +145,7 @@ def test_controls_are_what_the_docstring_says(curves, corpus_file, tiny_model_di
     assert (gated.arch, gated.gate_init, gated.num_layers) == ("vanilla-gated", 0.34, 4)
     assert (grid.steps, grid.eval_steps, grid.tag) == (2048, 128, "shared")
     # the two-phase cell: vanilla (the parameter-matched one, seed and rate of the cell) for half the steps, then
-    # issue 15's MoM from its layers for the rest, each its own cosine; phase 2 another data order
+    # issue 15's MoM from its layers for the rest, each its own cosine
     first, second = curves.phase_configs(grid, curves.Cell("mom-2phase", 2e-3, 1))
     vanilla = curves.pretrain_config(grid, curves.Cell("vanilla", 2e-3, 1))
     assert grid.phase1_steps == 1024 and (first.max_steps, first.warmup_steps) == (1024, 51)
@@ -153,8 +153,10 @@ def test_controls_are_what_the_docstring_says(curves, corpus_file, tiny_model_di
     assert differs == {"output", "max_steps", "warmup_steps"}
     mom = curves.pretrain_config(grid, curves.Cell("mom", 2e-3, 1))
     differs = {k for k, v in second.to_dict().items() if mom.to_dict()[k] != v}
-    assert differs == {"output", "max_steps", "warmup_steps", "init_from", "seed"}
+    assert differs == {"output", "max_steps", "warmup_steps", "init_from", "seed", "data_seed", "data_offset"}
     assert (second.init_from, second.seed, second.max_steps, second.learning_rate) == (first.output, 1001, 1024, 2e-3)
+    # its routers from another seed, its data read on from where phase 1 stopped in the cell's own order
+    assert (second.data_seed, second.data_offset) == (1, 1024 * grid.batch_size)
     assert first.output.endswith("shared/mom-2phase-lr0.002-s1/phase1") and second.output.endswith("s1/phase2")
     with pytest.raises(ValueError, match="two-phase"):
         curves.pretrain_config(grid, curves.Cell("mom-2phase", 2e-3, 1))
@@ -174,6 +176,8 @@ def test_two_phase_cell_is_one_continuous_curve_from_phase_one_weights(curves, c
     assert (first.arch, first.num_layers, first.max_steps, first.seed) == ("vanilla", 2, 8, 0)
     assert (second.arch, second.max_steps, second.seed, second.k_per_round) == ("mom", 8, 1000, 2)
     assert second.init_from == first.output and first.learning_rate == second.learning_rate == 1e-2
+    # phase 2 reads on where phase 1 stopped in the cell's order (8 steps x batch 2 blocks), as vanilla's second half
+    assert (first.data_seed, first.data_offset, second.data_seed, second.data_offset) == (None, 0, 0, 16)
     curves.run_cells(grid, cells, jobs=1, forward=[])
     vanilla, mom, two = (json.loads((curves.results_dir(grid) / f"{c.name}.json").read_text()) for c in cells)
 

@@ -18,7 +18,14 @@ from safetensors.torch import load_file
 from modetune.cli import main
 from modetune.data.corpus import build_corpus, is_heldout
 from modetune.mom import AUTHORS_PRESET
-from modetune.training.pretrain import PretrainConfig, build_model, evaluation_blocks, flops_per_token, load_tokenizer
+from modetune.training.pretrain import (
+    PretrainConfig,
+    build_model,
+    continued_order,
+    evaluation_blocks,
+    flops_per_token,
+    load_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +194,24 @@ def test_evaluation_blocks_are_spread_over_every_source_of_the_heldout_set():
     assert [b["input_ids"] for b in picked] == [[0, 0], [0, 5], [1, 0], [1, 5]]
     assert evaluation_blocks(heldout, 0) == heldout and evaluation_blocks(heldout, 50) == heldout
     assert len({id(b) for b in evaluation_blocks(heldout, 19)}) == 19  # never the same block twice
+
+
+def test_continued_order_is_where_the_trainers_own_order_stopped(tmp_path):
+    """--data-offset: phase 1 of k blocks in the trainer's seeded order, then phase 2 reading on from block k, see
+    every block once; the order is the one transformers' sampler draws (checked against its dataloader)."""
+    from transformers import Trainer, TrainingArguments
+
+    class Blocks(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 40
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {"input_ids": torch.tensor([i])}
+
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, seed=7, data_seed=3,
+                             use_cpu=True, report_to=[], remove_unused_columns=False)  # fmt: skip
+    trainer = Trainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=Blocks())
+    seen = [int(i) for batch in trainer.get_train_dataloader() for i in batch["input_ids"].flatten()]
+    assert seen == continued_order(40, 3, 0) and sorted(seen) == list(range(40))
+    phase2 = continued_order(40, 3, 12)
+    assert phase2[:28] == seen[12:] and set(seen[:12]).isdisjoint(phase2[:28])

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Subset
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, default_data_collator
 from transformers import set_seed as hf_set_seed
 from transformers.trainer_callback import PrinterCallback
@@ -170,6 +171,13 @@ class PretrainConfig(OptimConfig):
         "Share of documents held out for perplexity (fixed by a hash of each document).", default=0.05
     )
     max_train_tokens: int = _help("Use at most this many training tokens (0: all).", default=0)
+    data_seed: int | None = _help("Seed of the training data's order (default: --seed).", default=None)
+    data_offset: int = _help(
+        "Start the training data's order (that of --data-seed) this many blocks in, as if they had been trained on: "
+        "a run that continues another's data, e.g. MoM phase 2 after a vanilla phase 1 of N steps x batch blocks "
+        "(0: from the start).",
+        default=0,
+    )
     eval_max_blocks: int = _help(
         "Evaluate on at most this many held-out blocks, spread evenly over the held-out set so that every source of "
         "a mixed corpus is in it (0: all).",
@@ -265,6 +273,8 @@ class PretrainConfig(OptimConfig):
         if self.preset and not mom:
             raise ConfigError(f"--preset sets MoM options; it needs --arch mom, got --arch {self.arch}")
         check_gate_init(self.gate_init, "--gate-init")
+        if self.data_offset < 0:
+            raise ConfigError(f"--data-offset must be >= 0 blocks, got {self.data_offset}")
         for name in ("block_size", "hidden_size", "num_layers", "num_heads", "max_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -353,6 +363,15 @@ def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> PretrainResu
         return _run(trainer, cfg, info, out, resume_from, started)
 
 
+def continued_order(n: int, data_seed: int, offset: int) -> list[int]:
+    """The first epoch's order of `n` training blocks under `data_seed` (the permutation transformers' seeded
+    sampler draws: `torch.randperm` from a generator seeded with it) with its first `offset` blocks moved to the
+    end: read in sequence, a run starts where another of `offset` blocks in that order stopped."""
+    permutation = torch.randperm(n, generator=torch.Generator().manual_seed(data_seed)).tolist()
+    offset %= max(1, n)
+    return permutation[offset:] + permutation[:offset]
+
+
 EVAL_BLOCK_SELECTION = "spread"  # recorded in run.json: earlier runs evaluated on the first N held-out blocks
 
 
@@ -370,6 +389,11 @@ def _setup(cfg: PretrainConfig, out: Path, argv: list[str] | None) -> tuple[Meth
     model = build_model(cfg, tokenizer)  # before the corpus: a bad MoM option is refused before any tokenizing
     corpus = build_corpus(cfg.corpus, tokenizer, cfg.block_size, cfg.heldout_fraction, cfg.max_train_tokens)
     heldout = evaluation_blocks(corpus.heldout, cfg.eval_max_blocks)
+    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    train, order = corpus.train, {}
+    if cfg.data_offset:  # the order the trainer's sampler gives, rotated, and read in sequence
+        train = Subset(corpus.train, continued_order(len(corpus.train), data_seed, cfg.data_offset))
+        order = {"train_sampling_strategy": "sequential"}
     info: dict[str, Any] = {
         "modetune_version": __version__,
         "kind": "pretrain",
@@ -389,11 +413,13 @@ def _setup(cfg: PretrainConfig, out: Path, argv: list[str] | None) -> tuple[Meth
         evaluate=True,
         bf16=cfg.mixed_precision == "bf16",
         fp16=cfg.mixed_precision == "fp16",
+        data_seed=data_seed,
+        **order,
     )
     trainer = MethodTrainer(
         model=model,
         args=args,
-        train_dataset=corpus.train,
+        train_dataset=train,
         eval_dataset=heldout,
         data_collator=default_data_collator,
         processing_class=tokenizer,

@@ -375,13 +375,12 @@ def training_arguments(cfg: Any, out: Path, *, use_cpu: bool, evaluate: bool, **
         save_steps=cfg.save_steps or 500,
         save_total_limit=None,
         seed=cfg.seed,
-        data_seed=cfg.seed,
         use_cpu=use_cpu,
         remove_unused_columns=False,
         disable_tqdm=True,
         prediction_loss_only=True,
         include_num_input_tokens_seen="no",
-        **{"report_to": [], **extra},
+        **{"report_to": [], "data_seed": cfg.seed, **extra},
     )
 
 
