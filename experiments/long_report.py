@@ -107,6 +107,21 @@ def paired(cells_a, cells_b, step: int, family: Family, shared: dict[str, set[st
     return summary
 
 
+def family_comparisons(row, by_row, step: int, shared) -> list[tuple[Family, dict[str, Any]]]:
+    """(family, its comparison) of one row against its baseline at one milestone; `generator, 600` only where it
+    holds more than the shared 150 (before the final evaluation every generator question is a shared one)."""
+    out: list[tuple[Family, dict[str, Any]]] = []
+    for family in FAMILIES:
+        comparison = paired(by_row[row.baseline], by_row.get(row.name, []), step, family, shared)
+        if comparison is None:
+            continue
+        shared_only = out[0][1]["pooled"]["n_paired"] if out and out[0][0] is FAMILIES[0] else None
+        if family is FAMILIES[1] and comparison["pooled"]["n_paired"] == shared_only:
+            continue
+        out.append((family, comparison))
+    return out
+
+
 def mde(pooled: dict[str, Any], n: int | None = None) -> float:
     """The minimum detectable difference (80% power, two-sided 5%) of `n` paired answers (default: the family's)
     at the family's disagreement rate."""
@@ -173,16 +188,8 @@ def _delta_lines(step: int, rows, by_row, shared) -> list[str]:
     for row, _ in rows:
         if row.baseline not in by_row:
             continue
-        shared_answers = -1
-        for family in FAMILIES:
-            comparison = paired(by_row[row.baseline], by_row.get(row.name, []), step, family, shared)
-            if comparison is None:
-                continue
+        for family, comparison in family_comparisons(row, by_row, step, shared):
             s = comparison["pooled"]
-            if family is FAMILIES[1] and s["n_paired"] == shared_answers:
-                continue  # before the final evaluation every generator question is a shared one: the same row
-            if family is FAMILIES[0]:
-                shared_answers = s["n_paired"]
             per_seed = ", ".join(f"s{seed} {_pts(d)}" for seed, d in zip(comparison["seeds"], s.get("diff_per_pair", [s["diff"]]),
                                                                              strict=True))  # fmt: skip
             low, high = s["diff_ci95"]
@@ -297,7 +304,7 @@ def _plot_curves(rows, by_row, milestones, shared) -> None:
     ax.set_ylim(0, 100)
     ax.set_xticks([0, *milestones])
     ax.set_xlabel("training step (batch 8)")
-    ax.set_ylabel("accuracy, % (the 150 shared generator problems)")
+    ax.set_ylabel("accuracy, % (150 shared problems)")
     ax.set_title("At 10x the budget: mean over seeds (thin lines: each seed)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -316,9 +323,8 @@ def _plot_forest(rows, by_row, milestones, shared) -> None:
     for row, _ in rows:
         if row.baseline not in by_row:
             continue
-        for family in FAMILIES:
-            for step in milestones:
-                comparison = paired(by_row[row.baseline], by_row.get(row.name, []), step, family, shared)
+        for step in milestones:
+            for family, comparison in family_comparisons(row, by_row, step, shared):
                 if comparison:
                     s = comparison["pooled"]
                     low, high = s.get("seed_question_ci95") or s["diff_ci95"]
