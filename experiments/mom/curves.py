@@ -664,8 +664,8 @@ def report(grid: Grid) -> str:
     out = [BEGIN, f"### Learning curves, corpus `{', '.join(grid.corpus)}` (written by `curves.py --report`)", ""]
     out.append(
         f"{grid.steps} steps x {grid.batch_size} x {grid.block_size} tokens = {grid.steps * grid.tokens_per_step:,} "
-        f"tokens per run, held-out loss every {grid.eval_steps * grid.tokens_per_step:,} tokens on the first "
-        f"{grid.eval_blocks} held-out blocks; AdamW, cosine, warm-up {grid.warmup_fraction:.0%}; learning rates "
+        f"tokens per run, held-out loss every {grid.eval_steps * grid.tokens_per_step:,} tokens on "
+        f"{grid.eval_blocks} held-out blocks spread evenly over the held-out set; AdamW, cosine, warm-up {grid.warmup_fraction:.0%}; learning rates "
         f"{', '.join(f'{lr:g}' for lr in grid.learning_rates)} at seed {grid.seeds[0]}, then seeds "
         f"{', '.join(map(str, grid.seeds[1:]))} at each architecture's best rate. Per-cell curves: `{rel}/`."
     )
@@ -723,10 +723,11 @@ def report(grid: Grid) -> str:
                    f"{_fmt(at_budget)} |")  # fmt: skip
     # paired differences over training
     quarters = [round(grid.steps * q / 4) for q in (1, 2, 3, 4)]
-    out += ["", "Differences in held-out loss, paired by seed, mean [95% t-interval over seeds] (negative: the first "
+    table = ["", "Differences in held-out loss, paired by seed, mean [95% t-interval over seeds] (negative: the first "
             "is better), at a quarter, half, three quarters and all of the tokens, and at equal FLOPs:", "",
             "| comparison | seeds | " + " | ".join(f"{s * grid.tokens_per_step:,} tokens" for s in quarters)
             + " | equal FLOPs |", "|---|---|" + "---|" * (len(quarters) + 1)]  # fmt: skip
+    rows = []
     for a, b in COMPARISONS:
         if a not in by_arch or b not in by_arch:
             continue
@@ -741,8 +742,8 @@ def report(grid: Grid) -> str:
             )
         row.append(_fmt(t_interval([loss_at(x, "forward_flops", budget) - loss_at(y, "forward_flops", budget)
                                     for x, y in pairs]), True))  # fmt: skip
-        out.append(f"| {ARCHS[a].label} - {ARCHS[b].label} | {len(pairs)} | " + " | ".join(row) + " |")
-    return "\n".join([*out, END])
+        rows.append(f"| {ARCHS[a].label} - {ARCHS[b].label} | {len(pairs)} | " + " | ".join(row) + " |")
+    return "\n".join([*out, *([*table, *rows] if rows else []), END])
 
 
 def write_report(grid: Grid) -> Path:
