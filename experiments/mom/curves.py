@@ -710,17 +710,19 @@ def report(grid: Grid) -> str:
             "equal-compute comparison is MoM against vanilla, equal FLOPs, at the end of both runs. Seed "
             f"{grid.seeds[0]} also chose the learning rate on these held-out blocks; the other seeds did not:", "",
             "| arch | layers / rounds | lr | seeds | params total / non-emb. | fwd MFLOPs/token (realised) | final loss "
-            "| perplexity | loss at equal FLOPs |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            "| perplexity | loss at equal FLOPs | final loss, seeds that did not choose the rate |",
+            "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for arch, cells in by_arch.items():
         final = t_interval([c["final_eval_loss"] for c in cells])
         at_budget = t_interval([loss_at(c, "forward_flops", budget) for c in cells])
+        unselected = [c["final_eval_loss"] for c in cells if c["seed"] != grid.seeds[0]]  # free of the rate's pick
         p = cells[0]["parameters"]
         mflops = sum(c["realised_flops_per_token"] for c in cells) / len(cells) / 1e6
         model = cells[0]["model_config"]
         depth = model.get("num_rounds") or model.get("num_hidden_layers")
         out.append(f"| {ARCHS[arch].label} | {depth} | {shown_rates[arch]:g} | {len(cells)} | {p['total']:,} / "
                    f"{p['non_embedding']:,} | {mflops:.2f} | {_fmt(final)} | {math.exp(final[0]):.1f} | "
-                   f"{_fmt(at_budget)} |")  # fmt: skip
+                   f"{_fmt(at_budget)} | {_fmt(t_interval(unselected)) if unselected else '-'} |")  # fmt: skip
     # paired differences over training
     quarters = [round(grid.steps * q / 4) for q in (1, 2, 3, 4)]
     table = ["", "Differences in held-out loss, paired by seed, mean [95% t-interval over seeds] (negative: the first "

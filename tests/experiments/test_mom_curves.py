@@ -103,6 +103,9 @@ def test_two_cells_end_to_end_then_resumed_without_training_and_reported(curves,
     assert text.startswith("# results\n\nkept text\n") and curves.BEGIN in text and curves.END in text
     assert (curves.results_dir(grid) / "curves.png").stat().st_size > 1000
     assert "| MoM (ours) | 2 | 0.003 | 2 |" in text
+    # the last column: the seeds that did not choose the rate (here seed 1 alone, seed 0's loss + 0.1)
+    row = next(line for line in text.splitlines() if line.startswith("| MoM (ours) | 2 | 0.003 | 2 |"))
+    assert row.endswith(f"| {mom['final_eval_loss'] + 0.1:.3f} |")
     assert "| MoM (ours) - vanilla, equal parameters | 2 |" in text
     curves.write_report(grid)  # rewritten in place, between the markers
     assert curves.REPORT.read_text() == text
