@@ -21,8 +21,10 @@ experiments/figures/.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import report as grid_report  # experiments/report.py: RESULTS.md's location, the figures, formatting
@@ -68,7 +70,13 @@ def _info(cell, step: int) -> dict[str, Any] | None:
 
 
 def _output(cell, step: int) -> EvalOutput | None:
-    return load_eval_output(cell.piece_dir(step) / "generate") if _info(cell, step) else None
+    return _load_output(cell.piece_dir(step) / "generate") if _info(cell, step) else None
+
+
+@functools.cache
+def _load_output(directory: Path) -> EvalOutput:
+    """A piece's predictions, read once per report (every family, table and figure reads them again)."""
+    return load_eval_output(directory)
 
 
 def shared_questions(cells, milestones) -> dict[str, set[str]]:
