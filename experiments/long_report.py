@@ -98,7 +98,20 @@ def _filtered(out: EvalOutput, family: Family, shared: dict[str, set[str]]) -> E
 
 def paired(cells_a, cells_b, step: int, family: Family, shared: dict[str, set[str]]) -> dict[str, Any] | None:
     """B - A on one family at one milestone over the seeds both finished (same seed = same data order and
-    initialisation), pooled; None when no seed has both or the family has no question there."""
+    initialisation), pooled; None when no seed has both or the family has no question there. Computed once per
+    set of finished pieces: the tables and the forest plot ask for the same comparisons (finished pieces never
+    change, and `shared` follows from them)."""
+    finished = tuple(str(c.piece_dir(step)) for c in [*cells_a, *cells_b] if _info(c, step))
+    key = (finished, step, family)
+    if key not in _PAIRED:
+        _PAIRED[key] = _paired(cells_a, cells_b, step, family, shared)
+    return _PAIRED[key]
+
+
+_PAIRED: dict[tuple[Any, ...], dict[str, Any] | None] = {}
+
+
+def _paired(cells_a, cells_b, step: int, family: Family, shared: dict[str, set[str]]) -> dict[str, Any] | None:
     by_seed = {c.seed: c for c in cells_b if _info(c, step)}
     pairs = []
     for a in cells_a:
