@@ -48,6 +48,7 @@ sys.path.insert(0, str(HERE))
 import report as grid_report  # noqa: E402  (experiments/report.py: RESULTS.md's location, accuracy CIs, formatting)
 import run as grid  # noqa: E402  (experiments/run.py: data location, training a cell, storing results)
 
+from modetune.errors import exit_status  # noqa: E402
 from modetune.files import atomic_write_text, replace_marked_block  # noqa: E402
 
 RESULTS = HERE / "results" / "commonsense_pilot"
@@ -599,4 +600,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main, "experiments/commonsense_pilot.py"))

@@ -72,6 +72,7 @@ import torch
 from transformers import LlamaConfig
 from transformers import set_seed as hf_set_seed
 
+from modetune.errors import exit_status
 from modetune.files import replace_marked_block
 from modetune.mom import MoMConfig, mom_forward_flops
 from modetune.mom.flops import matched_vanilla_layers
@@ -821,4 +822,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main, "experiments/mom/curves.py"))

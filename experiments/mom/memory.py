@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
+from modetune.errors import exit_status
 from modetune.mom import MoMCache, MoMConfig, MoMForCausalLM
 
 HERE = Path(__file__).resolve().parent
@@ -227,4 +228,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main, "experiments/mom/memory.py"))

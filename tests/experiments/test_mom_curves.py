@@ -336,3 +336,18 @@ def test_a_diverged_cell_is_a_result_of_the_sweep_not_a_stop(curves, corpus_file
     curves.write_report(grid)
     text = curves.REPORT.read_text()
     assert "| mom | **" in text and "| diverged |" in text
+
+
+def test_a_user_error_ends_the_script_with_its_message_and_status_2(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import runpy
+
+    from modetune.training import pretrain as pretrain_module
+
+    load_tokenizer = pretrain_module.load_tokenizer
+    monkeypatch.setattr(pretrain_module, "load_tokenizer", lambda spec: load_tokenizer(str(tiny_model_dir)))
+    missing = tmp_path / "missing.txt"
+    monkeypatch.setattr(sys, "argv", ["curves.py", "--corpus", str(missing), "--cells", "vanilla-lr0.002-s0"])
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(str(ROOT / "experiments" / "mom" / "curves.py"), run_name="__main__")
+    assert stopped.value.code == 2
+    assert f"experiments/mom/curves.py: error: corpus file {missing} does not exist" in capsys.readouterr().err

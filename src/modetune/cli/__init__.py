@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from modetune.errors import ModetuneError
+from modetune.errors import exit_status
 from modetune.version import __version__
 
 # name -> module under modetune.cli; imported lazily so `modetune --help` stays fast
@@ -68,15 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
-    try:
-        return int(args.run(args) or 0)
-    except ModetuneError as exc:
-        if speaks_for_node():
-            print(f"modetune {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"modetune {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return exit_status(lambda: args.run(args), f"modetune {args.command}", quiet=not speaks_for_node())
 
 
 if __name__ == "__main__":
