@@ -313,23 +313,33 @@ def flops_per_token_at(model_config: dict[str, Any], record: dict[str, Any], con
 
 
 def curve_of(run: Path) -> dict[str, Any]:
-    """The run's held-out losses at its evaluation steps, with the tokens and cumulative forward FLOPs there."""
+    """The run's held-out losses at its evaluation steps, with the tokens and cumulative forward FLOPs there and
+    the mean training loss (and a MoM's router entropy) over the steps since the previous point: a curve that
+    turns up says whether the model stopped fitting its training data too, or only the held-out blocks."""
     info = json.loads((run / "run.json").read_text())
     context = info["pretrain_config"]["block_size"] // 2
     nominal = float(info["forward_flops_per_token"])
     tokens, flops = 0, 0.0
     at_step: dict[int, tuple[int, float]] = {0: (0, 0.0)}
     evals: dict[int, float] = {}
+    since: dict[str, list[float]] = {"train_loss": [], "router_entropy": []}  # logged steps since the last point
+    means: dict[int, dict[str, float]] = {}
     for record in sorted(_records(run), key=lambda r: (r.get("step", 0), "eval_loss" in r)):
         step = int(record.get("step", 0))
         if "eval_loss" in record:
             evals[step] = float(record["eval_loss"])
+            if step not in means:  # the final evaluation repeats the last step's: its window is already closed
+                means[step] = {key: sum(values) / len(values) for key, values in since.items() if values}
+                since = {key: [] for key in since}
         elif "loss" in record and "tokens_seen" in record:
             window = int(record["tokens_seen"]) - tokens
             flops += window * flops_per_token_at(info["model_config"], record, context, nominal)
             tokens = int(record["tokens_seen"])
             at_step[step] = (tokens, flops)
-    points = [{"step": s, "tokens": at_step[s][0], "forward_flops": at_step[s][1], "eval_loss": loss}
+            since["train_loss"].append(float(record["loss"]))
+            if "router_entropy" in record:
+                since["router_entropy"].append(float(record["router_entropy"]))
+    points = [{"step": s, "tokens": at_step[s][0], "forward_flops": at_step[s][1], "eval_loss": loss, **means[s]}
               for s, loss in sorted(evals.items()) if s in at_step]  # fmt: skip
     return {"points": points, "tokens": tokens, "forward_flops": flops,
             "realised_flops_per_token": flops / tokens if tokens else nominal}  # fmt: skip

@@ -73,6 +73,17 @@ def test_two_cells_end_to_end_then_resumed_without_training_and_reported(curves,
     assert vanilla["realised_flops_per_token"] == pytest.approx(vanilla["forward_flops_per_token_nominal"])
     assert mom["realised_flops_per_token"] <= mom["forward_flops_per_token_nominal"]
     assert mom["model_config"]["k_per_round"] == 2
+    # each point carries the mean training loss of its own steps (logged every step), a MoM's router entropy too
+    for arch, r in results.items():
+        log = [json.loads(line) for line in (curves.run_dir(grid, cells[arch == "mom"]) / "metrics.jsonl")
+               .read_text().splitlines() if line.strip()]  # fmt: skip
+        steps = {d["step"]: d for d in log if "loss" in d and "eval_loss" not in d}
+        for point, window in zip(r["points"], ((1, 2), (3, 4), (5, 6)), strict=True):
+            assert point["train_loss"] == pytest.approx(sum(steps[s]["loss"] for s in window) / 2)
+            if arch == "mom":
+                assert point["router_entropy"] == pytest.approx(sum(steps[s]["router_entropy"] for s in window) / 2)
+            else:
+                assert "router_entropy" not in point
 
     # a finished cell is returned as it is: no training, not even a look at its run
     def no_training(*args, **kwargs):
