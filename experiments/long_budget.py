@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commands", action="store_true", help="print each cell's training command")
     parser.add_argument("--plan", action="store_true", help="print cells x hours from the measured times")
     args = parser.parse_args(argv)
-    cells = [c for c in all_cells() if not args.only or any(c.key.startswith(p) for p in args.only)]
+    cells = grid.select_cells(all_cells(), args.only, parser)
     if args.commands:
         for c in cells:
             print(f"# {c.key}\n{' '.join(c.train_command()).replace(sys.executable, 'python')}")

@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         "--inspect", action="store_true", help="run `modetune inspect` on the finished cells' runs (experiments/why/)"
     )
     args = parser.parse_args(argv)
-    cells = [c for c in all_cells() if not args.only or any(c.key.startswith(p) for p in args.only)]
+    cells = select_cells(all_cells(), args.only, parser)
     if args.commands:
         for c in cells:
             print(f"# {c.key}\n{' '.join(c.train_command()).replace(sys.executable, 'python')}")
@@ -482,6 +482,15 @@ def inspect_cells(cells: list[Cell], log) -> int:
             if (work_out / name).is_file():
                 shutil.copy2(work_out / name, cell.why_dir / name)
     return 0
+
+
+def select_cells(cells: list, prefixes: list[str], parser: argparse.ArgumentParser) -> list:
+    """The cells whose key starts with one of `prefixes` (all of them when none is given). A prefix that
+    matches no cell is a typo, not an empty grid: it ends with the valid keys instead of silently doing nothing."""
+    unmatched = [p for p in prefixes if not any(c.key.startswith(p) for c in cells)]
+    if unmatched:
+        parser.error(f"--only {unmatched[0]!r} matches no cell; the cells are: {', '.join(c.key for c in cells)}")
+    return [c for c in cells if not prefixes or any(c.key.startswith(p) for p in prefixes)]
 
 
 def _write_report(log) -> None:

@@ -102,3 +102,14 @@ def test_report_compares_like_with_like_over_seeds_and_milestones(long, tmp_path
     adapters = [r for r in rows if "| LLM-Adapters |" in r]
     assert len(adapters) == 1 and "| +0.0 [" in adapters[0] and adapters[0].endswith("| n/a |")  # never disagree
     assert (tmp_path / "figures" / "long_curves.png").is_file() and (tmp_path / "figures" / "long_forest.png").is_file()
+
+
+def test_an_only_that_matches_no_cell_is_refused_with_the_valid_keys(long, capsys):
+    """A typo in --only used to select nothing and exit 0 having done nothing; now it names the cells."""
+    with pytest.raises(SystemExit) as exit_:
+        long.main(["--only", "arithmetic/lora_mdoe"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--only 'arithmetic/lora_mdoe' matches no cell" in err and "arithmetic/lora_mode/s0" in err
+    assert "Traceback" not in err
+    assert long.main(["--only", "arithmetic/lora_mode", "--commands"]) == 0  # a prefix still selects
