@@ -78,6 +78,7 @@ from modetune.mom import MoMConfig, mom_forward_flops
 from modetune.mom.flops import matched_vanilla_layers
 from modetune.training import TrainingDivergedError
 from modetune.training.pretrain import PretrainConfig, build_model, load_tokenizer, mom_config, pretrain
+from modetune.training.run_dir import segment_start_step
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -396,6 +397,13 @@ def _train_phases(configs: list[PretrainConfig], argv: list[str]) -> list[dict[s
     return infos
 
 
+def seconds_per_step(infos: list[dict[str, Any]]) -> float:
+    """Wall seconds per optimiser step, periodic evaluations included, over the steps the runs' timed segments
+    trained: a resumed run's `seconds` time only its last segment, not the steps before its checkpoint."""
+    steps = sum(i["global_step"] - segment_start_step(i) for i in infos)
+    return sum(i["seconds"] for i in infos) / max(1, steps)
+
+
 def run_cell(grid: Grid, cell: Cell, argv: list[str] | None = None) -> dict[str, Any]:
     """Train (or resume) one cell's run(s) and write its curve; a cell whose JSON is complete is returned as it is."""
     done = finished(grid, cell)
@@ -424,7 +432,7 @@ def run_cell(grid: Grid, cell: Cell, argv: list[str] | None = None) -> dict[str,
         "pretrain_config": info["pretrain_config"], "model_config": info["model_config"],
         "parameters": info["parameters"], "forward_flops_per_token_nominal": info["forward_flops_per_token"],
         "final_eval_loss": info["eval_loss"], "train_seconds": seconds,
-        "seconds_per_step": seconds / max(1, sum(i["global_step"] for i in infos)), "command": info["command"],
+        "seconds_per_step": seconds_per_step(infos), "command": info["command"],
         "code_commit": code_commit(), **curve,
     }  # fmt: skip
     if two_phase:  # the top-level run fields are phase 2's (the final model); each phase's here

@@ -278,6 +278,10 @@ def test_killed_phase_two_resumes_without_training_phase_one_again(curves, corpu
     info = json.loads((root / "phase2" / "run.json").read_text())
     assert info["status"] == "complete" and [r["from"][-12:] for r in info["resumed"]] == ["checkpoint-2"]
     assert [p["phase"] for p in result["points"]] == [1, 1, 2, 2]
+    # the cost per step counts only the steps each phase's timed segment trained (phase 2's resumed one: 2 of 4)
+    timed = [json.loads((root / name / "run.json").read_text()) for name in ("phase1", "phase2")]
+    steps = timed[0]["global_step"] + timed[1]["global_step"] - 2
+    assert result["seconds_per_step"] == pytest.approx((timed[0]["seconds"] + timed[1]["seconds"]) / steps)
     for key in ("step", "tokens", "forward_flops", "eval_loss"):
         assert [p[key] for p in result["points"]] == pytest.approx([p[key] for p in straight["points"]], abs=1e-5)
 

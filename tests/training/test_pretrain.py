@@ -26,6 +26,7 @@ from modetune.training.pretrain import (
     flops_per_token,
     load_tokenizer,
 )
+from modetune.training.run_dir import checkpoint_step, segment_start_step
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +129,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_model_dir, corpu
     assert steps_logged == list(range(1, 9))
     info = json.loads((killed / "run.json").read_text())
     assert info["status"] == "complete" and len(info["resumed"]) == 1
+    assert segment_start_step(info) == checkpoint_step(info["resumed"][0]["from"]) >= 4  # `seconds` times the rest
 
 
 def test_phase_two_from_a_models_layers(tmp_path, tiny_model_dir, corpus_file):
@@ -183,6 +185,7 @@ def test_resume_without_a_checkpoint_starts_again_like_train(tmp_path, tiny_mode
     assert main(_args(tiny_model_dir, corpus_file, out, "--max-steps", "2", "--save-steps", "0", "--resume")) == 0
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "complete" and info["resumed"][0]["from"] == "start"
+    assert segment_start_step(info) == 0
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)  # the torn line and the first attempt's lines are gone
 

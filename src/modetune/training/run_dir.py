@@ -152,8 +152,20 @@ def prepare_resume(out: Path, resume_from: Path | None, info: dict[str, Any]) ->
         *previous.get("resumed", []),
         {"from": str(resume_from or "start"), "at": datetime.now(timezone.utc).isoformat()},
     ]
-    step = int(resume_from.name.split("-")[-1]) if resume_from is not None else 0
-    truncate_metrics(out / "metrics.jsonl", step)
+    truncate_metrics(out / "metrics.jsonl", checkpoint_step(resume_from) if resume_from is not None else 0)
+
+
+def checkpoint_step(checkpoint: Path | str) -> int:
+    """The optimiser step a `checkpoint-N` directory was saved at."""
+    return int(Path(checkpoint).name.split("-")[-1])
+
+
+def segment_start_step(info: dict[str, Any]) -> int:
+    """The step a run's last training segment started from (0 unless it was resumed from a checkpoint): a
+    run's `seconds` time only that segment, so its cost per step is `seconds / (global_step - this)`."""
+    resumed = info.get("resumed") or []
+    origin = resumed[-1]["from"] if resumed else "start"
+    return 0 if origin == "start" else checkpoint_step(origin)
 
 
 def draw_training_curves(out: Path) -> Path | None:
