@@ -26,7 +26,8 @@ from modetune.training.pretrain import (
     flops_per_token,
     load_tokenizer,
 )
-from modetune.training.run_dir import checkpoint_step, segment_start_step
+from modetune.training.run_dir import segment_start_step
+from modetune.training.trainer import checkpoint_step
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from modetune.errors import ModetuneError
 from modetune.files import atomic_write_text
 from modetune.runs import RUN_FILE, read_run_info
 from modetune.training.lock import LOCK_NAME, OutputNotWritableError, RunLock, acquire_run_lock
-from modetune.training.trainer import latest_complete_checkpoint
+from modetune.training.trainer import checkpoint_step, latest_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -153,11 +153,6 @@ def prepare_resume(out: Path, resume_from: Path | None, info: dict[str, Any]) ->
         {"from": str(resume_from or "start"), "at": datetime.now(timezone.utc).isoformat()},
     ]
     truncate_metrics(out / "metrics.jsonl", checkpoint_step(resume_from) if resume_from is not None else 0)
-
-
-def checkpoint_step(checkpoint: Path | str) -> int:
-    """The optimiser step a `checkpoint-N` directory was saved at."""
-    return int(Path(checkpoint).name.split("-")[-1])
 
 
 def segment_start_step(info: dict[str, Any]) -> int:

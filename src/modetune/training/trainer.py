@@ -254,13 +254,18 @@ def write_marker(folder: Path, payload: dict[str, Any]) -> None:
     atomic_write_text(folder / CHECKPOINT_MARKER, json.dumps(payload), fsync=True)
 
 
+def checkpoint_step(checkpoint: str | os.PathLike[str]) -> int:
+    """The optimiser step a `checkpoint-N` directory was saved at."""
+    return int(Path(checkpoint).name.split("-")[-1])
+
+
 def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     found = []
     if output_dir.is_dir():
         for path in output_dir.iterdir():
             name = path.name
             if path.is_dir() and name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and name.split("-")[-1].isdigit():
-                found.append((int(name.split("-")[-1]), path))
+                found.append((checkpoint_step(path), path))
     return sorted(found)
 
 
@@ -278,7 +283,7 @@ def prune_checkpoints(output_dir: Path, keep: int | None) -> None:
     for step, path in checkpoints:
         if path in complete:
             continue
-        if newest is not None and step < int(newest.name.split("-")[-1]):
+        if newest is not None and step < checkpoint_step(newest):
             shutil.rmtree(path, ignore_errors=True)
     if keep:
         for path in complete[:-keep]:
