@@ -590,11 +590,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(time.strftime("%H:%M:%S"), message, flush=True)
 
-    if not args.report:
-        for recipe in [None, *recipes]:  # the untuned model first: every recipe is compared with it
-            if not done(recipe.name if recipe else UNTUNED, args.limit):
-                run_one(recipe, args.limit, log)
-                write_report()
+    todo = [] if args.report else [r for r in [None, *recipes] if not done(r.name if r else UNTUNED, args.limit)]
+    if todo:  # the untuned model first: every recipe is compared with it
+        grid.require_shared_data()
+    for recipe in todo:
+        run_one(recipe, args.limit, log)
+        write_report()
     write_report()
     return 0
 

@@ -38,6 +38,8 @@ sys.path.insert(0, str(HERE))
 
 import run as grid  # noqa: E402  (experiments/run.py: tracks, rows, the child environment)
 
+from modetune.errors import exit_status  # noqa: E402
+
 RESULTS = HERE / "results" / "long"
 WORK = grid.WORK / "long"
 
@@ -319,11 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(time.strftime("%H:%M:%S"), message, flush=True)
 
-    pieces = [(cell, step) for cell in cells for step in MILESTONES if not cell.done(step)]
-    if not args.report:
-        for cell, step in pieces[: args.max_pieces or None]:
-            run_piece(cell, step, log)
-            _write_report(log)
+    pieces = [] if args.report else [(c, step) for c in cells for step in MILESTONES if not c.done(step)]
+    if pieces:
+        grid.require_shared_data()
+    for cell, step in pieces[: args.max_pieces or None]:
+        run_piece(cell, step, log)
+        _write_report(log)
     _write_report(log)
     return 0
 
@@ -334,4 +337,4 @@ def _write_report(log) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main, "experiments/long_budget.py"))

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modetune.errors import ConfigError, exit_status
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
@@ -73,6 +75,17 @@ class Track:
 
 def _shared(*parts: str) -> str:
     return str(SHARED.joinpath(*parts))
+
+
+def require_shared_data() -> None:
+    """Refuse to start cells without the test and training sets: otherwise the first cell would fail inside its
+    child process, after minutes of loading, with a traceback instead of the fix."""
+    if not SHARED.is_dir():
+        raise ConfigError(
+            f"the experiments' data is not at {SHARED}: put the shared data beside the repository (../shared/data), "
+            "or run `modetune data fetch all` and set MODETUNE_SHARED_DATA to its directory "
+            "(default ~/.cache/modetune/data)"
+        )
 
 
 TRACKS = {
@@ -411,16 +424,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.inspect:
         return inspect_cells(cells, log)
-    ran = 0
-    if not args.report:
-        for cell in cells:
-            if cell.done:
-                continue
-            if args.max_cells and ran >= args.max_cells:
-                break
-            run_cell(cell, log)
-            ran += 1
-            _write_report(log)
+    todo = [] if args.report else [c for c in cells if not c.done][: args.max_cells or None]
+    if todo:
+        require_shared_data()
+    for cell in todo:
+        run_cell(cell, log)
+        _write_report(log)
     _write_report(log)
     return 0
 
@@ -511,4 +520,4 @@ def reload_and_report(module: str, cells, log) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE))
-    sys.exit(main())
+    sys.exit(exit_status(main, "experiments/run.py"))

@@ -38,6 +38,8 @@ from typing import Any
 
 import torch
 
+from modetune.errors import ConfigError, exit_status
+
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"
 
@@ -161,8 +163,6 @@ def heldout_loss(model: Any, blocks: list[dict[str, list[int]]], batch: int = 8)
 @contextmanager
 def pruned(model: Any, attention: list[int] = (), ffn: list[int] = ()):  # type: ignore[assignment]
     """Modules removed from the pool inside the block (yields False if that leaves too few options)."""
-    from modetune.errors import ConfigError
-
     saved = (list(model.config.pruned_attention_modules), list(model.config.pruned_ffn_modules))
     try:
         try:
@@ -568,4 +568,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main, "experiments/mom/run.py"))

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from modetune.errors import exit_status
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,3 +112,26 @@ def test_an_interrupted_evaluation_leaves_no_finished_cell(grid, monkeypatch):
     with pytest.raises(RuntimeError):
         grid.run_cell(cell, print)
     assert not cell.done and not cell.result_dir.exists()
+
+
+def test_missing_shared_data_is_refused_before_any_cell_starts(grid, tmp_path, monkeypatch, capsys):
+    """Without the test and training sets the first cell used to fail in its child process with a traceback."""
+    monkeypatch.setattr(grid, "SHARED", tmp_path / "no-shared-data")
+    assert exit_status(lambda: grid.main([]), "experiments/run.py") == 2
+    err = capsys.readouterr().err
+    assert f"experiments/run.py: error: the experiments' data is not at {tmp_path / 'no-shared-data'}" in err
+    assert "MODETUNE_SHARED_DATA" in err and "modetune data fetch all" in err and "Traceback" not in err
+    assert not (tmp_path / "work").exists() and not (tmp_path / "results").exists()  # nothing started
+    assert grid.main(["--commands"]) == 0  # what needs no data still works
+
+
+def test_the_runners_end_on_a_user_error_without_a_traceback(tmp_path):
+    """The scripts' own entry points go through errors.exit_status, as the CLI does (status 2, one line)."""
+    env = {**os.environ, "MODETUNE_SHARED_DATA": str(tmp_path / "missing"),
+           "MODETUNE_EXPERIMENTS_WORK": str(tmp_path / "work"), "OMP_NUM_THREADS": "1"}  # fmt: skip
+    # a long-budget cell that has no finished piece in the repository: it would start training
+    done = subprocess.run([sys.executable, "experiments/long_budget.py", "--only", "arithmetic/paper/s1"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("experiments/long_budget.py: error: the experiments' data is not at")
+    assert "Traceback" not in done.stderr and not (tmp_path / "work").exists()
