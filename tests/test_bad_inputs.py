@@ -504,6 +504,12 @@ CASES: dict[str, Case] = {
         lambda t, c: _pretrain(t, c, "--arch", "vanilla-gated", "--gate-init", "1"),
         "modetune pretrain: error: --gate-init must be in (0, 1), got 1.0: a sigmoid gate never reaches 0 or 1 (and its gradient vanishes near them); use e.g. 0.95 to start close to the vanilla model",
     ),
+    "gated-gate-mode": Case(
+        "modetune pretrain --arch vanilla-gated",
+        "`--gate-mode layer` (not a gate mode)",
+        lambda t, c: _pretrain(t, c, "--arch", "vanilla-gated", "--gate-mode", "layer"),
+        "modetune pretrain: error: --gate-mode 'layer' is not supported; allowed: token, scalar",
+    ),
     # -- modetune export -----------------------------------------------------------------------------------------
     "export-out-not-empty": Case(
         "modetune export",

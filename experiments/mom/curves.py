@@ -185,6 +185,13 @@ ARCHS: dict[str, CurveArch] = {
         CurveArch("mom", "MoM (ours)", lambda g: {"arch": "mom", **MOM_OURS}),
         CurveArch("mom-authors", "MoM (authors' settings)", lambda g: {"arch": "mom", "preset": "authors"}),
         CurveArch("mom-2phase", "vanilla -> MoM (two-phase)", lambda g: {"arch": "mom", **MOM_OURS}, phase1="vanilla"),
+        # not in the default grid: one learnt residual scale per branch, the same for every token, started at the
+        # gated control's value; against vanilla-gated it separates shrunk updates from per-token gating
+        CurveArch(
+            "vanilla-scaled",
+            "vanilla, learnt residual scale",
+            lambda g: {"arch": "vanilla-gated", "gate_init": GATE_INIT, "gate_mode": "scalar"},
+        ),
         # not in the default grid: the authors' settings with their router state scaled to this width (256 of
         # d = 768 there; 64 of d = 192 here), whose routers cost ~0.8 M rather than ~5.5 M FLOPs per token
         CurveArch(

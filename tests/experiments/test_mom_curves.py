@@ -156,7 +156,10 @@ def test_controls_are_what_the_docstring_says(curves, corpus_file, tiny_model_di
     scaled = curves.pretrain_config(grid, curves.Cell("mom-authors-d3", 1e-3, 0))
     assert (scaled.router_hidden_size, scaled.router_temperature, scaled.k_per_round) == (64, 0.2, 1)
     gated = curves.pretrain_config(grid, curves.Cell("vanilla-gated", 1e-3, 0))
-    assert (gated.arch, gated.gate_init, gated.num_layers) == ("vanilla-gated", 0.34, 4)
+    assert (gated.arch, gated.gate_init, gated.gate_mode, gated.num_layers) == ("vanilla-gated", 0.34, "token", 4)
+    scale = curves.pretrain_config(grid, curves.Cell("vanilla-scaled", 1e-3, 0))
+    assert (scale.arch, scale.gate_init, scale.gate_mode) == ("vanilla-gated", 0.34, "scalar")
+    assert "vanilla-scaled" not in grid.archs  # an optional cell, as mom-authors-d3
     assert (grid.steps, grid.eval_steps, grid.tag) == (2048, 128, "shared")
     # the two-phase cell: vanilla (the parameter-matched one, seed and rate of the cell) for half the steps, then
     # issue 15's MoM from its layers for the rest, each its own cosine

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -111,6 +112,42 @@ def test_gates_train_and_bad_gate_init_is_refused(batch):
     for bad in (0.0, 1.0, 1.5):
         with pytest.raises(ConfigError, match="gate_init must be in"):
             GatedLlamaConfig(gate_init=bad)
+
+
+def test_scalar_gates_scale_every_token_alike_and_train(tmp_path, batch):
+    """gate_mode='scalar': one learnt scale per branch (no per-token weight), started at gate_init."""
+    model = gated(gate_init=0.34, gate_mode="scalar").train()
+    names = {k for k in model.state_dict() if "_gate." in k}
+    assert names == {f"model.layers.{i}.{g}_gate.bias" for i in range(3) for g in ("attention", "ffn")}
+    hidden = torch.randn(2, 5, 32)
+    for pair in model.gates():
+        for gate in pair:
+            g = gate(hidden)
+            assert g.shape == (2, 5, 1) and torch.allclose(g, torch.full_like(g, 0.34))
+    model(**batch).loss.backward()
+    assert all(gate.bias.grad != 0 for pair in model.gates() for gate in pair)
+    with torch.no_grad():
+        for i, (attention, ffn) in enumerate(model.gates()):
+            attention.bias.fill_(0.1 * i)
+            ffn.bias.fill_(-0.2 * i)
+    model.eval().save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.gate_mode == "scalar" and all(a.weight is None for a, _ in loaded.gates())
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, loaded(**batch).logits)
+    with pytest.raises(ConfigError, match="gate_mode 'layer' is not supported; allowed: token, scalar"):
+        GatedLlamaConfig(gate_mode="layer")
+
+
+def test_a_config_saved_before_gate_mode_loads_per_token_gates(tmp_path):
+    model = gated(gate_init=0.5)
+    model.save_pretrained(tmp_path)
+    config = tmp_path / "config.json"
+    saved = json.loads(config.read_text())
+    del saved["gate_mode"]
+    config.write_text(json.dumps(saved))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.gate_mode == "token" and all(a.weight is not None for a, _ in loaded.gates())
 
 
 # -- FLOP matching ---------------------------------------------------------------------------------------

@@ -90,6 +90,19 @@ def test_tiny_pretraining_lowers_the_loss(tmp_path, tiny_model_dir, corpus_file,
         assert info["forward_flops_per_token"] == flops_per_token(plain, 16) + extra_flops
 
 
+def test_scalar_gates_reach_the_model_and_cost_no_flops(tmp_path, tiny_model_dir, corpus_file):
+    out = tmp_path / "scaled"
+    steps = ["--arch", "vanilla-gated", "--gate-mode", "scalar", "--gate-init", "0.5", "--max-steps", "2"]
+    assert main(_args(tiny_model_dir, corpus_file, out, *steps, "--save-steps", "0")) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert (info["model_config"]["gate_mode"], info["model_config"]["gate_init"]) == ("scalar", 0.5)
+    record = next(r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r)
+    assert record["gate/attention"] == pytest.approx(0.5, abs=0.01)  # one scale, moved a little by one step
+    plain = build_model(PretrainConfig(output="x", arch="vanilla", hidden_size=32, num_layers=2, num_heads=2,
+                                       block_size=32), load_tokenizer(str(tiny_model_dir)))  # fmt: skip
+    assert info["forward_flops_per_token"] == flops_per_token(plain, 16)
+
+
 def test_authors_preset_fills_the_mom_options_left_at_their_defaults(tmp_path, tiny_model_dir, corpus_file):
     out = tmp_path / "authors"
     steps = ["--arch", "mom", "--preset", "authors", "--max-steps", "2", "--save-steps", "0", "--num-rounds", "2"]

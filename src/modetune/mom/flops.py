@@ -25,7 +25,8 @@ def vanilla_flops_per_token(config: Any, context: int = 0) -> float:
     hd = int(getattr(config, "head_dim", None) or d // heads)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     attn = 2 * (d * heads * hd * 2 + d * kv_heads * hd * 2) + 2 * 2 * heads * hd * context
-    gates = 2 * 2 * d if isinstance(config, GatedLlamaConfig) else 0  # two w . rmsnorm(x) per layer
+    per_token_gates = isinstance(config, GatedLlamaConfig) and config.gate_mode == "token"
+    gates = 2 * 2 * d if per_token_gates else 0  # two w . rmsnorm(x) per layer (a scalar gate: none)
     return layers * (attn + 2 * 3 * d * ff + gates) + 2 * d * config.vocab_size
 
 

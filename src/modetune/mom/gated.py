@@ -14,6 +14,10 @@ weights do, with no module choice. `gate_init` is the gate's value at initialisa
 held at exactly 1 the model is the vanilla `LlamaForCausalLM` bit for bit (tested), and the same seed initialises
 the shared weights identically (the gates draw no random numbers).
 
+`gate_mode="scalar"` drops the per-token part: each branch's update is multiplied by one learnt scale
+g = sigmoid(b) (LayerScale/ReZero-like), the same for every token. Against the per-token gate it separates
+"shrunk updates" from "updates each token can shrink on its own".
+
 It is a transformers model (model_type "modetune_gated_llama", registered with the Auto classes by
 `modetune.mom`): save/load, `generate` with llama's KV cache and `Trainer` work as for llama.
 """
@@ -41,6 +45,12 @@ GATE_INIT_HELP = (
     "MoM's mean summed router weight per round at initialisation (K=2 of 4 modules + 1 SKIP); near 1 (e.g. 0.95) "
     "starts as the vanilla model."
 )
+GATE_MODES = ("token", "scalar")
+GATE_MODE_HELP = (
+    "Gated vanilla (--arch vanilla-gated): 'token' = one gate per token, sigmoid(w . rmsnorm(x) + b); 'scalar' = "
+    "one learnt scale per residual branch, sigmoid(b), the same for every token (separates shrunk updates from "
+    "per-token gating)."
+)
 
 
 def check_gate_init(value: float, name: str = "gate_init") -> None:
@@ -52,28 +62,42 @@ def check_gate_init(value: float, name: str = "gate_init") -> None:
         )
 
 
+def check_gate_mode(value: str, name: str = "gate_mode") -> None:
+    """Refuse a gate mode that is not one of `GATE_MODES`."""
+    if value not in GATE_MODES:
+        raise ConfigError(f"{name} {value!r} is not supported; allowed: {', '.join(GATE_MODES)}")
+
+
 class GatedLlamaConfig(LlamaConfig):
-    """A llama config plus `gate_init` (the residual gates' value at initialisation)."""
+    """A llama config plus `gate_init` (the residual gates' value at initialisation) and `gate_mode` (per token or
+    one scale per branch)."""
 
     model_type = "modetune_gated_llama"
 
-    def __init__(self, gate_init: float = 0.34, **kwargs: Any):
+    def __init__(self, gate_init: float = 0.34, gate_mode: str = "token", **kwargs: Any):
         self.gate_init = float(gate_init)
+        self.gate_mode = gate_mode
         super().__init__(**kwargs)
         check_gate_init(self.gate_init)
+        check_gate_mode(self.gate_mode)
 
 
 class ResidualGate(nn.Module):
-    """g = sigmoid(w . rmsnorm(x) + b), one scalar per token: [B, T, d] -> [B, T, 1]."""
+    """g = sigmoid(w . rmsnorm(x) + b), one scalar per token: [B, T, d] -> [B, T, 1]; with `per_token=False`
+    g = sigmoid(b), one scale for every token (no `weight`)."""
 
-    def __init__(self, hidden_size: int, eps: float):
+    def __init__(self, hidden_size: int, eps: float, per_token: bool = True):
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(hidden_size))
+        self.weight = nn.Parameter(torch.zeros(hidden_size)) if per_token else None
         self.bias = nn.Parameter(torch.zeros(()))
         self.eps = eps
         self.last_mean: torch.Tensor | None = None  # mean gate of the last forward (for the training logs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is None:
+            g = torch.sigmoid(self.bias.to(x.dtype)).expand(x.shape[:-1])[..., None]
+            self.last_mean = g.detach().float().mean()
+            return g
         z = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         g = torch.sigmoid(z @ self.weight.to(z.dtype) + self.bias.to(z.dtype))[..., None]
         self.last_mean = g.detach().float().mean()
@@ -85,8 +109,9 @@ class GatedLlamaDecoderLayer(LlamaDecoderLayer):
 
     def __init__(self, config: GatedLlamaConfig, layer_idx: int):
         super().__init__(config, layer_idx)
-        self.attention_gate = ResidualGate(config.hidden_size, config.rms_norm_eps)
-        self.ffn_gate = ResidualGate(config.hidden_size, config.rms_norm_eps)
+        per_token = config.gate_mode == "token"
+        self.attention_gate = ResidualGate(config.hidden_size, config.rms_norm_eps, per_token)
+        self.ffn_gate = ResidualGate(config.hidden_size, config.rms_norm_eps, per_token)
 
     def forward(
         self,
@@ -124,7 +149,8 @@ class GatedLlamaPreTrainedModel(LlamaPreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """llama's init, plus gates at w = 0, b = logit(gate_init) (no random numbers: same seed, same weights)."""
         if isinstance(module, ResidualGate):
-            module.weight.zero_()
+            if module.weight is not None:
+                module.weight.zero_()
             module.bias.fill_(math.log(self.config.gate_init / (1 - self.config.gate_init)))
         else:
             super()._init_weights(module)

@@ -38,7 +38,7 @@ from modetune.method_base import help_field as _help
 from modetune.mom import GatedLlamaConfig, GatedLlamaForCausalLM, MoMForCausalLM, from_pretrained_layers
 from modetune.mom.config import FIELD_HELP, PRESETS, ROUTERS, WEIGHTINGS, MoMConfig
 from modetune.mom.flops import vanilla_flops_per_token
-from modetune.mom.gated import GATE_INIT_HELP, check_gate_init
+from modetune.mom.gated import GATE_INIT_HELP, GATE_MODE_HELP, check_gate_init, check_gate_mode
 from modetune.runs import RUN_FILE, write_run_info
 from modetune.training.config import OptimConfig
 from modetune.training.recipe import training_arguments
@@ -134,9 +134,11 @@ register_arch(
 register_arch(
     PretrainArch(
         "vanilla-gated",
-        "the llama-style transformer with each residual update multiplied by a per-token gate (--gate-init): "
-        "the control for MoM's shrunk updates",
-        lambda cfg, tok: GatedLlamaForCausalLM(vanilla_config(cfg, tok, GatedLlamaConfig, gate_init=cfg.gate_init)),
+        "the llama-style transformer with each residual update multiplied by a per-token gate (--gate-init; "
+        "--gate-mode scalar: one learnt scale per branch): the control for MoM's shrunk updates",
+        lambda cfg, tok: GatedLlamaForCausalLM(
+            vanilla_config(cfg, tok, GatedLlamaConfig, gate_init=cfg.gate_init, gate_mode=cfg.gate_mode)
+        ),
     )
 )
 
@@ -218,6 +220,7 @@ class PretrainConfig(OptimConfig):
         default="",
     )
     gate_init: float = _help(GATE_INIT_HELP, default=0.34)
+    gate_mode: str = _help(GATE_MODE_HELP, default="token")
     mixed_precision: str = _help(
         "'no' (float32), 'bf16' or 'fp16': forward and backward run under autocast in that precision while the "
         "weights and the optimizer state stay float32 (transformers' mixed precision; every weight trains here).",
@@ -240,7 +243,7 @@ class PretrainConfig(OptimConfig):
         "router_init_bias",
         "preset",
     )
-    GATE_FIELDS = ("gate_init",)
+    GATE_FIELDS = ("gate_init", "gate_mode")
 
     def __post_init__(self) -> None:
         """`--preset`: the MoM options still at their defaults take the preset's values (recorded resolved)."""
@@ -273,6 +276,7 @@ class PretrainConfig(OptimConfig):
         if self.preset and not mom:
             raise ConfigError(f"--preset sets MoM options; it needs --arch mom, got --arch {self.arch}")
         check_gate_init(self.gate_init, "--gate-init")
+        check_gate_mode(self.gate_mode, "--gate-mode")
         if self.data_offset < 0:
             raise ConfigError(f"--data-offset must be >= 0 blocks, got {self.data_offset}")
         for name in ("block_size", "hidden_size", "num_layers", "num_heads", "max_steps"):
