@@ -13,7 +13,9 @@ the training there (a checkpoint is complete only once its marker is written, an
 it bit for bit), evaluates that checkpoint and writes `experiments/results/long/<track>/<row>/s<seed>/
 step<N>/` (cell.json, predictions.jsonl.gz). Finished pieces are skipped afterwards, so the grid can stop at any
 moment and go on where it stopped; run directories stay outside the repository
-(`$MODETUNE_EXPERIMENTS_WORK/long`).
+(`$MODETUNE_EXPERIMENTS_WORK/long`). An interrupted evaluation goes on at the test set it stopped in: the sets it
+finished stay in `step<N>.partial/` and are read back when their results name the same weights (sha256 of the
+checkpoint's *.safetensors).
 
 What is equal across rows is fixed here, as in run.py: data, steps, batch, schedule, seeds, test sets,
 decoding. Rows differ only in their own flags (run.py's rows).
@@ -22,6 +24,7 @@ decoding. Rows differ only in their own flags (run.py's rows).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -185,8 +188,31 @@ def _test_file(test: TestSet) -> Path:
     return path
 
 
+def weights_digest(weights: Path) -> str:
+    """sha256 over the weight files (*.safetensors) of a run or checkpoint: what an evaluation scored."""
+    digest = hashlib.sha256()
+    for path in sorted(weights.glob("*.safetensors")):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _finished_set(out: Path, model_info: dict[str, Any], n: int) -> dict[str, Any] | None:
+    """A test set an interrupted evaluation of the same weights already scored (results.json is written last,
+    after the predictions), or None."""
+    path = out / "results.json"
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    return results if results.get("model") == model_info and results["settings"]["limit"] == n else None
+
+
 def evaluate_piece(cell: Cell, step: int, log) -> dict[str, Any]:
-    """Greedy generation on the milestone's test sets (`evaluate_model`, LLM-Adapters extraction)."""
+    """Greedy generation on the milestone's test sets (`evaluate_model`, LLM-Adapters extraction). Resumable by
+    test set: a set the same weights already scored in an interrupted evaluation is read back, not scored again
+    (the final milestone's 1,200 questions take about 1.5 h of one thread)."""
     import torch
 
     from modetune.evaluation import evaluate_model
@@ -196,28 +222,36 @@ def evaluate_piece(cell: Cell, step: int, log) -> dict[str, Any]:
 
     torch.set_num_threads(int(grid._child_env()["OMP_NUM_THREADS"]))
     weights = cell.run_dir if step == MAX_STEPS else _checkpoint(cell, step)
-    model, tokenizer, _ = load_run(weights)
+    model_info = {"cell": cell.key, "step": step, "weights_sha256": weights_digest(weights)}
+    model, tokenizer = None, None
     final = step == MAX_STEPS
     scores: dict[str, Any] = {}
-    started = time.time()
+    seconds = 0.0
     for test in TEST_SETS:
         n = test.n_final if final else test.n_intermediate
         if not n:
             continue
-        if test.source is None:
-            spec, path = get_task(test.name), grid._shared(get_task(test.name).dirs[0], "test.json")
+        out = _partial(cell, step) / "generate" / test.name
+        results = _finished_set(out, model_info, n)
+        if results is not None:
+            log(f"[{cell.key}] step {step}: {test.name} already scored by an interrupted evaluation")
         else:
-            spec, path = TaskSpec(test.name, "arithmetic", "number"), str(_test_file(test))
-        log(f"[{cell.key}] step {step}: evaluating {test.name} ({n} questions)")
-        report = evaluate_model(
-            model, tokenizer, [spec], data=path, limit=n, seed=0, scoring="generate",
-            generation=GenerationSettings(max_new_tokens=TRACK.max_new_tokens), batch_size=16,
-            output_dir=_partial(cell, step) / "generate" / test.name, model_info={"cell": cell.key, "step": step},
-            progress=False, train_files=[d for d in TRACK.train_data if Path(d).is_file()],
-        )  # fmt: skip
-        result = report.results["tasks"][test.name]
+            if model is None:
+                model, tokenizer, _ = load_run(weights)
+            if test.source is None:
+                spec, path = get_task(test.name), grid._shared(get_task(test.name).dirs[0], "test.json")
+            else:
+                spec, path = TaskSpec(test.name, "arithmetic", "number"), str(_test_file(test))
+            log(f"[{cell.key}] step {step}: evaluating {test.name} ({n} questions)")
+            results = evaluate_model(
+                model, tokenizer, [spec], data=path, limit=n, seed=0, scoring="generate",
+                generation=GenerationSettings(max_new_tokens=TRACK.max_new_tokens), batch_size=16, output_dir=out,
+                model_info=model_info, progress=False, train_files=[d for d in TRACK.train_data if Path(d).is_file()],
+            ).results  # fmt: skip
+        seconds += results["elapsed_seconds"]
+        result = results["tasks"][test.name]
         scores[test.name] = {k: result[k] for k in ("accuracy", "n", "ci95") if k in result}
-    return {"eval_seconds": round(time.time() - started, 1), "scores": {"generate": scores}}
+    return {"eval_seconds": round(seconds, 1), "scores": {"generate": scores}}
 
 
 def _partial(cell: Cell, step: int) -> Path:
@@ -225,10 +259,16 @@ def _partial(cell: Cell, step: int) -> Path:
 
 
 def run_piece(cell: Cell, step: int, log) -> None:
+    """Train to the milestone, evaluate it, and move the finished piece into place in one rename. An interrupted
+    piece keeps its partial directory: the test sets it scored and this segment's training statistics."""
     partial = _partial(cell, step)
-    if partial.exists():
-        shutil.rmtree(partial)
     train_stats = train_to(cell, step, log)
+    stats_file = partial / "train_stats.json"
+    if train_stats:
+        partial.mkdir(parents=True, exist_ok=True)
+        stats_file.write_text(json.dumps(train_stats) + "\n")
+    elif stats_file.is_file():  # trained before an interruption of the evaluation
+        train_stats = json.loads(stats_file.read_text())
     info: dict[str, Any] = {
         "cell": cell.key,
         "step": step,
@@ -250,6 +290,7 @@ def run_piece(cell: Cell, step: int, log) -> None:
     metrics = [line for line in (cell.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     kept = [line for line in metrics if json.loads(line).get("step", 0) <= step]
     (partial / "metrics.jsonl").write_text("\n".join(kept) + "\n")
+    stats_file.unlink(missing_ok=True)  # recorded in cell.json
     grid.store_results(partial)  # predictions gzipped, no machine paths (run.py)
     if cell.piece_dir(step).exists():
         shutil.rmtree(cell.piece_dir(step))

@@ -214,3 +214,13 @@ def test_render_table():
     console.print(render_table(results))
     text = console.export_text()
     assert "gsm8k" in text and "50.0%" in text and "average" in text and "subset of 1319" in text
+
+
+def test_a_failed_write_leaves_the_previous_results_whole(tmp_path):
+    """results.json is renamed into place after its predictions: present means complete, for resuming runners."""
+    pipeline.EvalReport({"average": 0.5}, [{"id": "a", "correct": True}]).write(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(TypeError):  # a prediction that is not JSON: fails before any file is replaced
+        pipeline.EvalReport({"average": 0.9}, [{"id": "b", "correct": object()}]).write(tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert set(before) == {"results.json", "predictions.jsonl"}

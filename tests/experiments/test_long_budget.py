@@ -4,6 +4,7 @@ evaluated there, resumes from the milestone's checkpoint, and finished pieces ar
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,48 @@ def test_an_only_that_matches_no_cell_is_refused_with_the_valid_keys(long, capsy
     assert "--only 'arithmetic/lora_mdoe' matches no cell" in err and "arithmetic/lora_mode/s0" in err
     assert "Traceback" not in err
     assert long.main(["--only", "arithmetic/lora_mode", "--commands"]) == 0  # a prefix still selects
+
+
+def test_an_interrupted_evaluation_resumes_at_the_test_set_it_stopped_in(long, monkeypatch):
+    """The final milestone's evaluation takes about 1.5 h here: a kill in its last set must not cost the others."""
+    import modetune.evaluation
+
+    monkeypatch.setattr(long, "TEST_SETS", (long.TestSet("synthetic_l1", "synthetic:1", 3, 5),
+                                            long.TestSet("synthetic_l2", "synthetic:2", 3, 5)))  # fmt: skip
+    cell = long.all_cells()[0]
+    real, scored = modetune.evaluation.evaluate_model, []
+
+    def killed_in_the_second_set(*args, **kwargs):
+        scored.append(Path(kwargs["output_dir"]).name)
+        if len(scored) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(modetune.evaluation, "evaluate_model", killed_in_the_second_set)
+    with pytest.raises(KeyboardInterrupt):
+        long.run_piece(cell, 2, print)
+    assert not cell.done(2) and scored == ["synthetic_l1", "synthetic_l2"]
+    partial = long._partial(cell, 2)
+    assert json.loads((partial / "train_stats.json").read_text())["train_wall_seconds"] > 0
+    digest = long.weights_digest(long._checkpoint(cell, 2))  # the checkpoint is pruned once the piece is done
+
+    scored.clear()
+    monkeypatch.setattr(modetune.evaluation, "evaluate_model", lambda *a, **k: scored.append(1) or real(*a, **k))
+    long.run_piece(cell, 2, print)
+    assert len(scored) == 1  # only the set the kill interrupted
+    info = json.loads((cell.piece_dir(2) / "cell.json").read_text())
+    assert set(info["scores"]["generate"]) == {"synthetic_l1", "synthetic_l2"} and info["train_wall_seconds"] > 0
+    assert not partial.exists() and not (cell.piece_dir(2) / "train_stats.json").exists()
+    first = json.loads((cell.piece_dir(2) / "generate" / "synthetic_l1" / "results.json").read_text())
+    assert first["model"]["weights_sha256"] == digest != long.weights_digest(cell.run_dir / "no-such-dir")
+    assert info["eval_seconds"] == pytest.approx(sum(
+        json.loads((cell.piece_dir(2) / "generate" / t / "results.json").read_text())["elapsed_seconds"]
+        for t in ("synthetic_l1", "synthetic_l2")), abs=0.2)  # fmt: skip
+
+    # a set scored from other weights (another training of the cell, say) is scored again
+    stale = long._partial(cell, 4) / "generate" / "synthetic_l1"
+    stale.mkdir(parents=True)
+    (stale / "results.json").write_text(json.dumps({**first, "model": {**first["model"], "step": 4}}))
+    scored.clear()
+    long.run_piece(cell, 4, print)
+    assert len(scored) == 2

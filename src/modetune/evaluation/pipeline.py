@@ -69,6 +69,7 @@ from modetune.evaluation.tasks import (
     question_stem,
     select_subset,
 )
+from modetune.files import atomic_write_text
 from modetune.version import __version__
 
 __all__ = [
@@ -109,15 +110,16 @@ class EvalReport:
         return self.results["tasks"][get_task(task).name]["accuracy"]
 
     def write(self, output_dir: str | Path) -> Path:
-        """Write ``results.json`` and ``predictions.jsonl`` into ``output_dir`` (created if needed)."""
+        """Write ``predictions.jsonl`` and then ``results.json`` into ``output_dir`` (created if needed), each
+        renamed into place whole: a ``results.json`` present means its predictions are complete (an interrupted
+        write leaves the previous files or none, never half of one)."""
         out = Path(output_dir)
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--output '{out}' exists and is not a directory")
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(self.results, indent=2, ensure_ascii=False) + "\n")
-        with (out / "predictions.jsonl").open("w", encoding="utf-8") as f:
-            for row in self.predictions:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        rows = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in self.predictions)
+        atomic_write_text(out / "predictions.jsonl", rows)
+        atomic_write_text(out / "results.json", json.dumps(self.results, indent=2, ensure_ascii=False) + "\n")
         return out
 
 
