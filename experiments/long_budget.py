@@ -212,7 +212,7 @@ def _finished_set(out: Path, model_info: dict[str, Any], n: int) -> dict[str, An
 def evaluate_piece(cell: Cell, step: int, log) -> dict[str, Any]:
     """Greedy generation on the milestone's test sets (`evaluate_model`, LLM-Adapters extraction). Resumable by
     test set: a set the same weights already scored in an interrupted evaluation is read back, not scored again
-    (the final milestone's 1,200 questions take about 1.5 h of one thread)."""
+    (the final milestone's 1,200 questions took 30 and 87 min of one thread, depending on the machine's load)."""
     import torch
 
     from modetune.evaluation import evaluate_model
