@@ -42,6 +42,7 @@ sys.path.insert(0, str(HERE))
 import run as grid  # noqa: E402  (experiments/run.py: tracks, rows, the child environment)
 
 from modetune.errors import exit_status  # noqa: E402
+from modetune.files import sha256_of  # noqa: E402
 
 RESULTS = HERE / "results" / "long"
 WORK = grid.WORK / "long"
@@ -193,9 +194,7 @@ def weights_digest(weights: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(weights.glob("*.safetensors")):
         digest.update(path.name.encode())
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        sha256_of(path, digest)
     return digest.hexdigest()
 
 

@@ -1,7 +1,8 @@
-"""Writing files so that a killed process leaves the old file or the new one, never half of one."""
+"""Writing files so that a killed process leaves the old file or the new one, never half of one; hashing them."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -36,3 +37,13 @@ def replace_marked_block(
     else:
         text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + heading + block.rstrip("\n") + "\n"
     return atomic_write_text(path, text)
+
+
+def sha256_of(path: str | os.PathLike[str], digest: hashlib._Hash | None = None) -> hashlib._Hash:
+    """Feed a file into `digest` (a new sha256 when None) in 1 MiB blocks and return it (`.hexdigest()` for the
+    file's own sha256); passing one digest through several files hashes them together."""
+    digest = hashlib.sha256() if digest is None else digest
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest

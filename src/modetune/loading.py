@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from modetune.errors import ConfigError, ModetuneError
-from modetune.files import atomic_write_text
+from modetune.files import atomic_write_text, sha256_of
 
 if TYPE_CHECKING:
     import torch
@@ -247,14 +247,6 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------- conversion
 
 
@@ -436,7 +428,7 @@ def _gguf_sha256(path: Path) -> str:
         saved = json.loads(memo.read_text())
         if {k: saved.get(k) for k in key} == key and isinstance(saved.get("sha256"), str):
             return saved["sha256"]
-    digest = _sha256(path)
+    digest = sha256_of(path).hexdigest()
     with contextlib.suppress(OSError):  # the memo is an optimization only
         memo_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(memo, json.dumps({**key, "sha256": digest}))

@@ -31,6 +31,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from modetune import files
 from modetune.errors import ModetuneError
 from modetune.loading import cache_dir
 
@@ -220,12 +221,8 @@ def fetchable_names() -> list[str]:
 
 
 def sha256_of(path: Path) -> str:
-    """The sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """The sha256 of a file (hex)."""
+    return files.sha256_of(path).hexdigest()
 
 
 def verify_file(spec: DataFile, root: Path | None = None) -> bool:
