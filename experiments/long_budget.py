@@ -8,14 +8,13 @@
     python experiments/long_budget.py --commands       # each cell's training command
 
 A cell is (track, row, seed), trained for 1,000 steps on one learning-rate schedule. It is evaluated at its
-milestones (steps 250, 500 and 1,000): a *piece* trains until the milestone's checkpoint is complete, stops
-the training there (a checkpoint is complete only once its marker is written, and `--resume` continues from
-it bit for bit), evaluates that checkpoint and writes `experiments/results/long/<track>/<row>/s<seed>/
-step<N>/` (cell.json, predictions.jsonl.gz). Finished pieces are skipped afterwards, so the grid can stop at any
-moment and go on where it stopped; run directories stay outside the repository
-(`$MODETUNE_EXPERIMENTS_WORK/long`). An interrupted evaluation goes on at the test set it stopped in: the sets it
-finished stay in `step<N>.partial/` and are read back when their results name the same weights (sha256 of the
-checkpoint's *.safetensors).
+milestones (steps 250, 500 and 1,000): a *piece* trains with `--stop-after-step` at the milestone (the schedule
+stays the 1,000 steps'; `--resume` continues from the checkpoint bit for bit), evaluates that checkpoint and
+writes `experiments/results/long/<track>/<row>/s<seed>/step<N>/` (cell.json, predictions.jsonl.gz). Finished
+pieces are skipped afterwards, so the grid can stop at any moment and go on where it stopped; run directories
+stay outside the repository (`$MODETUNE_EXPERIMENTS_WORK/long`). An interrupted evaluation goes on at the test
+set it stopped in: the sets it finished stay in `step<N>.partial/` and are read back when their results name the
+same weights (sha256 of the checkpoint's *.safetensors).
 
 What is equal across rows is fixed here, as in run.py: data, steps, batch, schedule, seeds, test sets,
 decoding. Rows differ only in their own flags (run.py's rows).
@@ -28,7 +27,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -106,11 +104,12 @@ class Cell:
     def run_dir(self) -> Path:
         return WORK / TRACK.name / self.row.name / f"s{self.seed}"
 
-    def train_command(self, resume: bool = False) -> list[str]:
+    def train_command(self, resume: bool = False, stop_after: int = 0) -> list[str]:
         return [
             sys.executable, "-m", "modetune", "train", *COMMON, "--data", *TRACK.train_data, *TRACK.train_extra,
             *self.row.flags, "--seed", str(self.seed), "--output", str(self.run_dir),
             *(["--resume"] if resume else ["--overwrite"]),
+            *(["--stop-after-step", str(stop_after)] if stop_after else []),
         ]  # fmt: skip
 
     def piece_dir(self, step: int) -> Path:
@@ -145,31 +144,24 @@ def _run_complete(cell: Cell) -> bool:
 
 
 def train_to(cell: Cell, step: int, log) -> dict[str, Any]:
-    """Train (or resume) the cell's run until checkpoint-`step` is complete, then stop it there; at the last
-    milestone the run finishes on its own. Returns this segment's wall time and the child's peak RSS."""
+    """Train (or resume) the cell's run until checkpoint-`step` is complete: the child stops itself there
+    (`--stop-after-step`, the schedule unchanged); at the last milestone the run finishes. Returns this segment's
+    wall time and the child's peak RSS."""
     from modetune.training.trainer import latest_complete_checkpoint
 
-    if _run_complete(cell) if step == MAX_STEPS else _complete(_checkpoint(cell, step)):
+    final = step == MAX_STEPS
+    if _run_complete(cell) if final else _complete(_checkpoint(cell, step)):
         return {}
     resume = cell.run_dir.exists() and latest_complete_checkpoint(cell.run_dir) is not None
-    command = cell.train_command(resume=resume)
+    command = cell.train_command(resume=resume, stop_after=0 if final else step)
     log(f"[{cell.key}] {'resuming' if resume else 'training'} to step {step}")
     cell.run_dir.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with open(cell.run_dir.parent / f"{cell.run_dir.name}.train.log", "a") as out:
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=grid._child_env())
-        stopped = False
-        while True:  # wait4, not poll(): poll would reap the child and lose its resource usage
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                break
-            if not stopped and step < MAX_STEPS and _complete(_checkpoint(cell, step)):
-                child.send_signal(signal.SIGTERM)  # the milestone is on disk; --resume continues from it
-                stopped = True
-            time.sleep(1)
-        child.returncode = os.waitstatus_to_exitcode(status)
-    code = os.waitstatus_to_exitcode(status)
-    if not (stopped or code == 0) or not (_complete(_checkpoint(cell, step)) or _run_complete(cell)):
+        _, status, usage = os.wait4(child.pid, 0)  # wait4, not wait(): it keeps the child's resource usage
+        child.returncode = code = os.waitstatus_to_exitcode(status)
+    if code != 0 or not (_run_complete(cell) if final else _complete(_checkpoint(cell, step))):
         raise RuntimeError(f"training of {cell.key} failed (exit {code}); see {cell.run_dir}.train.log")
     return {"train_wall_seconds": round(time.time() - started, 1), "train_peak_rss_mb": usage.ru_maxrss // 1024}
 

@@ -346,6 +346,13 @@ CASES: dict[str, Case] = {
         lambda t, c: _train(t, c, "--resume", "--output", str(_write(t / "notrun" / "a.txt", "x").parent)),
         "modetune train: error: --resume: {tmp}/notrun is not a run directory (no run.json); start it without --resume",
     ),
+    "train-stop-after-the-end": Case(
+        "modetune train",
+        "`--stop-after-step` at or after `--max-steps`",
+        lambda t, c: _train(t, c, "--max-steps", "2", "--stop-after-step", "2"),
+        "modetune train: error: --stop-after-step 2 is not before the last step (--max-steps 2); leave it out to "
+        "train to the end",
+    ),
     "train-output-is-file": Case(
         "modetune train",
         "`--output` names an existing file",

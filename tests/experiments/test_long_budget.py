@@ -46,7 +46,7 @@ def test_pieces_stop_at_milestones_evaluate_them_and_resume(long, tmp_path, monk
     assert long.main(["--max-pieces", "1"]) == 0
     info = json.loads((first.piece_dir(2) / "cell.json").read_text())
     assert info["step"] == 2 and info["scores"]["generate"]["synthetic_l1"]["n"] == 3
-    assert json.loads((first.run_dir / "run.json").read_text())["status"] == "running"
+    assert json.loads((first.run_dir / "run.json").read_text())["status"] == "stopped"
     assert (
         max(json.loads(line)["step"] for line in (first.piece_dir(2) / "metrics.jsonl").read_text().splitlines()) <= 2
     )

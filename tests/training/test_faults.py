@@ -375,3 +375,39 @@ def test_kill_9_anywhere_then_resume_gives_identical_weights(tmp_path, tiny_mode
     assert info["status"] == "complete" and len(info["resumed"]) == 1
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]  # no step logged twice
+
+
+# -- a session ended on purpose: --stop-after-step --------------------------------------------------------
+def test_stop_after_step_then_resume_gives_identical_weights(tmp_path, tiny_model_dir, straight_run, capsys):
+    """Sessions ended at steps 3 and 5 (neither a --save-steps multiple) and resumed give the straight run's
+    weights: the schedule is --max-steps', and each stop writes its checkpoint and logs its step."""
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, out, "--stop-after-step", "3")) == 0
+    assert "stopped after step 3" in capsys.readouterr().out
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "stopped" and info["global_step"] == 3
+    assert latest_complete_checkpoint(out) == out / "checkpoint-3"
+    with pytest.raises(CheckpointError, match="did not finish"):
+        load_run(out)  # no final model from a stopped session
+
+    # a stop the run has already passed is refused, the run untouched
+    before = tree_digest(out)
+    assert main(train_args(tiny_model_dir, out, "--resume", "--stop-after-step", "3")) == 2
+    assert "already at step 3" in capsys.readouterr().err
+    assert tree_digest(out) == before
+
+    assert main(train_args(tiny_model_dir, out, "--resume", "--stop-after-step", "5")) == 0
+    assert latest_complete_checkpoint(out) == out / "checkpoint-5"
+    assert main(train_args(tiny_model_dir, out, "--resume")) == 0
+    assert_same_weights(straight_run, out)
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "complete" and len(info["resumed"]) == 2
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_stop_at_or_after_the_last_step_is_refused(tmp_path, tiny_model_dir, capsys):
+    assert main(train_args(tiny_model_dir, tmp_path / "run", "--stop-after-step", "6")) == 2
+    err = capsys.readouterr().err
+    assert "--stop-after-step 6 is not before the last step (--max-steps 6)" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -55,6 +55,13 @@ def _args(tok: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def _assert_same_weights(a_run: Path, b_run: Path) -> None:
+    a, b = load_file(a_run / "model.safetensors"), load_file(b_run / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+
+
 def _losses(run: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
@@ -133,10 +140,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_model_dir, corpu
     assert marker.exists(), "the run never reached its second checkpoint"
     assert not (killed / "model.safetensors").exists(), "killed too late to test resuming"
     assert main([*_args(tiny_model_dir, corpus_file, killed, *steps), "--resume"]) == 0
-    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+    _assert_same_weights(straight, killed)
     steps_logged = [
         r["step"] for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines()) if "loss" in r
     ]
@@ -144,6 +148,21 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_model_dir, corpu
     info = json.loads((killed / "run.json").read_text())
     assert info["status"] == "complete" and len(info["resumed"]) == 1
     assert segment_start_step(info) == checkpoint_step(info["resumed"][0]["from"]) >= 4  # `seconds` times the rest
+
+
+def test_stop_after_step_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, corpus_file, capsys):
+    steps = ["--max-steps", "6", "--save-steps", "4"]
+    straight = tmp_path / "straight"
+    assert main(_args(tiny_model_dir, corpus_file, straight, *steps)) == 0
+    stopped = tmp_path / "stopped"
+    assert main(_args(tiny_model_dir, corpus_file, stopped, *steps, "--stop-after-step", "3")) == 0
+    assert "stopped after step 3" in capsys.readouterr().out
+    info = json.loads((stopped / "run.json").read_text())
+    assert info["status"] == "stopped" and (stopped / "checkpoint-3").is_dir()
+    assert not (stopped / "model.safetensors").exists()
+    assert main([*_args(tiny_model_dir, corpus_file, stopped, *steps), "--resume"]) == 0
+    _assert_same_weights(straight, stopped)
+    assert json.loads((stopped / "run.json").read_text())["status"] == "complete"
 
 
 def test_phase_two_from_a_models_layers(tmp_path, tiny_model_dir, corpus_file):

@@ -106,3 +106,9 @@ def setup_logging(*quiet: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("transformers", "peft", "accelerate", "httpx", *quiet):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def print_stopped_session(run_dir: Any, global_step: int) -> None:
+    """What `modetune train`/`pretrain` print when --stop-after-step ended the session before its last step."""
+    print(f"stopped after step {global_step} (--stop-after-step); the checkpoint is in {run_dir}")
+    print("continue with the same command and --resume")

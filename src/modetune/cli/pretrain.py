@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from modetune.cli.options import add_dataclass_options, dataclass_from_args, setup_logging
+from modetune.cli.options import add_dataclass_options, dataclass_from_args, print_stopped_session, setup_logging
 from modetune.training.config import OPTIMIZATION_GROUP, optimization_fields
 from modetune.training.pretrain import PretrainConfig, config_fields, pretrain
 
@@ -35,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()
     cfg = dataclass_from_args(PretrainConfig, args)
     result = pretrain(cfg, argv=["modetune", *sys.argv[1:]])
+    if result.stopped:
+        print_stopped_session(result.run_dir, result.global_step)
+        return 0
     print(
         f"done: {result.global_step} steps in {result.seconds / 60:.1f} min, train loss {result.train_loss:.4f}, "
         f"held-out loss {result.eval_loss:.4f} (perplexity {result.perplexity:.2f})"

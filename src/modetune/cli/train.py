@@ -15,7 +15,7 @@ from dataclasses import fields
 
 from transformers.utils import logging as hf_logging
 
-from modetune.cli.options import add_dataclass_options, dataclass_from_args, setup_logging
+from modetune.cli.options import add_dataclass_options, dataclass_from_args, print_stopped_session, setup_logging
 from modetune.errors import ConfigError
 from modetune.method_base import MethodConfig, MethodSpec
 from modetune.methods import get_method, registered_methods
@@ -103,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
     method_cfg = method_config_from_args(get_method(cfg.method), args)
     result = train(cfg, method_cfg, argv=["modetune", *sys.argv[1:]])
     if not result.is_main_process:
+        return 0
+    if result.stopped:
+        print_stopped_session(result.run_dir, result.global_step)
         return 0
     print(
         f"done: {result.global_step} steps in {result.seconds / 60:.1f} min, train loss {result.train_loss:.4f}"

@@ -28,6 +28,11 @@ class OptimConfig:
 
     output: str = _help("Run directory to create (checkpoints, metrics, final model).", default="")
     max_steps: int = _help("Total optimizer steps (> 0 overrides --num-epochs where a recipe has it).", default=-1)
+    stop_after_step: int = _help(
+        "End this session after step N, with a checkpoint written, keeping the --max-steps schedule (0: train to "
+        "the end); continue with --resume. For time-limited jobs and evaluations at set steps.",
+        default=0,
+    )
     learning_rate: float = _help("Peak learning rate.", default=3e-4)
     lr_scheduler: str = _help("Schedule: linear, cosine, constant, constant_with_warmup, ...", default="linear")
     warmup_steps: int = _help("Linear warm-up steps.", default=0)
@@ -59,9 +64,14 @@ class OptimConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be at least 1")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate={self.learning_rate!r} must be positive")
-        for name in ("eval_steps", "save_steps", "warmup_steps", "weight_decay"):
+        for name in ("eval_steps", "save_steps", "warmup_steps", "weight_decay", "stop_after_step"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must not be negative")
+        if 0 < self.max_steps <= self.stop_after_step:
+            raise ConfigError(
+                f"--stop-after-step {self.stop_after_step} is not before the last step (--max-steps "
+                f"{self.max_steps}); leave it out to train to the end"
+            )
         schedules = [s.value for s in SchedulerType]
         if self.lr_scheduler not in schedules:
             raise ConfigError(f"lr_scheduler={self.lr_scheduler!r} is not supported; allowed: {', '.join(schedules)}")

@@ -42,8 +42,8 @@ from modetune.mom.gated import GATE_INIT_HELP, GATE_MODE_HELP, check_gate_init, 
 from modetune.runs import RUN_FILE, write_run_info
 from modetune.training.config import OptimConfig
 from modetune.training.recipe import training_arguments
-from modetune.training.run_dir import check_output, draw_training_curves, prepare_resume, run_directory
-from modetune.training.trainer import JsonlMetricsCallback, MethodTrainer, ProgressCallback
+from modetune.training.run_dir import check_output, draw_training_curves, prepare_resume, record_stop, run_directory
+from modetune.training.trainer import MethodTrainer, session_callbacks, stopped_early
 from modetune.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -340,6 +340,7 @@ class PretrainResult:
     eval_loss: float | None
     perplexity: float | None
     seconds: float
+    stopped: bool = False  # ended by --stop-after-step before the schedule's end: continue with --resume
 
 
 def load_tokenizer(spec: str) -> Any:
@@ -427,7 +428,7 @@ def _setup(cfg: PretrainConfig, out: Path, argv: list[str] | None) -> tuple[Meth
         eval_dataset=heldout,
         data_collator=default_data_collator,
         processing_class=tokenizer,
-        callbacks=[JsonlMetricsCallback(out / "metrics.jsonl"), ProgressCallback()],
+        callbacks=session_callbacks(out, cfg.stop_after_step),
         keep_checkpoints=cfg.save_total_limit,
     )
     trainer.remove_callback(PrinterCallback)
@@ -440,6 +441,10 @@ def _run(
     started: float,
 ) -> PretrainResult:  # fmt: skip
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if stopped_early(trainer):
+        record_stop(out, info, trainer.state.global_step, started)
+        step = trainer.state.global_step
+        return PretrainResult(out, step, result.training_loss, None, None, round(time.time() - started, 1), True)
     trainer.save_model(str(out))
     eval_loss = float(trainer.evaluate()["eval_loss"])
     perplexity = math.exp(eval_loss) if eval_loss < 50 else float("inf")

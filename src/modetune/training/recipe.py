@@ -32,8 +32,15 @@ from modetune.methods import get_method
 from modetune.runs import base_model_record, set_base_model_name, write_run_info
 from modetune.training.config import TrainConfig
 from modetune.training.lock import OutputNotWritableError
-from modetune.training.run_dir import check_output, draw_training_curves, is_main_process, prepare_resume, run_directory
-from modetune.training.trainer import JsonlMetricsCallback, MethodTrainer, ProgressCallback, latest_complete_checkpoint
+from modetune.training.run_dir import (
+    check_output,
+    draw_training_curves,
+    is_main_process,
+    prepare_resume,
+    record_stop,
+    run_directory,
+)
+from modetune.training.trainer import MethodTrainer, latest_complete_checkpoint, session_callbacks, stopped_early
 from modetune.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -48,6 +55,7 @@ class TrainResult:
     eval_loss: float | None
     seconds: float
     is_main_process: bool = True
+    stopped: bool = False  # ended by --stop-after-step before the schedule's end: continue with --resume
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -241,7 +249,7 @@ def _setup(
         eval_dataset=eval_ds,
         data_collator=make_collator(tokenizer),
         processing_class=tokenizer,
-        callbacks=[JsonlMetricsCallback(out / "metrics.jsonl"), ProgressCallback()],
+        callbacks=session_callbacks(out, cfg.stop_after_step),
         keep_checkpoints=cfg.save_total_limit,
     )
     trainer.remove_callback(PrinterCallback)
@@ -317,6 +325,11 @@ def _run(
             info["begin_training"] = started_with
             logger.info("before training: %s", started_with)
         training_loss = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).training_loss
+        if stopped_early(trainer):
+            if is_main:
+                record_stop(out, info, trainer.state.global_step, started)
+            step = trainer.state.global_step
+            return TrainResult(out, step, training_loss, None, time.time() - started, is_main, stopped=True)
     finished = trainer.accelerator.unwrap_model(trainer.model).finish_training(
         trainer.get_eval_dataloader() if has_eval else trainer.get_train_dataloader()
     )  # e.g. MoD's --target-skip calibration, before the final model is written

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, fields
@@ -19,14 +20,14 @@ from typing import Any
 from modetune.analysis.curves import plot_training_curves
 from modetune.errors import ModetuneError
 from modetune.files import atomic_write_text
-from modetune.runs import RUN_FILE, read_run_info
+from modetune.runs import RUN_FILE, read_run_info, write_run_info
 from modetune.training.lock import LOCK_NAME, OutputNotWritableError, RunLock, acquire_run_lock
 from modetune.training.trainer import checkpoint_step, latest_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
 # settings a resumed run may change: where it stops and how often it saves or evaluates
-RESUMABLE_CHANGES = ("resume", "overwrite", "max_steps", "save_steps", "eval_steps", "method")
+RESUMABLE_CHANGES = ("resume", "overwrite", "max_steps", "stop_after_step", "save_steps", "eval_steps", "method")
 
 
 def is_main_process() -> bool:
@@ -115,6 +116,7 @@ def check_output(
                 detail = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in changed.items())
                 raise ModetuneError(f"--resume with different settings than the run in {out} ({detail})")
         checkpoint = latest_complete_checkpoint(out)
+        _refuse_a_passed_stop(configs, checkpoint)
         if checkpoint is None:
             logger.info("%s has no complete checkpoint yet: training it again from the start", out)
         return checkpoint
@@ -124,6 +126,27 @@ def check_output(
             "or choose another --output"
         )
     return None
+
+
+def _refuse_a_passed_stop(configs: dict[str, Any], checkpoint: Path | None) -> None:
+    """A --stop-after-step the resumed run has already passed would train past it: refused, with the step."""
+    stop = max((getattr(c, "stop_after_step", 0) for c in configs.values()), default=0)
+    if stop and checkpoint is not None and checkpoint_step(checkpoint) >= stop:
+        raise ModetuneError(
+            f"--stop-after-step {stop}: the run is already at step {checkpoint_step(checkpoint)} ({checkpoint}); "
+            "give a later step, or leave it out to train to the end"
+        )
+
+
+def record_stop(out: Path, info: dict[str, Any], global_step: int, started: float) -> None:
+    """run.json of a session ended by --stop-after-step: 'stopped' (not complete) at its step; --resume goes on."""
+    info.update(
+        status="stopped",
+        stopped=datetime.now(timezone.utc).isoformat(),
+        global_step=global_step,
+        seconds=round(time.time() - started, 1),
+    )
+    write_run_info(out, info)
 
 
 def _step_of(line: str) -> int | None:

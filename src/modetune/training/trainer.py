@@ -316,6 +316,32 @@ class JsonlMetricsCallback(TrainerCallback):
             fh.write(json.dumps(record) + "\n")
 
 
+class StopAfterStepCallback(TrainerCallback):
+    """Ends the session once step `step` is trained, logged and checkpointed (`--stop-after-step`). The schedule
+    stays that of --max-steps, so a run resumed from that checkpoint trains as one never stopped would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.step <= state.global_step < state.max_steps:
+            control.should_log = control.should_save = control.should_training_stop = True
+        return control
+
+
+def session_callbacks(out: Path, stop_after_step: int = 0) -> list[TrainerCallback]:
+    """The callbacks every recipe trains with: metrics.jsonl, the progress bar, and the optional early stop."""
+    callbacks: list[TrainerCallback] = [JsonlMetricsCallback(out / "metrics.jsonl"), ProgressCallback()]
+    if stop_after_step:
+        callbacks.append(StopAfterStepCallback(stop_after_step))
+    return callbacks
+
+
+def stopped_early(trainer: Trainer) -> bool:
+    """Whether the session ended before the schedule's last step (`--stop-after-step`)."""
+    return trainer.state.global_step < trainer.state.max_steps
+
+
 class ProgressCallback(TrainerCallback):
     """A tqdm bar with loss, tokens/s and ETA (replaces the Trainer's default bar)."""
 
