@@ -1,7 +1,7 @@
 """Learning curves for issue 32: MoM against fair controls, held-out loss against tokens and forward FLOPs.
 
     OMP_NUM_THREADS=1 python experiments/mom/curves.py --plan           # cells x measured s/step x steps = hours
-    OMP_NUM_THREADS=1 python experiments/mom/curves.py --phase sweep    # 6 archs x 3 learning rates, seed 0
+    OMP_NUM_THREADS=1 python experiments/mom/curves.py --phase sweep    # 6 archs x 3 learning rates (more at an edge), seed 0
     OMP_NUM_THREADS=1 python experiments/mom/curves.py --phase seeds    # each arch's best rate, the other seeds
     python experiments/mom/curves.py --report      # curves PNG + tables -> RESULTS.md (between the curve markers)
     python experiments/mom/curves.py --list        # every cell of both phases and its state
@@ -109,6 +109,8 @@ class Grid:
     block_size: int = 128
     eval_blocks: int = 96  # the first 96 held-out blocks, as issue 15 (12,192 predicted tokens)
     learning_rates: tuple[float, ...] = (1e-3, 2e-3, 4e-3)  # around issue 15's 2e-3 (the authors': 1e-3)
+    # a best rate at the edge of the sweep is not a best: halve (double) it up to this many times (`arch_rates`)
+    max_extensions: int = 2
     seeds: tuple[int, ...] = (0, 1, 2)  # the sweep uses the first
     archs: tuple[str, ...] = ("vanilla", "vanilla-flops", "vanilla-gated", "mom", "mom-authors", "mom-2phase")
     size: dict[str, int] = field(default_factory=lambda: dict(SIZE))
@@ -238,21 +240,52 @@ def final_loss(result: dict[str, Any]) -> float:
     return result["final_eval_loss"] if result.get("status") == "complete" else math.inf
 
 
+def arch_rates(grid: Grid) -> dict[str, tuple[float, ...]]:
+    """Each architecture's sweep, ascending: the grid's rates, extended by halving (doubling) the lowest (highest)
+    while the best finished one is at that edge and its loss is finite, at most `max_extensions` times a side. A
+    one-rate grid is a fixed rate, never extended. Known only as the cells finish: the sweep grows as it runs."""
+    swept = {}
+    for arch in grid.archs:
+        rates = sorted(grid.learning_rates)
+        while len(rates) > 1:
+            done = [finished(grid, Cell(arch, lr, grid.seeds[0])) for lr in rates]
+            if None in done:
+                break
+            losses = [final_loss(r) for r in done]
+            best = losses.index(min(losses))
+            if best == 0 and rates[0] > min(grid.learning_rates) / 2**grid.max_extensions and losses[0] < math.inf:
+                rates.insert(0, rates[0] / 2)
+            elif best == len(rates) - 1 and rates[-1] < max(grid.learning_rates) * 2**grid.max_extensions:
+                rates.append(rates[-1] * 2)
+            else:
+                break
+        swept[arch] = tuple(rates)
+    return swept
+
+
+def candidate_rates(grid: Grid) -> tuple[float, ...]:
+    """Every rate a sweep may reach (`arch_rates`), ascending: the names `--cells` accepts."""
+    low, high = min(grid.learning_rates), max(grid.learning_rates)
+    ends = [low / 2**k for k in range(1, grid.max_extensions + 1)] + [
+        high * 2**k for k in range(1, grid.max_extensions + 1)
+    ]
+    return tuple(sorted({*grid.learning_rates, *(ends if len(grid.learning_rates) > 1 else [])}))
+
+
 def sweep_cells(grid: Grid) -> list[Cell]:
-    """Phase 1: every architecture at every learning rate, first seed."""
-    return [Cell(a, lr, grid.seeds[0]) for a in grid.archs for lr in grid.learning_rates]
+    """Phase 1: every architecture at every rate of its sweep (`arch_rates`), first seed."""
+    return [Cell(a, lr, grid.seeds[0]) for a, rates in arch_rates(grid).items() for lr in rates]
 
 
 def best_rates(grid: Grid) -> dict[str, float | None]:
-    """Each architecture's learning rate of lowest final held-out loss in the sweep (None until all are done, or
-    when every rate diverged)."""
+    """Each architecture's learning rate of lowest final held-out loss in its sweep (None until the sweep is done,
+    extensions included, or when every rate diverged)."""
     best: dict[str, float | None] = {}
-    for arch in grid.archs:
-        done = [finished(grid, Cell(arch, lr, grid.seeds[0])) for lr in grid.learning_rates]
+    for arch, rates in arch_rates(grid).items():
+        done = [finished(grid, Cell(arch, lr, grid.seeds[0])) for lr in rates]
         losses = [final_loss(r) for r in done if r]
         best[arch] = (
-            grid.learning_rates[losses.index(min(losses))] if len(losses) == len(done) and min(losses) < math.inf
-            else None
+            rates[losses.index(min(losses))] if len(losses) == len(done) and min(losses) < math.inf else None
         )  # fmt: skip
     return best
 
@@ -500,6 +533,12 @@ def run_cells(grid: Grid, cells: list[Cell], jobs: int, forward: list[str]) -> N
         raise SystemExit(1)
 
 
+def run_sweep(grid: Grid, jobs: int, forward: list[str]) -> None:
+    """Phase 1 until every sweep is done: a best rate at an edge adds the next rate out (`arch_rates`)."""
+    while any(finished(grid, c) is None for c in sweep_cells(grid)):
+        run_cells(grid, sweep_cells(grid), jobs, forward)
+
+
 # -- the plan ------------------------------------------------------------------------------------------------
 def measure_seconds(grid: Grid, arch: str, steps: int = 3) -> tuple[float, float]:
     """(seconds per training step, seconds per held-out evaluation pass) of `arch` at the grid's size and batch,
@@ -693,7 +732,9 @@ def report(grid: Grid) -> str:
         f"tokens per run, held-out loss every {grid.eval_steps * grid.tokens_per_step:,} tokens on "
         f"{grid.eval_blocks} held-out blocks spread evenly over the held-out set; AdamW, cosine, warm-up {grid.warmup_fraction:.0%}; learning rates "
         f"{', '.join(f'{lr:g}' for lr in grid.learning_rates)} at seed {grid.seeds[0]}, then seeds "
-        f"{', '.join(map(str, grid.seeds[1:]))} at each architecture's best rate. Per-cell curves: `{rel}/`."
+        f"{', '.join(map(str, grid.seeds[1:]))} at each architecture's best rate; a best at the sweep's lowest "
+        f"(highest) rate adds half (twice) that rate, up to {grid.max_extensions} times a side, so every best is "
+        f"bracketed by worse rates or at that limit. Per-cell curves: `{rel}/`."
     )
     two_phase = [a for a in grid.archs if ARCHS[a].phase1]
     if two_phase:
@@ -706,12 +747,13 @@ def report(grid: Grid) -> str:
             "phases), compared with vanilla on the same total tokens."
         )
     # the sweep
-    out += ["", "| arch | " + " | ".join(f"lr {lr:g}" for lr in grid.learning_rates) + " |",
-            "|---|" + "---|" * len(grid.learning_rates)]  # fmt: skip
+    columns = sorted({lr for rates in arch_rates(grid).values() for lr in rates})
+    out += ["", "| arch | " + " | ".join(f"lr {lr:g}" for lr in columns) + " |",
+            "|---|" + "---|" * len(columns)]  # fmt: skip
     rates = best_rates(grid)
     for arch in grid.archs:
         cells = []
-        for lr in grid.learning_rates:
+        for lr in columns:
             r = finished(grid, Cell(arch, lr, grid.seeds[0]))
             text = "-" if r is None else "diverged" if r["status"] == "diverged" else f"{r['final_eval_loss']:.3f}"
             cells.append(f"**{text}**" if rates.get(arch) == lr else text)
@@ -812,12 +854,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         print(f"wrote {write_report(grid)}")
         return 0
-    everything = {c.name: c for c in [*sweep_cells(grid), *[Cell(a, lr, s) for a in grid.archs
-                  for lr in grid.learning_rates for s in grid.seeds[1:]]]}  # fmt: skip
+    everything = {c.name: c for c in [Cell(a, lr, s) for a in grid.archs for lr in candidate_rates(grid)
+                                       for s in grid.seeds]}  # fmt: skip
     if args.list:
-        rates = best_rates(grid)
+        rates, sweep = best_rates(grid), {c.name for c in sweep_cells(grid)}
         for cell in everything.values():
             phase = "sweep" if cell.seed == grid.seeds[0] else "seeds"
+            if phase == "sweep" and cell.name not in sweep:
+                continue  # a rate this architecture's sweep has not reached
             if phase == "seeds" and rates.get(cell.arch) not in (None, cell.learning_rate):
                 continue  # not this architecture's best rate
             done = finished(grid, cell)
@@ -830,19 +874,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown cells: {unknown}; see --list", file=sys.stderr)
             return 2
         cells = [everything[n] for n in args.cells]
+        run_cells(grid, cells, args.jobs, forward)
     elif args.phase:
-        cells = (sweep_cells(grid) if args.phase in ("sweep", "all") else []) + (
-            seed_cells(grid) if args.phase in ("seeds", "all") else []
-        )
+        if args.phase in ("sweep", "all"):
+            run_sweep(grid, args.jobs, forward)
         missing = [a for a, lr in best_rates(grid).items() if lr is None]
         if args.phase != "sweep" and missing:
             print(f"sweep not finished for {', '.join(missing)}: their seeds are not run yet", flush=True)
+        if args.phase in ("seeds", "all"):
+            run_cells(grid, seed_cells(grid), args.jobs, forward)
     else:
         parser.print_help()
-        return 0
-    run_cells(grid, cells, args.jobs, forward)
-    if args.phase == "all":  # the seeds of architectures whose sweep this call finished
-        run_cells(grid, seed_cells(grid), args.jobs, forward)
     return 0
 
 

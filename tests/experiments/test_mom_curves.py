@@ -46,7 +46,7 @@ def curves(tmp_path, monkeypatch):
 
 def tiny_grid(curves, corpus: Path, tokenizer: Path, **overrides):
     values = dict(corpus=(str(corpus),), tokens=192, every=64, batch_size=2, block_size=16, eval_blocks=4,
-                  learning_rates=(3e-3,), seeds=(0, 1), archs=("vanilla", "mom"), tokenizer=str(tokenizer),
+                  learning_rates=(3e-3,), max_extensions=0, seeds=(0, 1), archs=("vanilla", "mom"), tokenizer=str(tokenizer),
                   size=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))  # fmt: skip
     return curves.Grid(**{**values, **overrides})
 
@@ -303,7 +303,7 @@ def _train_losses(run: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
-def _fake_result(curves, grid, cell, loss: float) -> None:
+def _fake_result(curves, grid, cell, loss: float) -> dict:
     """A finished cell's JSON as `run_cell` writes it (the fields the report reads)."""
     points = [{"step": s, "tokens": s * grid.tokens_per_step, "forward_flops": s * 1e6, "eval_loss": loss + 1 / s}
               for s in range(grid.eval_steps, grid.steps + 1, grid.eval_steps)]  # fmt: skip
@@ -313,6 +313,7 @@ def _fake_result(curves, grid, cell, loss: float) -> None:
               "parameters": {"total": 1000, "non_embedding": 100}}  # fmt: skip
     curves.results_dir(grid).mkdir(parents=True, exist_ok=True)
     (curves.results_dir(grid) / f"{cell.name}.json").write_text(json.dumps(result))
+    return result
 
 
 def test_report_is_provisional_at_the_first_rate_until_a_sweep_finishes(curves, corpus_file, tiny_model_dir):
@@ -338,6 +339,49 @@ def test_report_is_provisional_at_the_first_rate_until_a_sweep_finishes(curves, 
     assert "| vanilla, equal parameters | 4 | 0.001 | 1 |" in text and "| MoM (ours) | 4 |" not in text
 
 
+def test_a_best_rate_at_the_edge_of_the_sweep_extends_it_until_bracketed(curves, corpus_file, tiny_model_dir):
+    """vanilla's best at the lowest rate adds half of it (and, still best, a quarter: the limit); mom's best in
+    the middle is bracketed as swept. Seeds wait for the extension; the report's sweep table shows the new rates."""
+    grid = tiny_grid(curves, corpus_file, tiny_model_dir, learning_rates=(2e-3, 1e-3, 4e-3), max_extensions=2)
+    for lr, loss in ((1e-3, 2.0), (2e-3, 2.5), (4e-3, 3.0)):
+        _fake_result(curves, grid, curves.Cell("vanilla", lr, 0), loss)
+    for lr, loss in ((1e-3, 2.6), (2e-3, 2.4), (4e-3, 2.9)):
+        _fake_result(curves, grid, curves.Cell("mom", lr, 0), loss)
+    assert curves.arch_rates(grid) == {"vanilla": (5e-4, 1e-3, 2e-3, 4e-3), "mom": (1e-3, 2e-3, 4e-3)}
+    assert curves.best_rates(grid) == {"vanilla": None, "mom": 2e-3}
+    assert [c.name for c in curves.seed_cells(grid)] == ["mom-lr0.002-s1"]
+    assert "vanilla-lr0.0005-s0" in {c.name for c in curves.sweep_cells(grid)}
+
+    _fake_result(curves, grid, curves.Cell("vanilla", 5e-4, 0), 1.9)  # still the best: a quarter comes next
+    assert curves.arch_rates(grid)["vanilla"][0] == 2.5e-4
+    _fake_result(curves, grid, curves.Cell("vanilla", 2.5e-4, 0), 1.8)  # best again, but the limit is reached
+    assert curves.best_rates(grid)["vanilla"] == 2.5e-4
+    curves.REPORT.write_text("# results\n")
+    curves.write_report(grid)
+    text = curves.REPORT.read_text()
+    assert "| arch | lr 0.00025 | lr 0.0005 | lr 0.001 | lr 0.002 | lr 0.004 |" in text
+    vanilla = next(line for line in text.splitlines() if line.startswith("| vanilla | "))
+    mom = next(line for line in text.splitlines() if line.startswith("| mom | "))
+    assert vanilla.count("**") == 2 and vanilla.startswith("| vanilla | **1.9") and "| - |" not in vanilla
+    assert mom.startswith("| mom | - | - | 2.7") and "| **2.5" in mom  # final loss = loss + 1/steps here
+
+
+def test_the_sweep_phase_runs_the_extension_its_own_results_call_for(curves, corpus_file, tiny_model_dir, monkeypatch):
+    grid = tiny_grid(curves, corpus_file, tiny_model_dir, learning_rates=(1e-3, 2e-3), max_extensions=1,
+                     archs=("vanilla",))  # fmt: skip
+    losses = {1e-3: 2.0, 2e-3: 2.5, 5e-4: 2.2}
+    ran = []
+
+    def fake_run(grid_, cell, argv=None):
+        ran.append(cell.name)
+        return _fake_result(curves, grid_, cell, losses[cell.learning_rate])
+
+    monkeypatch.setattr(curves, "run_cell", fake_run)
+    monkeypatch.setattr(curves, "grid_from", lambda args: grid)
+    assert curves.main(["--phase", "all"]) == 0
+    assert ran == ["vanilla-lr0.001-s0", "vanilla-lr0.002-s0", "vanilla-lr0.0005-s0", "vanilla-lr0.001-s1"]
+
+
 def test_a_diverged_cell_is_a_result_of_the_sweep_not_a_stop(curves, corpus_file, tiny_model_dir, monkeypatch):
     grid = tiny_grid(curves, corpus_file, tiny_model_dir, learning_rates=(2e-3, 1e-3))
 
@@ -353,7 +397,7 @@ def test_a_diverged_cell_is_a_result_of_the_sweep_not_a_stop(curves, corpus_file
     curves.REPORT.write_text("# results\n")
     curves.write_report(grid)
     text = curves.REPORT.read_text()
-    assert "| mom | **" in text and "| diverged |" in text
+    assert "| mom | diverged | **" in text  # the sweep table's rates ascend
 
 
 def test_a_user_error_ends_the_script_with_its_message_and_status_2(tiny_model_dir, tmp_path, monkeypatch, capsys):
