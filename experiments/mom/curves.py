@@ -857,10 +857,10 @@ def main(argv: list[str] | None = None) -> int:
     everything = {c.name: c for c in [Cell(a, lr, s) for a in grid.archs for lr in candidate_rates(grid)
                                        for s in grid.seeds]}  # fmt: skip
     if args.list:
-        rates, sweep = best_rates(grid), {c.name for c in sweep_cells(grid)}
+        rates, swept = best_rates(grid), arch_rates(grid)
         for cell in everything.values():
             phase = "sweep" if cell.seed == grid.seeds[0] else "seeds"
-            if phase == "sweep" and cell.name not in sweep:
+            if cell.learning_rate not in swept[cell.arch]:
                 continue  # a rate this architecture's sweep has not reached
             if phase == "seeds" and rates.get(cell.arch) not in (None, cell.learning_rate):
                 continue  # not this architecture's best rate

@@ -366,7 +366,9 @@ def test_a_best_rate_at_the_edge_of_the_sweep_extends_it_until_bracketed(curves,
     assert mom.startswith("| mom | - | - | 2.7") and "| **2.5" in mom  # final loss = loss + 1/steps here
 
 
-def test_the_sweep_phase_runs_the_extension_its_own_results_call_for(curves, corpus_file, tiny_model_dir, monkeypatch):
+def test_the_sweep_phase_runs_the_extension_its_own_results_call_for(
+    curves, corpus_file, tiny_model_dir, monkeypatch, capsys
+):
     grid = tiny_grid(curves, corpus_file, tiny_model_dir, learning_rates=(1e-3, 2e-3), max_extensions=1,
                      archs=("vanilla",))  # fmt: skip
     losses = {1e-3: 2.0, 2e-3: 2.5, 5e-4: 2.2}
@@ -380,6 +382,10 @@ def test_the_sweep_phase_runs_the_extension_its_own_results_call_for(curves, cor
     monkeypatch.setattr(curves, "grid_from", lambda args: grid)
     assert curves.main(["--phase", "all"]) == 0
     assert ran == ["vanilla-lr0.001-s0", "vanilla-lr0.002-s0", "vanilla-lr0.0005-s0", "vanilla-lr0.001-s1"]
+    capsys.readouterr()
+    assert curves.main(["--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == ["vanilla-lr0.0005-s0", "vanilla-lr0.001-s0", "vanilla-lr0.001-s1", "vanilla-lr0.002-s0"]
 
 
 def test_a_diverged_cell_is_a_result_of_the_sweep_not_a_stop(curves, corpus_file, tiny_model_dir, monkeypatch):
