@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -123,22 +122,35 @@ def test_authors_preset_fills_the_mom_options_left_at_their_defaults(tmp_path, t
     assert main([*_args(tiny_model_dir, corpus_file, out, *steps, "--router-hidden-size", "16"), "--resume"]) == 0
 
 
+# runs `modetune` in a child that SIGKILLs itself right after its step-4 checkpoint is saved: a hard crash at a
+# known point, where polling for the checkpoint and killing from outside raced with a fast machine finishing first
+_KILLED_AFTER_STEP_4 = """
+import os, signal, sys
+from transformers import TrainerCallback
+import modetune.training.pretrain as pretrain
+from modetune.cli import main
+
+class KillAfterStep4(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 4:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+session_callbacks = pretrain.session_callbacks
+pretrain.session_callbacks = lambda *a, **k: [*session_callbacks(*a, **k), KillAfterStep4()]
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_model_dir, corpus_file):
     steps = ["--arch", "mom", "--max-steps", "8", "--save-steps", "2", "--k-per-round", "2"]
     straight = tmp_path / "straight"
     assert main(_args(tiny_model_dir, corpus_file, straight, *steps)) == 0
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "modetune", *_args(tiny_model_dir, corpus_file, killed, *steps)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    marker = killed / "checkpoint-4" / "modetune-checkpoint-complete.json"
-    deadline = time.time() + 240
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert marker.exists(), "the run never reached its second checkpoint"
-    assert not (killed / "model.safetensors").exists(), "killed too late to test resuming"
+    cmd = [sys.executable, "-c", _KILLED_AFTER_STEP_4, *_args(tiny_model_dir, corpus_file, killed, *steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert (killed / "checkpoint-4" / "modetune-checkpoint-complete.json").exists()
+    assert not (killed / "model.safetensors").exists() and not (killed / "checkpoint-6").exists()
     assert main([*_args(tiny_model_dir, corpus_file, killed, *steps), "--resume"]) == 0
     _assert_same_weights(straight, killed)
     steps_logged = [
