@@ -42,7 +42,7 @@ from modetune.mom.gated import GATE_INIT_HELP, GATE_MODE_HELP, check_gate_init, 
 from modetune.runs import RUN_FILE, write_run_info
 from modetune.training.config import OptimConfig
 from modetune.training.recipe import training_arguments
-from modetune.training.run_dir import check_output, draw_training_curves, prepare_resume, record_stop, run_directory
+from modetune.training.run_dir import check_output, draw_training_curves, prepare_resume, record_run_end, run_directory
 from modetune.training.trainer import MethodTrainer, session_callbacks, stopped_early
 from modetune.version import __version__
 
@@ -442,25 +442,24 @@ def _run(
 ) -> PretrainResult:  # fmt: skip
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if stopped_early(trainer):
-        record_stop(out, info, trainer.state.global_step, started)
+        record_run_end(out, info, trainer.state.global_step, started, status="stopped")
         step = trainer.state.global_step
         return PretrainResult(out, step, result.training_loss, None, None, round(time.time() - started, 1), True)
     trainer.save_model(str(out))
     eval_loss = float(trainer.evaluate()["eval_loss"])
     perplexity = math.exp(eval_loss) if eval_loss < 50 else float("inf")
     curves = draw_training_curves(out)
-    info.update(
-        status="complete",
-        finished=datetime.now(timezone.utc).isoformat(),
-        global_step=trainer.state.global_step,
+    record_run_end(
+        out,
+        info,
+        trainer.state.global_step,
+        started,
         tokens_seen=trainer.tokens_seen,
         train_loss=result.training_loss,
         eval_loss=eval_loss,
         heldout_perplexity=perplexity,
         training_curves=str(curves) if curves else None,
-        seconds=round(time.time() - started, 1),
     )
-    write_run_info(out, info)
     return PretrainResult(out, trainer.state.global_step, result.training_loss, eval_loss, perplexity, info["seconds"])
 
 

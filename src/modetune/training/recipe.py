@@ -37,7 +37,7 @@ from modetune.training.run_dir import (
     draw_training_curves,
     is_main_process,
     prepare_resume,
-    record_stop,
+    record_run_end,
     run_directory,
 )
 from modetune.training.trainer import MethodTrainer, latest_complete_checkpoint, session_callbacks, stopped_early
@@ -327,7 +327,7 @@ def _run(
         training_loss = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).training_loss
         if stopped_early(trainer):
             if is_main:
-                record_stop(out, info, trainer.state.global_step, started)
+                record_run_end(out, info, trainer.state.global_step, started, status="stopped")
             step = trainer.state.global_step
             return TrainResult(out, step, training_loss, None, time.time() - started, is_main, stopped=True)
     finished = trainer.accelerator.unwrap_model(trainer.model).finish_training(
@@ -342,16 +342,15 @@ def _run(
         eval_loss = float(trainer.evaluate()["eval_loss"])
     if is_main:
         curves = draw_training_curves(out)
-        info.update(
-            status="complete",
-            finished=datetime.now(timezone.utc).isoformat(),
-            global_step=trainer.state.global_step,
+        record_run_end(
+            out,
+            info,
+            trainer.state.global_step,
+            started,
             train_loss=training_loss,
             eval_loss=eval_loss,
             training_curves=str(curves) if curves else None,
-            seconds=round(time.time() - started, 1),
         )
-        write_run_info(out, info)
         try:
             write_model_card(out, info)  # replaces PEFT's empty template
         except Exception as exc:  # a card must never cost the user their trained model

@@ -138,12 +138,16 @@ def _refuse_a_passed_stop(configs: dict[str, Any], checkpoint: Path | None) -> N
         )
 
 
-def record_stop(out: Path, info: dict[str, Any], global_step: int, started: float) -> None:
-    """run.json of a session ended by --stop-after-step: 'stopped' (not complete) at its step; --resume goes on."""
+def record_run_end(
+    out: Path, info: dict[str, Any], global_step: int, started: float, status: str = "complete", **results: Any
+) -> None:
+    """run.json at the end of a session: 'complete' with its results, or 'stopped' at its step (--stop-after-step),
+    which --resume continues. `seconds` times this session."""
     info.update(
-        status="stopped",
-        stopped=datetime.now(timezone.utc).isoformat(),
+        status=status,
+        **{"finished" if status == "complete" else status: datetime.now(timezone.utc).isoformat()},
         global_step=global_step,
+        **results,
         seconds=round(time.time() - started, 1),
     )
     write_run_info(out, info)
