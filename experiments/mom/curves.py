@@ -290,6 +290,15 @@ def best_rates(grid: Grid) -> dict[str, float | None]:
     return best
 
 
+def sweeps_to_finish(grid: Grid) -> dict[str, tuple[float, ...]]:
+    """Per architecture without a best rate yet, the rates of its sweep not yet finished at the first seed."""
+    return {
+        arch: tuple(lr for lr in rates if finished(grid, Cell(arch, lr, grid.seeds[0])) is None)
+        for arch, rates in arch_rates(grid).items()
+        if best_rates(grid)[arch] is None
+    }
+
+
 def seed_cells(grid: Grid, rates: dict[str, float | None] | None = None) -> list[Cell]:
     """Phase 2: the other seeds at each architecture's best rate (architectures whose sweep is done)."""
     rates = best_rates(grid) if rates is None else rates
@@ -759,6 +768,10 @@ def report(grid: Grid) -> str:
             cells.append(f"**{text}**" if rates.get(arch) == lr else text)
         out.append(f"| {arch} | " + " | ".join(cells) + " |")
     shown_rates: dict[str, float] = {arch: rate for arch, rate in rates.items() if rate is not None}
+    if by_arch and (waiting := sweeps_to_finish(grid)):
+        out += ["", "Not yet in the figure and tables below, their sweeps unfinished (rates still to run at seed "
+                f"{grid.seeds[0]}): " + "; ".join(f"{a} ({', '.join(f'{lr:g}' for lr in todo)})"
+                                                   for a, todo in waiting.items()) + "."]  # fmt: skip
     if not by_arch:
         rate, by_arch = provisional_cells(grid, results)
         if not by_arch:

@@ -337,6 +337,7 @@ def test_report_is_provisional_at_the_first_rate_until_a_sweep_finishes(curves, 
     text = curves.REPORT.read_text()
     assert "Provisional" not in text
     assert "| vanilla, equal parameters | 4 | 0.001 | 1 |" in text and "| MoM (ours) | 4 |" not in text
+    assert "their sweeps unfinished (rates still to run at seed 0): mom (0.001)." in text  # MoM is said missing
 
 
 def test_a_best_rate_at_the_edge_of_the_sweep_extends_it_until_bracketed(curves, corpus_file, tiny_model_dir):
