@@ -353,6 +353,13 @@ CASES: dict[str, Case] = {
         "modetune train: error: --stop-after-step 2 is not before the last step (--max-steps 2); leave it out to "
         "train to the end",
     ),
+    "train-labels-with-temperature": Case(
+        "modetune train",
+        "`--distill labels` with a temperature",
+        lambda t, c: _train(t, c, "--max-steps", "1", "--distill", "labels", "--distill-temperature", "2"),
+        "modetune train: error: distill_temperature=2.0 has no meaning with distill='labels' (the "
+        "students learn from the labels, not a softened teacher); allowed: 1.0, or a divergence as distill",
+    ),
     "train-output-is-file": Case(
         "modetune train",
         "`--output` names an existing file",

@@ -77,6 +77,17 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return {**load_file(run / "mode_model.safetensors"), **load_file(run / "adapter_model.safetensors")}
 
 
+def test_distill_labels_trains_each_late_layer_on_the_labels(tmp_path, tiny_model_dir):
+    """--distill labels from the command line: the logged student terms are those layers' own cross-entropies."""
+    code, run = _train(tmp_path, tiny_model_dir, "--max-steps", "2", "--save-steps", "0", "--distill", "labels")
+    assert code == 0
+    assert json.loads((run / "mode_config.json").read_text())["distill"] == "labels"
+    logs = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    for r in logs:
+        for layer in (1, 2):
+            assert r[f"distill/layer{layer}"] == pytest.approx(r[f"ce/layer{layer}"], rel=1e-5)
+
+
 def test_mode_only_and_dora(tmp_path, tiny_model_dir):
     code, run = _train(
         tmp_path, tiny_model_dir, "--max-steps", "2", "--save-steps", "0", "--peft", "none", out="mode-only"

@@ -48,6 +48,7 @@ def loss_and_grads(model_type: str, batch, implementation: str, **overrides):
         ("llama", {"distill": "reverse_kl", "distill_temperature": 2.0}),
         ("llama", {"distill": "js", "distill_weight": 0.5}),
         ("llama", {"distill": "none"}),
+        ("llama", {"distill": "labels", "distill_weight": 0.5}),
         ("llama", {"distill_schedule": "rotate"}),
         ("cohere", {"distill": "kl"}),  # logit scale folded into the input
         ("opt", {"distill": "kl", "adapter": "affine"}),  # a pre-head projection (project_out) with LoRA on it

@@ -25,7 +25,7 @@ def _inputs(seed=0, k=3, b=2, t=9, d=8, v=17):
     return ys, router, weight, labels
 
 
-@pytest.mark.parametrize("distill", ["kl", "reverse_kl", "js", "none"])
+@pytest.mark.parametrize("distill", ["kl", "reverse_kl", "js", "labels", "none"])
 @pytest.mark.parametrize("chunk_size", [1, 4, 5, 64])
 @pytest.mark.parametrize("detach_teacher", [True, False])
 @pytest.mark.parametrize("softcap", [None, 3.0])
@@ -56,6 +56,26 @@ def test_chunked_equals_reference(distill, chunk_size, detach_teacher, softcap):
     torch.testing.assert_close(chk.layer_ce, ref.layer_ce, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(chk_gy, ref_gy, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(chk_gr, ref_gr, rtol=1e-4, atol=1e-6)
+
+
+def test_labels_supervise_each_student_with_its_own_cross_entropy():
+    """distill='labels': a student's term is that layer's cross-entropy on the labels, the final layer gets none,
+    and the total is the ensemble's CE + lambda * the students' CEs (deep supervision, no teacher)."""
+    ys, router_logits, weight, labels = _inputs(seed=5)
+    plan = LossPlan("labels", 0.4, 1.0, True, students=(0, 1), per_layer=True)
+    parts = mode_loss_chunked(ys, torch.softmax(router_logits, -1), labels, lambda y: y @ weight.T, plan, 4)
+    torch.testing.assert_close(parts.distill, parts.layer_ce[:2])
+    torch.testing.assert_close(parts.total.detach(), parts.ce + 0.4 * parts.layer_ce[:2].sum())
+    parts.total.backward()
+    assert ys.grad[2].abs().sum() > 0  # the final layer learns through the ensemble's CE only ...
+    alone = mode_loss_chunked(ys, torch.softmax(router_logits, -1), labels, lambda y: y @ weight.T,
+                              LossPlan("none", 0.0, 1.0, True, students=(), per_layer=True), 4)  # fmt: skip
+    ys.grad = None
+    alone.total.backward()
+    grad_final_alone = ys.grad[2].clone()
+    ys.grad = None
+    mode_loss_chunked(ys, torch.softmax(router_logits, -1), labels, lambda y: y @ weight.T, plan, 4).total.backward()
+    torch.testing.assert_close(ys.grad[2], grad_final_alone)  # ... so its gradient is the same as without the term
 
 
 def test_hidden_space_ce_equals_logit_mixing():
@@ -118,7 +138,7 @@ def test_auto_chunk_size():
     assert auto_chunk_size(100) == 65536
 
 
-@pytest.mark.parametrize("distill", ["kl", "reverse_kl", "js", "none"])
+@pytest.mark.parametrize("distill", ["kl", "reverse_kl", "js", "labels", "none"])
 def test_model_chunked_vs_reference_with_lora_gradients(distill, batch):
     """End to end through a LoRA + MoDE model: loss and every trainable gradient agree."""
     from peft import LoraConfig, get_peft_model

@@ -24,7 +24,7 @@ CONFIG_NAME = "mode_config.json"
 ROUTERS = ("softmax", "topk")
 ROUTER_INITS = ("uniform", "final")
 ADAPTERS = ("norm", "affine", "none")
-DISTILLS = ("kl", "reverse_kl", "js", "none")
+DISTILLS = ("kl", "reverse_kl", "js", "labels", "none")
 DISTILL_SCHEDULES = ("all", "rotate")
 LOSS_IMPLEMENTATIONS = ("auto", "chunked", "liger", "reference")
 
@@ -97,7 +97,9 @@ class MoDEConfig(MethodConfig):
     )
     distill: str = help_field(
         "Distillation from the final layer (teacher) to each other late layer (student): 'kl' = "
-        "KL(p_final || p_i), 'reverse_kl' = KL(p_i || p_final), 'js' (Jensen-Shannon), or 'none'.",
+        "KL(p_final || p_i), 'reverse_kl' = KL(p_i || p_final), 'js' (Jensen-Shannon), or 'none'. 'labels' "
+        "replaces the teacher by the labels: each non-final late layer's own cross-entropy (deep supervision, "
+        "as LayerSkip's early-exit loss), weighted by distill_weight; the variant issue 31's analysis chose.",
         default="kl",
     )
     distill_weight: float = help_field(
@@ -188,6 +190,11 @@ class MoDEConfig(MethodConfig):
         if self.distill_weight < 0:
             raise ConfigError(f"distill_weight={self.distill_weight!r} is negative; allowed: a number >= 0")
         check_positive(self, "distill_temperature")
+        if self.distill == "labels" and self.distill_temperature != 1.0:
+            raise ConfigError(
+                f"distill_temperature={self.distill_temperature!r} has no meaning with distill='labels' (the "
+                "students learn from the labels, not a softened teacher); allowed: 1.0, or a divergence as distill"
+            )
         check_bool(self, "distill_detach_teacher")
         check_bool(self, "mix_in_hidden_space")
         check_int(self, "distill_every", low=1)
@@ -222,3 +229,8 @@ class MoDEConfig(MethodConfig):
     @property
     def uses_distillation(self) -> bool:
         return self.distill != "none" and self.distill_weight > 0 and self.num_layers > 1
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Distillation toward the final layer (every kind but 'labels', which supervises on the labels)."""
+        return self.uses_distillation and self.distill != "labels"

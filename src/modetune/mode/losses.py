@@ -1,5 +1,7 @@
 """MoDE's training loss: ensemble cross-entropy + lambda * distillation of each late layer toward the final one.
 
+With `distill="labels"` the students' terms are their own cross-entropies on the labels instead (no teacher).
+
 Two implementations that give the same numbers:
 
 * `mode_loss_reference` materialises every layer's [tokens x vocab] logits at once. It is the
@@ -107,7 +109,10 @@ def _chunk_terms(
     with torch.no_grad():
         own = logprobs if T == 1.0 else F.log_softmax(logits, dim=-1)
         layer_ce = -own.gather(-1, targets.expand(k, n).unsqueeze(-1)).squeeze(-1).sum(-1)
-    if plan.distill != "none" and plan.students:
+    if plan.distill == "labels" and plan.students:  # the config holds T at 1 here
+        terms = [F.cross_entropy(logits[i], targets, reduction="sum") for i in plan.students]
+        distill = distill.index_put((torch.tensor(plan.students, device=distill.device),), torch.stack(terms))
+    elif plan.distill != "none" and plan.students:
         teacher = logprobs[-1].detach() if plan.detach_teacher else logprobs[-1]
         terms = [divergence_from_logprobs(logprobs[i], teacher, plan.distill).sum() * T**2 for i in plan.students]
         distill = distill.index_put((torch.tensor(plan.students, device=distill.device),), torch.stack(terms))
@@ -142,7 +147,10 @@ def mode_loss_reference(
     if plan.distill != "none" and plan.students:
         teacher = logits[-1].detach() if plan.detach_teacher else logits[-1]
         for i in plan.students:
-            per_token = divergence(logits[i][valid], teacher[valid], plan.distill, plan.temperature)
+            if plan.distill == "labels":
+                per_token = F.cross_entropy(logits[i][valid], targets[valid], reduction="none")
+            else:
+                per_token = divergence(logits[i][valid], teacher[valid], plan.distill, plan.temperature)
             distill = distill.index_put((torch.tensor([i], device=distill.device),), per_token.sum().reshape(1))
     total = (ce + plan.distill_weight * distill.sum()) / denom
     return LossParts(total, (ce / denom).detach(), (distill / denom).detach(), layer_ce / denom, n)
@@ -249,9 +257,9 @@ def liger_unavailable(located: LocatedModel, config: MoDEConfig, device: torch.d
         return f"{reason}; use 'chunked' (or 'auto')"
     if not config.mix_in_hidden_space:
         return "mix_in_hidden_space=False asks for per-layer logits, while Liger mixes hidden states; use 'chunked'"
-    if config.uses_distillation and not config.distill_detach_teacher:
+    if config.uses_teacher and not config.distill_detach_teacher:
         return "Liger's fused JSD does not send gradients to the teacher; set distill_detach_teacher=True"
-    if config.uses_distillation and head.bias is not None:
+    if config.uses_teacher and head.bias is not None:
         return "Liger's fused JSD takes no head bias; use 'chunked'"
     if device is not None and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return f"its Triton kernels need a CUDA device (this loss runs on {device.type}); use 'chunked'"
@@ -274,7 +282,7 @@ def mode_loss_liger(
     """
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy, liger_fused_linear_jsd
 
-    if plan.distill != "none" and plan.students and not plan.detach_teacher:
+    if plan.distill not in ("none", "labels") and plan.students and not plan.detach_teacher:
         raise ValueError("the Liger loss distills into a detached teacher only (distill_detach_teacher=True)")
     ys_valid, gates_valid, targets_valid, n, denom = _labelled_positions(ys, gates, labels, num_items_in_batch)
     k = len(ys_valid)
@@ -287,7 +295,10 @@ def mode_loss_liger(
     mixed = mix(ys_valid, gates_valid)
     ce = fused_ce(mixed) if n else mixed.sum() * 0.0
     distill = gates.new_zeros(max(k - 1, 0), dtype=torch.float32)
-    if plan.distill != "none" and plan.students and n:
+    if plan.distill == "labels" and plan.students and n:
+        terms = [fused_ce(ys_valid[i]) for i in plan.students]
+        distill = distill.index_put((torch.tensor(plan.students, device=distill.device),), torch.stack(terms))
+    elif plan.distill != "none" and plan.students and n:
         T = plan.temperature
         teacher = head.prepare(ys_valid[-1]).detach()
         terms = [
