@@ -6,6 +6,7 @@
     python experiments/long_budget.py --plan           # cells x hours from the measured step and eval times
     python experiments/long_budget.py --report         # only regenerate RESULTS.md's long-budget section
     python experiments/long_budget.py --commands       # each cell's training command
+    python experiments/long_budget.py --inspect        # `modetune inspect` on the finished MoDE cells
 
 A cell is (track, row, seed), trained for 1,000 steps on one learning-rate schedule. It is evaluated at its
 milestones (steps 250, 500 and 1,000): a *piece* trains with `--stop-after-step` at the milestone (the schedule
@@ -44,6 +45,7 @@ from modetune.files import sha256_of  # noqa: E402
 
 RESULTS = HERE / "results" / "long"
 WORK = grid.WORK / "long"
+WHY = grid.WHY / "long"  # `--inspect`: the small files of `modetune inspect` on the finished runs
 
 # -- what is equal across rows ---------------------------------------------------------------------------
 # The LLM-Adapters LoRA recipe as the paper used it (lr 3e-4, 100 warm-up steps, linear decay, cutoff 256;
@@ -80,11 +82,20 @@ TEST_SETS = (
     *(TestSet(t, None, 0, 100) for t in ("gsm8k", "svamp", "mawps", "addsub", "singleeq", "multiarith")),
 )
 TRACK = grid.TRACKS["arithmetic"]
+# The variant issue 31 asks for, chosen from `modetune inspect` on seed 0's long runs (RESULTS.md, "At 10x the
+# budget"): the late layers stay distinct there but worse than the final one, so the router leans on the final
+# layer; trained on the labels instead of toward the final layer, they might become predictors worth mixing.
+VARIANT = grid.Row(
+    "lora_mode_labels", "2v. LoRA + MoDE, late layers trained on the labels (--distill labels)",
+    [*grid.ROWS_BY_NAME["lora_mode"].flags, "--distill", "labels"], "lora", (0, 1), tracks=("arithmetic",),
+)  # fmt: skip
 ROWS = [
     (grid.ROWS_BY_NAME["lora"], (0, 1, 2)),
     (grid.ROWS_BY_NAME["lora_mode"], (0, 1, 2)),
     (grid.ROWS_BY_NAME["paper"], (0, 1)),
+    (VARIANT, (0, 1)),
 ]
+LATER = ("paper", VARIANT.name)  # after the rows that decide the question, in this order
 
 
 @dataclass(frozen=True)
@@ -121,10 +132,14 @@ class Cell:
 
 def all_cells() -> list[Cell]:
     """Priority: the cells that decide the question first (LoRA and LoRA + MoDE seed by seed), then the
-    paper's configuration."""
+    paper's configuration, then the variant (`LATER`)."""
     cells = [Cell(row, seed) for row, seeds in ROWS for seed in seeds]
     order = [r.name for r, _ in ROWS]
-    return sorted(cells, key=lambda c: (c.row.name == "paper", c.seed, order.index(c.row.name)))
+
+    def group(name: str) -> int:
+        return LATER.index(name) + 1 if name in LATER else 0
+
+    return sorted(cells, key=lambda c: (group(c.row.name), c.seed, order.index(c.row.name)))
 
 
 # -- training up to a milestone ---------------------------------------------------------------------------
@@ -302,6 +317,31 @@ def _prune(cell: Cell, evaluated: int) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+# -- looking inside the finished runs ---------------------------------------------------------------------
+def why_dir(cell: Cell) -> Path:
+    return WHY / TRACK.name / cell.row.name / f"s{cell.seed}"
+
+
+def inspect_cells(cells: list[Cell], log) -> None:
+    """`modetune inspect` (with the router probe) on every finished cell that mixes k >= 2 layers and is not
+    inspected yet, on the grid's inspection data (the same 40 held-out level-3 problems as its 100-step runs, so
+    the two budgets read side by side). Tables and plots land in experiments/why/long/<track>/<row>/s<seed>/."""
+    for cell in cells:
+        if grid._flag_value(cell.row.flags, "--num-layers") == "1" or not cell.done(MAX_STEPS):
+            continue
+        if (why_dir(cell) / "router_probe.md").is_file():
+            continue
+        work_out = WORK / "inspect" / TRACK.name / cell.row.name / f"s{cell.seed}"
+        log(f"[{cell.key}] inspecting")
+        command = [sys.executable, "-m", "modetune", "inspect", "--run", str(cell.run_dir), *TRACK.inspect_data,
+                   "--seed", "0", "--router-probe", "--output", str(work_out)]  # fmt: skip
+        subprocess.run(command, check=True, env=grid._child_env())
+        why_dir(cell).mkdir(parents=True, exist_ok=True)
+        for name in grid.WHY_FILES:
+            if (work_out / name).is_file():
+                shutil.copy2(work_out / name, why_dir(cell) / name)
+
+
 # -- the plan -------------------------------------------------------------------------------------------
 def plan_lines() -> list[str]:
     """Cells x hours from the finished pieces' measured step and evaluation times (or say none is measured)."""
@@ -340,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only regenerate RESULTS.md's long-budget section")
     parser.add_argument("--commands", action="store_true", help="print each cell's training command")
     parser.add_argument("--plan", action="store_true", help="print cells x hours from the measured times")
+    parser.add_argument("--inspect", action="store_true", help="run `modetune inspect` on the finished MoDE cells")
     args = parser.parse_args(argv)
     cells = grid.select_cells(all_cells(), args.only, parser)
     if args.commands:
@@ -352,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def log(message: str) -> None:
         print(time.strftime("%H:%M:%S"), message, flush=True)
+
+    if args.inspect:
+        inspect_cells(cells, log)
+        return 0
 
     pieces = [] if args.report else [(c, step) for c in cells for step in MILESTONES if not c.done(step)]
     if pieces:

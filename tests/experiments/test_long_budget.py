@@ -3,6 +3,7 @@ evaluated there, resumes from the milestone's checkpoint, and finished pieces ar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -68,6 +69,15 @@ def test_pieces_stop_at_milestones_evaluate_them_and_resume(long, tmp_path, monk
 
     monkeypatch.setattr(long, "run_piece", refuse)
     assert long.main([]) == 0
+
+    # --inspect looks inside the finished run that mixes layers (not LoRA's final layer alone), once
+    monkeypatch.setattr(long, "WHY", tmp_path / "why")
+    monkeypatch.setattr(long, "TRACK", dataclasses.replace(long.TRACK, inspect_data=("--data", "synthetic:4:1")))
+    assert long.main(["--inspect"]) == 0
+    inspected = sorted(p.relative_to(tmp_path / "why").as_posix() for p in (tmp_path / "why").rglob("*.md"))
+    assert inspected == ["arithmetic/lora_mode/s0/lens.md", "arithmetic/lora_mode/s0/router_probe.md"]
+    monkeypatch.setattr(long.subprocess, "run", refuse)
+    assert long.main(["--inspect"]) == 0  # already inspected: nothing runs
 
 
 def _fake_piece(cell, step: int, answers: dict[str, list[bool]]) -> None:
@@ -159,3 +169,13 @@ def test_an_interrupted_evaluation_resumes_at_the_test_set_it_stopped_in(long, m
     scored.clear()
     long.run_piece(cell, 4, print)
     assert len(scored) == 2
+
+
+def test_the_cells_that_decide_come_first_then_the_paper_then_the_variant():
+    long = _load("long_budget")
+    assert [c.key.split("/", 1)[1] for c in long.all_cells()] == [
+        "lora/s0", "lora_mode/s0", "lora/s1", "lora_mode/s1", "lora/s2", "lora_mode/s2",
+        "paper/s0", "paper/s1", "lora_mode_labels/s0", "lora_mode_labels/s1",
+    ]  # fmt: skip
+    variant = long.VARIANT.flags
+    assert variant[variant.index("--distill") + 1] == "labels" and "--num-layers" in variant
