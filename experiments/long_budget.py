@@ -82,9 +82,9 @@ TEST_SETS = (
     *(TestSet(t, None, 0, 100) for t in ("gsm8k", "svamp", "mawps", "addsub", "singleeq", "multiarith")),
 )
 TRACK = grid.TRACKS["arithmetic"]
-# The variant issue 31 asks for, chosen from `modetune inspect` on seed 0's long runs (RESULTS.md, "At 10x the
-# budget"): the late layers stay distinct there but worse than the final one, so the router leans on the final
-# layer; trained on the labels instead of toward the final layer, they might become predictors worth mixing.
+# The variant issue 31 asks for, chosen from `modetune inspect` on seed 0's long run (RESULTS.md, "The variant"):
+# distillation makes the late layers near-copies of the final layer (top-1 agreement 99%), mistakes included, and
+# no router input finds what is left; trained on the labels instead, a late layer may be right where it is wrong.
 VARIANT = grid.Row(
     "lora_mode_labels", "2v. LoRA + MoDE, late layers trained on the labels (--distill labels)",
     [*grid.ROWS_BY_NAME["lora_mode"].flags, "--distill", "labels"], "lora", (0, 1), tracks=("arithmetic",),

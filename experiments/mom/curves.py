@@ -292,10 +292,11 @@ def best_rates(grid: Grid) -> dict[str, float | None]:
 
 def sweeps_to_finish(grid: Grid) -> dict[str, tuple[float, ...]]:
     """Per architecture without a best rate yet, the rates of its sweep not yet finished at the first seed."""
+    best = best_rates(grid)
     return {
         arch: tuple(lr for lr in rates if finished(grid, Cell(arch, lr, grid.seeds[0])) is None)
         for arch, rates in arch_rates(grid).items()
-        if best_rates(grid)[arch] is None
+        if best[arch] is None
     }
 
 
