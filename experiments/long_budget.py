@@ -335,11 +335,7 @@ def inspect_cells(cells: list[Cell], log) -> None:
         log(f"[{cell.key}] inspecting")
         command = [sys.executable, "-m", "modetune", "inspect", "--run", str(cell.run_dir), *TRACK.inspect_data,
                    "--seed", "0", "--router-probe", "--output", str(work_out)]  # fmt: skip
-        subprocess.run(command, check=True, env=grid._child_env())
-        why_dir(cell).mkdir(parents=True, exist_ok=True)
-        for name in grid.WHY_FILES:
-            if (work_out / name).is_file():
-                shutil.copy2(work_out / name, why_dir(cell) / name)
+        grid.inspect_into(command, work_out, why_dir(cell))
 
 
 # -- the plan -------------------------------------------------------------------------------------------

@@ -485,12 +485,17 @@ def inspect_cells(cells: list[Cell], log) -> int:
             continue
         work_out = WORK / "inspect" / cell.track.name / cell.row.name / f"s{cell.seed}"
         log(f"[{cell.key}] inspecting")
-        subprocess.run(inspect_command(cell, work_out), check=True, env=_child_env())
-        cell.why_dir.mkdir(parents=True, exist_ok=True)
-        for name in WHY_FILES:
-            if (work_out / name).is_file():
-                shutil.copy2(work_out / name, cell.why_dir / name)
+        inspect_into(inspect_command(cell, work_out), work_out, cell.why_dir)
     return 0
+
+
+def inspect_into(command: list[str], work_out: Path, why_dir: Path) -> None:
+    """Run a `modetune inspect` command writing into `work_out`, then keep its small files in `why_dir`."""
+    subprocess.run(command, check=True, env=_child_env())
+    why_dir.mkdir(parents=True, exist_ok=True)
+    for name in WHY_FILES:
+        if (work_out / name).is_file():
+            shutil.copy2(work_out / name, why_dir / name)
 
 
 def select_cells(cells: list, prefixes: list[str], parser: argparse.ArgumentParser) -> list:
