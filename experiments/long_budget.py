@@ -3,6 +3,7 @@
     python experiments/long_budget.py                  # run every unfinished piece, in priority order
     python experiments/long_budget.py --only arithmetic/lora/s0
     python experiments/long_budget.py --max-pieces 1   # stop after one piece (a milestone of one cell)
+    python experiments/long_budget.py                  # again, beside the first: it takes the next free cell
     python experiments/long_budget.py --plan           # cells x hours from the measured step and eval times
     python experiments/long_budget.py --report         # only regenerate RESULTS.md's long-budget section
     python experiments/long_budget.py --commands       # each cell's training command
@@ -42,6 +43,7 @@ import run as grid  # noqa: E402  (experiments/run.py: tracks, rows, the child e
 
 from modetune.errors import exit_status  # noqa: E402
 from modetune.files import sha256_of  # noqa: E402
+from modetune.training.lock import RunLock, RunLockedError, acquire_run_lock, read_lock_owner  # noqa: E402
 
 RESULTS = HERE / "results" / "long"
 WORK = grid.WORK / "long"
@@ -394,14 +396,47 @@ def main(argv: list[str] | None = None) -> int:
         inspect_cells(cells, log)
         return 0
 
-    pieces = [] if args.report else [(c, step) for c in cells for step in MILESTONES if not c.done(step)]
-    if pieces:
+    todo = [] if args.report else [c for c in cells if not all(c.done(step) for step in MILESTONES)]
+    if todo:
         grid.require_shared_data()
-    for cell, step in pieces[: args.max_pieces or None]:
-        run_piece(cell, step, log)
-        _write_report(log)
+    run_cells(todo, args.max_pieces, log)
     _write_report(log)
     return 0
+
+
+def run_cells(cells: list[Cell], max_pieces: int, log) -> int:
+    """Each cell's unfinished pieces in order, the cell claimed for the while (`claim_cell`): a second runner
+    started beside this one takes the next free cell instead of the same one, so two cores share the grid.
+    Returns the number of pieces run (at most `max_pieces`, 0: no limit)."""
+    ran = 0
+    for cell in cells:
+        claim = claim_cell(cell, log)
+        if claim is None:
+            continue
+        try:
+            for step in MILESTONES:
+                if max_pieces and ran >= max_pieces:
+                    return ran
+                if not cell.done(step):  # read under the claim: another runner may have finished it
+                    run_piece(cell, step, log)
+                    ran += 1
+                    _write_report(log)
+        finally:
+            claim.release()
+    return ran
+
+
+def claim_cell(cell: Cell, log) -> RunLock | None:
+    """This process's lock on the cell (a flock the kernel drops when the process dies, however it dies),
+    or None with a log line when another live runner holds it."""
+    folder, name = cell.run_dir.parent, f"{cell.run_dir.name}.runner.lock"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return acquire_run_lock(folder, name=name)
+    except RunLockedError:
+        owner = read_lock_owner(folder, name=name)
+        log(f"[{cell.key}] skipped: another runner has it (pid {owner.get('pid', '?')})")
+        return None
 
 
 def _write_report(log) -> None:

@@ -171,6 +171,34 @@ def test_an_interrupted_evaluation_resumes_at_the_test_set_it_stopped_in(long, m
     assert len(scored) == 2
 
 
+def test_a_second_runner_takes_the_next_free_cell_and_never_the_same_one(long, monkeypatch):
+    first, second = long.all_cells()
+    ran = []
+
+    def piece(cell, step, log):  # what run_piece leaves behind, without the training
+        ran.append((cell.key, step))
+        cell.piece_dir(step).mkdir(parents=True)
+        (cell.piece_dir(step) / "cell.json").write_text("{}")
+
+    monkeypatch.setattr(long, "run_piece", piece)
+    monkeypatch.setattr(long, "_write_report", lambda log: None)
+    logged = []
+    other = long.claim_cell(first, print)  # the runner already on the first cell
+    assert long.run_cells([first, second], 0, logged.append) == 3
+    assert ran == [(second.key, 2), (second.key, 4), (second.key, 6)]
+    assert any("skipped: another runner has it" in line and first.key in line for line in logged)
+    again = long.claim_cell(second, print)  # released when its runner was done with it
+    assert again is not None
+    again.release()
+
+    # the other runner finishes one piece and stops; this one goes on from the next, within --max-pieces
+    piece(first, 2, print)
+    other.release()
+    ran.clear()
+    assert long.run_cells([first, second], 1, print) == 1
+    assert ran == [(first.key, 4)]
+
+
 def test_the_cells_that_decide_come_first_then_the_paper_then_the_variant():
     long = _load("long_budget")
     assert [c.key.split("/", 1)[1] for c in long.all_cells()] == [

@@ -51,19 +51,20 @@ def _owner_text(owner: dict[str, Any]) -> str:
     return f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')}, started {owner.get('started', '?')}"
 
 
-def read_lock_owner(directory: str | os.PathLike[str]) -> dict[str, Any]:
+def read_lock_owner(directory: str | os.PathLike[str], name: str = LOCK_NAME) -> dict[str, Any]:
     """The owner recorded in a directory's lock file ({} if none or unreadable)."""
     try:
-        return json.loads((Path(directory) / LOCK_NAME).read_text())
+        return json.loads((Path(directory) / name).read_text())
     except (OSError, ValueError):
         return {}
 
 
-def acquire_run_lock(directory: Path) -> RunLock:
-    """Lock `directory` (which must exist) for this process, or raise naming the process that holds it."""
+def acquire_run_lock(directory: Path, name: str = LOCK_NAME) -> RunLock:
+    """Lock `directory` (which must exist) for this process, or raise naming the process that holds it. `name`
+    is the lock file's: a training's by default; a runner that hands out cells uses a file of its own."""
     import fcntl
 
-    path = directory / LOCK_NAME
+    path = directory / name
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -74,7 +75,7 @@ def acquire_run_lock(directory: Path) -> RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            owner = read_lock_owner(directory)
+            owner = read_lock_owner(directory, name)
             os.close(fd)
             raise RunLockedError(
                 f"{directory} is in use by another training ({_owner_text(owner)}); wait for it to finish, "
