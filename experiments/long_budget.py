@@ -355,17 +355,25 @@ def plan_lines() -> list[str]:
     if not steps:
         return ["No piece has finished yet: nothing measured."]
     lines = []
-    total = 0.0
+    total = left = 0.0
+    mid = sum(evals[False]) / len(evals[False]) if evals[False] else 0.0
+    end = sum(evals[True]) / len(evals[True]) if evals[True] else 0.0
     for row, seeds in ROWS:
         own = [s for name, s in steps if name == row.name]
         per_step = own or [s for _, s in steps]
-        mid = sum(evals[False]) / len(evals[False]) if evals[False] else 0.0
-        end = sum(evals[True]) / len(evals[True]) if evals[True] else 0.0
-        hours = (MAX_STEPS * sorted(per_step)[len(per_step) // 2] + (len(MILESTONES) - 1) * mid + end) / 3600
+        step_seconds = sorted(per_step)[len(per_step) // 2]
+        starts = (0, *MILESTONES[:-1])
+        piece_hours = {m: ((m - start) * step_seconds + (end if m == MAX_STEPS else mid)) / 3600
+                       for start, m in zip(starts, MILESTONES, strict=True)}  # fmt: skip
+        hours = sum(piece_hours.values())
         total += hours * len(seeds)
+        left += sum(h for seed in seeds for m, h in piece_hours.items() if not Cell(row, seed).done(m))
         guess = "" if own else " (its step not measured yet: the measured rows' step time, a lower bound for MoDE)"
         lines.append(f"- {row.label}: {len(seeds)} seeds x {hours:.1f} h{guess}")
-    lines.append(f"- in all: {total:.0f} h of one thread")
+    lines.append(
+        f"- in all: {total:.0f} h of one thread, {left:.0f} h of it still to run (about {left / 2:.0f} h with "
+        "two runners side by side)"
+    )
     if not evals[True]:
         lines.append("- not included yet: the final evaluation (1,200 questions), unmeasured until a cell finishes")
     return lines

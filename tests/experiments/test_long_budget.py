@@ -199,6 +199,18 @@ def test_a_second_runner_takes_the_next_free_cell_and_never_the_same_one(long, m
     assert ran == [(first.key, 4)]
 
 
+def test_the_plan_counts_what_is_left_from_the_measured_times(long):
+    first = long.all_cells()[0]
+    for step in (2, 4):  # two of LoRA's three pieces finished, at an hour a step and no evaluation time
+        first.piece_dir(step).mkdir(parents=True)
+        (first.piece_dir(step) / "cell.json").write_text(json.dumps({"step_seconds": 3600, "eval_seconds": 0}))
+    lines = long.plan_lines()
+    assert lines[0] == "- 1. LoRA: 1 seeds x 6.0 h" and lines[1].startswith(
+        "- 2. LoRA + MoDE: 1 seeds x 6.0 h (its step"
+    )
+    assert "in all: 12 h of one thread, 8 h of it still to run (about 4 h with two runners" in lines[2]
+
+
 def test_the_cells_that_decide_come_first_then_the_paper_then_the_variant():
     long = _load("long_budget")
     assert [c.key.split("/", 1)[1] for c in long.all_cells()] == [
