@@ -358,11 +358,11 @@ def plan_lines() -> list[str]:
     total = left = 0.0
     mid = sum(evals[False]) / len(evals[False]) if evals[False] else 0.0
     end = sum(evals[True]) / len(evals[True]) if evals[True] else 0.0
+    starts = (0, *MILESTONES[:-1])  # each piece trains from the milestone before it
     for row, seeds in ROWS:
         own = [s for name, s in steps if name == row.name]
         per_step = own or [s for _, s in steps]
         step_seconds = sorted(per_step)[len(per_step) // 2]
-        starts = (0, *MILESTONES[:-1])
         piece_hours = {m: ((m - start) * step_seconds + (end if m == MAX_STEPS else mid)) / 3600
                        for start, m in zip(starts, MILESTONES, strict=True)}  # fmt: skip
         hours = sum(piece_hours.values())
