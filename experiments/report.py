@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from modetune.files import replace_marked_block
+from modetune.files import atomic_save_figure, replace_marked_block
 
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = Path(os.environ.get("MODETUNE_EXPERIMENTS_REPORT", HERE / "RESULTS.md"))
@@ -284,5 +284,5 @@ def _plot(track_name: str, rows, track) -> None:
     ax.set_ylabel(f"average accuracy, % ({name})")
     ax.set_title(f"{track_name}: SmolLM2-135M-Instruct (pooled 95% CI)")
     fig.tight_layout()
-    fig.savefig(FIGURES / f"results_{track_name}.png", dpi=110)
+    atomic_save_figure(fig, FIGURES / f"results_{track_name}.png", dpi=110)
     plt.close(fig)

@@ -73,7 +73,7 @@ from transformers import LlamaConfig
 from transformers import set_seed as hf_set_seed
 
 from modetune.errors import exit_status
-from modetune.files import replace_marked_block
+from modetune.files import atomic_save_figure, replace_marked_block
 from modetune.mom import MoMConfig, mom_forward_flops
 from modetune.mom.flops import matched_vanilla_layers
 from modetune.training import TrainingDivergedError
@@ -718,7 +718,7 @@ def figure(grid: Grid, by_arch: dict[str, list[dict[str, Any]]], path: Path) -> 
     fig.suptitle(f"MoM vs controls, corpus {', '.join(grid.corpus)} (mean over seeds, band: 95% t-interval)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

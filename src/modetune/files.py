@@ -5,6 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = False) -> Path:
@@ -18,6 +22,19 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = 
             handle.flush()
             os.fsync(handle.fileno())
     os.replace(tmp, path)
+    return path
+
+
+def atomic_save_figure(fig: Figure, path: str | os.PathLike[str], **savefig_kwargs: Any) -> Path:
+    """`fig.savefig` to a temporary file beside `path` (same suffix, so the format is the same) and rename it into
+    place: a report regenerated while another process reads it, or killed mid-write, never leaves half a PNG."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        fig.savefig(tmp, **savefig_kwargs)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

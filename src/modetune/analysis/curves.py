@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from modetune.files import atomic_save_figure
+
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The training-log records of a metrics.jsonl (a torn last line from a killed run is skipped)."""
@@ -57,6 +59,6 @@ def plot_training_curves(metrics_path: str | os.PathLike[str], out_path: str | o
         ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out_path)
-    fig.savefig(out, dpi=110)
+    atomic_save_figure(fig, out, dpi=110)
     plt.close(fig)
     return out

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from modetune.files import atomic_save_figure
+
 # one colour per late layer, earliest first; the final layer is always the last (grey) colour
 _PALETTE = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 _FINAL = "#7f7f7f"
@@ -157,7 +159,7 @@ def plot_lens(results: dict[str, dict[str, Any]], out_path: Path) -> Path:
             ax.set_ylim(-0.02, 1.02)
     axes[1].legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    atomic_save_figure(fig, out_path, dpi=100)
     plt.close(fig)
     return out_path
 
@@ -195,7 +197,7 @@ def plot_routing_heatmap(result: dict[str, Any], out_path: Path, max_tokens: int
     ax.set_title("router weight per late layer, for each predicted (labelled) token", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    atomic_save_figure(fig, out_path, dpi=100)
     plt.close(fig)
     return out_path
 
@@ -223,7 +225,7 @@ def plot_routing_by_class(result: dict[str, Any], out_path: Path) -> Path:
     ax.set(ylabel="mean router weight", ylim=(0, 1), title="routing by token class")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    atomic_save_figure(fig, out_path, dpi=100)
     plt.close(fig)
     return out_path
 
