@@ -2,6 +2,7 @@
 
     python experiments/long_budget.py                  # run every unfinished piece, in priority order
     python experiments/long_budget.py --only arithmetic/lora/s0
+    python experiments/long_budget.py --only arithmetic/base     # the untuned model's one evaluation
     python experiments/long_budget.py --max-pieces 1   # stop after one piece (a milestone of one cell)
     python experiments/long_budget.py                  # again, beside the first: it takes the next free cell
     python experiments/long_budget.py --plan           # cells x hours from the measured step and eval times
@@ -18,6 +19,10 @@ stay outside the repository (`$MODETUNE_EXPERIMENTS_WORK/long`). An interrupted 
 set it stopped in: the sets it finished stay in `step<N>.partial/` and are read back when their results name the
 same weights (sha256 of the checkpoint's *.safetensors).
 
+The untuned model is the reference every curve starts from: `arithmetic/base`, one piece (`step0/`) that scores
+the final milestone's 1,200 questions once (greedy decoding gives it the same answers whatever the seed), run
+first. LoRA's differences are taken against it, which says which test sets the budget lifts off the floor.
+
 What is equal across rows is fixed here, as in run.py: data, steps, batch, schedule, seeds, test sets,
 decoding. Rows differ only in their own flags (run.py's rows).
 """
@@ -25,6 +30,7 @@ decoding. Rows differ only in their own flags (run.py's rows).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -91,8 +97,9 @@ VARIANT = grid.Row(
     "lora_mode_labels", "2v. LoRA + MoDE, late layers trained on the labels (--distill labels)",
     [*grid.ROWS_BY_NAME["lora_mode"].flags, "--distill", "labels"], "lora", (0, 1), tracks=("arithmetic",),
 )  # fmt: skip
+UNTUNED_ROW = grid.ROWS_BY_NAME["base"]  # not trained: one evaluation, the reference of LoRA's row
 ROWS = [
-    (grid.ROWS_BY_NAME["lora"], (0, 1, 2)),
+    (dataclasses.replace(grid.ROWS_BY_NAME["lora"], baseline=UNTUNED_ROW.name), (0, 1, 2)),
     (grid.ROWS_BY_NAME["lora_mode"], (0, 1, 2)),
     (grid.ROWS_BY_NAME["paper"], (0, 1)),
     (VARIANT, (0, 1)),
@@ -107,11 +114,17 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return f"{TRACK.name}/{self.row.name}/s{self.seed}"
+        return f"{TRACK.name}/{self.row.name}" + (f"/s{self.seed}" if self.row.train else "")
 
     @property
     def result_dir(self) -> Path:
-        return RESULTS / TRACK.name / self.row.name / f"s{self.seed}"
+        """The untuned model's one piece serves every seed (`Cell(UNTUNED_ROW, seed)` for any seed)."""
+        return RESULTS / TRACK.name / self.row.name / (f"s{self.seed}" if self.row.train else "")
+
+    @property
+    def milestones(self) -> tuple[int, ...]:
+        """The steps it is evaluated at: the untuned model once, at step 0, on the final milestone's questions."""
+        return MILESTONES if self.row.train else (0,)
 
     @property
     def run_dir(self) -> Path:
@@ -126,22 +139,22 @@ class Cell:
         ]  # fmt: skip
 
     def piece_dir(self, step: int) -> Path:
-        return self.result_dir / f"step{step}"
+        return self.result_dir / f"step{step if self.row.train else 0}"
 
     def done(self, step: int) -> bool:
         return (self.piece_dir(step) / "cell.json").is_file()
 
 
 def all_cells() -> list[Cell]:
-    """Priority: the cells that decide the question first (LoRA and LoRA + MoDE seed by seed), then the
-    paper's configuration, then the variant (`LATER`)."""
+    """Priority: the untuned reference (one evaluation), the cells that decide the question (LoRA and LoRA +
+    MoDE seed by seed), then the paper's configuration, then the variant (`LATER`)."""
     cells = [Cell(row, seed) for row, seeds in ROWS for seed in seeds]
     order = [r.name for r, _ in ROWS]
 
     def group(name: str) -> int:
         return LATER.index(name) + 1 if name in LATER else 0
 
-    return sorted(cells, key=lambda c: (group(c.row.name), c.seed, order.index(c.row.name)))
+    return [Cell(UNTUNED_ROW, 0), *sorted(cells, key=lambda c: (group(c.row.name), c.seed, order.index(c.row.name)))]
 
 
 # -- training up to a milestone ---------------------------------------------------------------------------
@@ -226,13 +239,17 @@ def evaluate_piece(cell: Cell, step: int, log) -> dict[str, Any]:
     from modetune.evaluation import evaluate_model
     from modetune.evaluation.runner import GenerationSettings
     from modetune.evaluation.tasks import TaskSpec, get_task
+    from modetune.loading import load_model_and_tokenizer
     from modetune.runs import load_run
 
     torch.set_num_threads(int(grid._child_env()["OMP_NUM_THREADS"]))
-    weights = cell.run_dir if step == MAX_STEPS else _checkpoint(cell, step)
-    model_info = {"cell": cell.key, "step": step, "weights_sha256": weights_digest(weights)}
+    if cell.row.train:
+        weights = cell.run_dir if step == MAX_STEPS else _checkpoint(cell, step)
+        model_info = {"cell": cell.key, "step": step, "weights_sha256": weights_digest(weights)}
+    else:
+        model_info = {"cell": cell.key, "step": 0, "model": base_model()}
     model, tokenizer = None, None
-    final = step == MAX_STEPS
+    final = step == MAX_STEPS or not cell.row.train
     scores: dict[str, Any] = {}
     seconds = 0.0
     for test in TEST_SETS:
@@ -244,8 +261,10 @@ def evaluate_piece(cell: Cell, step: int, log) -> dict[str, Any]:
         if results is not None:
             log(f"[{cell.key}] step {step}: {test.name} already scored by an interrupted evaluation")
         else:
-            if model is None:
+            if model is None and cell.row.train:
                 model, tokenizer, _ = load_run(weights)
+            elif model is None:
+                model, tokenizer = load_model_and_tokenizer(base_model())
             if test.source is None:
                 spec, path = get_task(test.name), grid._shared(get_task(test.name).dirs[0], "test.json")
             else:
@@ -262,6 +281,11 @@ def evaluate_piece(cell: Cell, step: int, log) -> dict[str, Any]:
     return {"eval_seconds": round(seconds, 1), "scores": {"generate": scores}}
 
 
+def base_model() -> str:
+    """The model every row tunes (`--model` of `COMMON`): the untuned reference."""
+    return grid._flag_value(COMMON, "--model") or ""
+
+
 def _partial(cell: Cell, step: int) -> Path:
     return cell.piece_dir(step).with_name(f"step{step}.partial")
 
@@ -270,7 +294,7 @@ def run_piece(cell: Cell, step: int, log) -> None:
     """Train to the milestone, evaluate it, and move the finished piece into place in one rename. An interrupted
     piece keeps its partial directory: the test sets it scored and this segment's training statistics."""
     partial = _partial(cell, step)
-    train_stats = train_to(cell, step, log)
+    train_stats = train_to(cell, step, log) if cell.row.train else {}
     stats_file = partial / "train_stats.json"
     if train_stats:
         partial.mkdir(parents=True, exist_ok=True)
@@ -284,27 +308,37 @@ def run_piece(cell: Cell, step: int, log) -> None:
         "flags": cell.row.flags,
         "seed": cell.seed,
         "modetune_commit": grid._code_commit(),
-        "command": " ".join(cell.train_command()).replace(sys.executable, "python"),
-        "step_seconds": grid._median_step_seconds(cell.run_dir / "metrics.jsonl"),
-        **train_stats,
+        **_train_info(cell, step, train_stats),
     }
-    run_info = json.loads((cell.run_dir / "run.json").read_text())
-    info["trainable_parameters"] = run_info.get("trainable_parameters")
     info.update(evaluate_piece(cell, step, log))
     info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "cell.json").write_text(json.dumps(info, indent=2) + "\n")
-    # the training log up to this milestone travels with the results (a few kB): curves and router weights
-    metrics = [line for line in (cell.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    kept = [line for line in metrics if json.loads(line).get("step", 0) <= step]
-    (partial / "metrics.jsonl").write_text("\n".join(kept) + "\n")
+    if cell.row.train:  # the training log up to this milestone travels with the results (a few kB)
+        metrics = [line for line in (cell.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        kept = [line for line in metrics if json.loads(line).get("step", 0) <= step]
+        (partial / "metrics.jsonl").write_text("\n".join(kept) + "\n")
     stats_file.unlink(missing_ok=True)  # recorded in cell.json
     grid.store_results(partial)  # predictions gzipped, no machine paths (run.py)
     if cell.piece_dir(step).exists():
         shutil.rmtree(cell.piece_dir(step))
     os.replace(partial, cell.piece_dir(step))
-    _prune(cell, step)
+    if cell.row.train:
+        _prune(cell, step)
     log(f"[{cell.key}] step {step} done")
+
+
+def _train_info(cell: Cell, step: int, train_stats: dict[str, Any]) -> dict[str, Any]:
+    """A piece's training command, median step time and trainable parameters (the untuned model: its name)."""
+    if not cell.row.train:
+        return {"model": base_model(), "command": f"python experiments/long_budget.py --only {cell.key}"}
+    run_info = json.loads((cell.run_dir / "run.json").read_text())
+    return {
+        "command": " ".join(cell.train_command()).replace(sys.executable, "python"),
+        "step_seconds": grid._median_step_seconds(cell.run_dir / "metrics.jsonl"),
+        **train_stats,
+        "trainable_parameters": run_info.get("trainable_parameters"),
+    }
 
 
 def _prune(cell: Cell, evaluated: int) -> None:
@@ -329,7 +363,7 @@ def inspect_cells(cells: list[Cell], log) -> None:
     inspected yet, on the grid's inspection data (the same 40 held-out level-3 problems as its 100-step runs, so
     the two budgets read side by side). Tables and plots land in experiments/why/long/<track>/<row>/s<seed>/."""
     for cell in cells:
-        if grid._flag_value(cell.row.flags, "--num-layers") == "1" or not cell.done(MAX_STEPS):
+        if not cell.row.train or grid._flag_value(cell.row.flags, "--num-layers") == "1" or not cell.done(MAX_STEPS):
             continue
         if (why_dir(cell) / "router_probe.md").is_file():
             continue
@@ -345,13 +379,13 @@ def plan_lines() -> list[str]:
     """Cells x hours from the finished pieces' measured step and evaluation times (or say none is measured)."""
     steps, evals = [], {False: [], True: []}
     for cell in all_cells():
-        for step in MILESTONES:
+        for step in cell.milestones:
             path = cell.piece_dir(step) / "cell.json"
             if path.is_file():
                 info = json.loads(path.read_text())
                 if info.get("step_seconds"):
                     steps.append((cell.row.name, info["step_seconds"]))
-                evals[step == MAX_STEPS].append(info["eval_seconds"])
+                evals[step == MAX_STEPS or not cell.row.train].append(info["eval_seconds"])  # 1,200 questions
     if not steps:
         return ["No piece has finished yet: nothing measured."]
     lines = []
@@ -370,6 +404,10 @@ def plan_lines() -> list[str]:
         left += sum(h for seed in seeds for m, h in piece_hours.items() if not Cell(row, seed).done(m))
         guess = "" if own else " (its step not measured yet: the measured rows' step time, a lower bound for MoDE)"
         lines.append(f"- {row.label}: {len(seeds)} seeds x {hours:.1f} h{guess}")
+    untuned = Cell(UNTUNED_ROW, 0)
+    total += end / 3600
+    left += 0.0 if untuned.done(0) else end / 3600
+    lines.append(f"- {UNTUNED_ROW.label}: one evaluation of the final milestone's questions, {end / 3600:.1f} h")
     lines.append(
         f"- in all: {total:.0f} h of one thread, {left:.0f} h of it still to run (about {left / 2:.0f} h with "
         "two runners side by side)"
@@ -390,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cells = grid.select_cells(all_cells(), args.only, parser)
     if args.commands:
-        for c in cells:
+        for c in [c for c in cells if c.row.train]:
             print(f"# {c.key}\n{' '.join(c.train_command()).replace(sys.executable, 'python')}")
         return 0
     if args.plan:
@@ -404,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         inspect_cells(cells, log)
         return 0
 
-    todo = [] if args.report else [c for c in cells if not all(c.done(step) for step in MILESTONES)]
+    todo = [] if args.report else [c for c in cells if not all(c.done(step) for step in c.milestones)]
     if todo:
         grid.require_shared_data()
     run_cells(todo, args.max_pieces, log)
@@ -422,7 +460,7 @@ def run_cells(cells: list[Cell], max_pieces: int, log) -> int:
         if claim is None:
             continue
         try:
-            for step in MILESTONES:
+            for step in cell.milestones:
                 if max_pieces and ran >= max_pieces:
                     return ran
                 if not cell.done(step):  # read under the claim: another runner may have finished it

@@ -17,10 +17,15 @@ make any difference look detectable). The baseline's accuracy is given on the se
 A learning-curve figure (accuracy on the 150 shared questions against steps, a thin line per seed and the mean
 per row) and a forest plot (Δ with its seeds x questions CI per row, family and milestone) go to
 experiments/figures/.
+
+The untuned model (one evaluation of the final questions, `long_budget.py`'s `arithmetic/base`) is a row of every
+accuracy table (at the intermediate milestones on their questions only), LoRA's baseline, and a dashed line in
+the learning-curve figure: LoRA − untuned per set says which sets the budget lifts off the floor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from dataclasses import dataclass
@@ -81,8 +86,8 @@ def _load_output(directory: Path) -> EvalOutput:
 
 def shared_questions(cells, milestones) -> dict[str, set[str]]:
     """task -> the questions scored at every milestone (by the first milestone's finished piece: every cell and
-    every milestone select the same nested, seeded subsets)."""
-    for cell in cells:
+    every milestone select the same nested, seeded subsets; the untuned model scores all of them)."""
+    for cell in [c for c in cells if c.row.train]:
         out = _output(cell, milestones[0])
         if out is not None:
             shared: dict[str, set[str]] = {}
@@ -113,12 +118,16 @@ _PAIRED: dict[tuple[Any, ...], dict[str, Any] | None] = {}
 
 def _paired(cells_a, cells_b, step: int, family: Family, shared: dict[str, set[str]]) -> dict[str, Any] | None:
     by_seed = {c.seed: c for c in cells_b if _info(c, step)}
+    if cells_a and not cells_a[0].row.train:  # the untuned model: one evaluation, the same answers for every seed
+        cells_a = [dataclasses.replace(cells_a[0], seed=seed) for seed in sorted(by_seed)]
     pairs = []
     for a in cells_a:
         out_a = _output(a, step) if a.seed in by_seed else None
         if out_a is None:
             continue
         kept = (_filtered(out_a, family, shared), _filtered(_output(by_seed[a.seed], step), family, shared))
+        if not a.row.train:  # stands in for each seed: a path per seed, so that pooling counts it once per pair
+            kept = (EvalOutput(kept[0].path / f"as-seed-{a.seed}", kept[0].results, kept[0].predictions), kept[1])
         if kept[0].predictions and kept[1].predictions:
             pairs.append(kept)
     if not pairs:
@@ -166,15 +175,17 @@ def _delta_text(s: dict[str, Any]) -> str:
     return f"{_pts(s['diff'])} [{_pts(low)}, {_pts(high)}], {grid_report._p_text(s['p_value'])}"
 
 
-def _accuracy_lines(step: int, rows, by_row) -> tuple[list[str], list[str]]:
-    """(the accuracy table of one milestone, its tasks)."""
+def _accuracy_lines(step: int, rows, by_row, shared, final: bool) -> tuple[list[str], list[str]]:
+    """(the accuracy table of one milestone, its tasks). The untuned model's row: before the final milestone,
+    on that milestone's questions only."""
     answers_by_row = {}
     for row, _ in rows:
         answers: dict[str, list[tuple[str, bool]]] = {}
         for cell in by_row.get(row.name, []):
             out = _output(cell, step)
             for r in out.predictions if out else []:
-                answers.setdefault(r["task"], []).append((_question(r), bool(r["correct"])))
+                if row.train or final or FAMILIES[0].keeps(r, shared):
+                    answers.setdefault(r["task"], []).append((_question(r), bool(r["correct"])))
         if answers:
             answers_by_row[row.name] = answers
     tasks = list(dict.fromkeys(t for answers in answers_by_row.values() for t in answers))
@@ -193,7 +204,7 @@ def _accuracy_lines(step: int, rows, by_row) -> tuple[list[str], list[str]]:
             acc, lo, hi = grid_report._accuracy(answers[task])
             n = len({q for q, _ in answers[task]})
             texts.append(f"{grid_report._pct(acc)} [{grid_report._pct(lo)}, {grid_report._pct(hi)}] ({n})")
-        seeds = ",".join(str(c.seed) for c in by_row[row.name] if _info(c, step))
+        seeds = ",".join(str(c.seed) for c in by_row[row.name] if _info(c, step)) if row.train else "–"
         lines.append(f"| {row.label} | {seeds} | " + " | ".join(texts) + " |")
     lines += ["", "Accuracy in % [95% CI] (questions per set), pooled over the row's finished seeds.", ""]
     return lines, tasks
@@ -257,18 +268,19 @@ def _per_set_lines(step: int, rows, by_row, tasks: list[str]) -> list[str]:
 
 
 def write_report(cells) -> None:
-    from long_budget import MILESTONES, ROWS, plan_lines
+    from long_budget import MILESTONES, ROWS, UNTUNED_ROW, plan_lines
 
-    rows = [(row, seeds) for row, seeds in ROWS]
+    rows = [(UNTUNED_ROW, (0,)), *ROWS]
     by_row: dict[str, list] = {}
     for cell in cells:
         by_row.setdefault(cell.row.name, []).append(cell)
     shared = shared_questions(cells, MILESTONES)
-    done = sum(1 for c in cells for s in MILESTONES if _info(c, s))
-    lines = [BEGIN, "", f"Pieces finished: {done} of {len(cells) * len(MILESTONES)} (cell × milestone).", ""]
+    done = sum(1 for c in cells for s in c.milestones if _info(c, s))
+    total = sum(len(c.milestones) for c in cells)
+    lines = [BEGIN, "", f"Pieces finished: {done} of {total} (cell × milestone; the untuned model: one).", ""]
     lines += ["Measured cost so far (median step time × 1,000 steps + evaluations, one thread):", "", *plan_lines(), ""]
     for step in MILESTONES:
-        accuracy, tasks = _accuracy_lines(step, rows, by_row)
+        accuracy, tasks = _accuracy_lines(step, rows, by_row, shared, final=step == MILESTONES[-1])
         lines += accuracy
         if accuracy:
             lines += _delta_lines(step, rows, by_row, shared)
@@ -306,6 +318,11 @@ def _plot_curves(rows, by_row, milestones, shared) -> None:
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
     for row, _ in rows:
         cells = by_row.get(row.name, [])
+        if not row.train:
+            untuned = _shared_accuracy(cells[0], 0, shared) if cells else None
+            if untuned is not None:
+                ax.axhline(100 * untuned, color="grey", linestyle="--", linewidth=1, label="untuned model")
+            continue
         per_seed = {c.seed: [(s, v) for s in milestones if (v := _shared_accuracy(c, s, shared)) is not None]
                     for c in cells}  # fmt: skip
         means = []
@@ -342,8 +359,8 @@ def _plot_forest(rows, by_row, milestones, shared) -> None:
 
     entries = []
     for row, _ in rows:
-        if row.baseline not in by_row:
-            continue
+        if row.baseline not in by_row or not by_row[row.baseline][0].row.train:
+            continue  # against the untuned model, tens of points: in the tables, not on this axis
         for step in milestones:
             for family, comparison in family_comparisons(row, by_row, step, shared):
                 if comparison:

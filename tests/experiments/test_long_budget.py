@@ -31,17 +31,28 @@ def long(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(long, "TRACK", run.Track("arithmetic", ["synthetic:16:1"], [], (), 4, (), 0, 6))
     lora = ["--peft", "lora", "--lora-r", "2", "--target-modules", "q_proj,v_proj"]
     rows = [
-        (run.Row("lora", "1. LoRA", [*lora, "--num-layers", "1"], None), (0,)),
+        (run.Row("lora", "1. LoRA", [*lora, "--num-layers", "1"], "base"), (0,)),
         (run.Row("lora_mode", "2. LoRA + MoDE", [*lora, "--num-layers", "2"], "lora"), (0,)),
     ]
     monkeypatch.setattr(long, "ROWS", rows)
     return long
 
 
+def _trained(long) -> list:
+    return [c for c in long.all_cells() if c.row.train]
+
+
 def test_pieces_stop_at_milestones_evaluate_them_and_resume(long, tmp_path, monkeypatch):
     cells = long.all_cells()
-    assert [c.key for c in cells] == ["arithmetic/lora/s0", "arithmetic/lora_mode/s0"]
-    first = cells[0]
+    assert [c.key for c in cells] == ["arithmetic/base", "arithmetic/lora/s0", "arithmetic/lora_mode/s0"]
+    untuned, first = cells[0], cells[1]
+
+    # first the untuned model: one evaluation, of the final milestone's questions, nothing trained
+    assert long.main(["--max-pieces", "1"]) == 0
+    info = json.loads((untuned.piece_dir(0) / "cell.json").read_text())
+    assert info["step"] == 0 and info["scores"]["generate"]["synthetic_l1"]["n"] == 5
+    assert info["model"] == long.base_model() and "step_seconds" not in info
+    assert untuned.done(6) and not untuned.run_dir.exists() and not first.piece_dir(2).exists()
 
     # one piece: the training stops at the milestone (no model beyond it is evaluated) and is not complete
     assert long.main(["--max-pieces", "1"]) == 0
@@ -60,7 +71,14 @@ def test_pieces_stop_at_milestones_evaluate_them_and_resume(long, tmp_path, monk
     final = json.loads((first.piece_dir(6) / "cell.json").read_text())
     assert final["scores"]["generate"]["synthetic_l1"]["n"] == 5
     report = (tmp_path / "RESULTS.md").read_text()
-    assert "Pieces finished: 6 of 6" in report and "#### Step 4" in report and "| lora | generator, 150 |" in report
+    assert "Pieces finished: 7 of 7" in report and "#### Step 4" in report and "| lora | generator, 150 |" in report
+    # the untuned model: a row of each milestone's table (on its questions: 3 before the final, 5 there) and
+    # LoRA's baseline, paired with each LoRA seed
+    for step, questions in ((4, 3), (6, 5)):
+        section = report.split(f"#### Step {step}")[1].split("####")[0]
+        untuned_line = next(line for line in section.splitlines() if line.startswith("| 0. untuned base model | – |"))
+        assert untuned_line.endswith(f"({questions}) |")
+    assert "| 1. LoRA | base | generator, 150 | 1 |" in report
     assert (tmp_path / "figures" / "long_curves.png").is_file() and (tmp_path / "figures" / "long_forest.png").is_file()
 
     # finished pieces are skipped
@@ -95,7 +113,9 @@ def _fake_piece(cell, step: int, answers: dict[str, list[bool]]) -> None:
 def test_report_compares_like_with_like_over_seeds_and_milestones(long, tmp_path, monkeypatch):
     lora, mode = (row for row, _ in long.ROWS)
     monkeypatch.setattr(long, "ROWS", [(lora, (0, 1)), (mode, (0, 1))])
-    cells = {(c.row.name, c.seed): c for c in long.all_cells()}
+    cells = {(c.row.name, c.seed): c for c in _trained(long)}
+    untuned = long.all_cells()[0]  # wrong on every question; one evaluation stands in for both seeds
+    _fake_piece(untuned, 0, {"synthetic_l1": [False] * 5, "gsm8k": [False, False]})
     for (row, seed), cell in cells.items():
         gain = row == "lora_mode"
         for step in (2, 4):  # the 3 shared questions: MoDE gains one of them in seed 0, none in seed 1
@@ -113,6 +133,9 @@ def test_report_compares_like_with_like_over_seeds_and_milestones(long, tmp_path
     adapters = [r for r in rows if "| LLM-Adapters |" in r]
     assert len(adapters) == 1 and "| +0.0 [" in adapters[0] and adapters[0].endswith("| n/a |")  # never disagree
     assert (tmp_path / "figures" / "long_curves.png").is_file() and (tmp_path / "figures" / "long_forest.png").is_file()
+    against_untuned = [line for line in text.splitlines() if line.startswith("| 1. LoRA | base | generator, 150 |")]
+    assert len(against_untuned) == 3 and all("| 2 | 0.0 | +33.3 [" in r and "s0 +33.3, s1 +33.3" in r
+                                              for r in against_untuned)  # fmt: skip
 
 
 def test_an_only_that_matches_no_cell_is_refused_with_the_valid_keys(long, capsys):
@@ -132,7 +155,7 @@ def test_an_interrupted_evaluation_resumes_at_the_test_set_it_stopped_in(long, m
 
     monkeypatch.setattr(long, "TEST_SETS", (long.TestSet("synthetic_l1", "synthetic:1", 3, 5),
                                             long.TestSet("synthetic_l2", "synthetic:2", 3, 5)))  # fmt: skip
-    cell = long.all_cells()[0]
+    cell = _trained(long)[0]
     real, scored = modetune.evaluation.evaluate_model, []
 
     def killed_in_the_second_set(*args, **kwargs):
@@ -172,7 +195,7 @@ def test_an_interrupted_evaluation_resumes_at_the_test_set_it_stopped_in(long, m
 
 
 def test_a_second_runner_takes_the_next_free_cell_and_never_the_same_one(long, monkeypatch):
-    first, second = long.all_cells()
+    first, second = _trained(long)
     ran = []
 
     def piece(cell, step, log):  # what run_piece leaves behind, without the training
@@ -200,7 +223,7 @@ def test_a_second_runner_takes_the_next_free_cell_and_never_the_same_one(long, m
 
 
 def test_the_plan_counts_what_is_left_from_the_measured_times(long):
-    first = long.all_cells()[0]
+    first = _trained(long)[0]
     for step in (2, 4):  # two of LoRA's three pieces finished, at an hour a step and no evaluation time
         first.piece_dir(step).mkdir(parents=True)
         (first.piece_dir(step) / "cell.json").write_text(json.dumps({"step_seconds": 3600, "eval_seconds": 0}))
@@ -208,13 +231,14 @@ def test_the_plan_counts_what_is_left_from_the_measured_times(long):
     assert lines[0] == "- 1. LoRA: 1 seeds x 6.0 h" and lines[1].startswith(
         "- 2. LoRA + MoDE: 1 seeds x 6.0 h (its step"
     )
-    assert "in all: 12 h of one thread, 8 h of it still to run (about 4 h with two runners" in lines[2]
+    assert lines[2].startswith("- 0. untuned base model: one evaluation")
+    assert "in all: 12 h of one thread, 8 h of it still to run (about 4 h with two runners" in lines[3]
 
 
 def test_the_cells_that_decide_come_first_then_the_paper_then_the_variant():
     long = _load("long_budget")
     assert [c.key.split("/", 1)[1] for c in long.all_cells()] == [
-        "lora/s0", "lora_mode/s0", "lora/s1", "lora_mode/s1", "lora/s2", "lora_mode/s2",
+        "base", "lora/s0", "lora_mode/s0", "lora/s1", "lora_mode/s1", "lora/s2", "lora_mode/s2",
         "paper/s0", "paper/s1", "lora_mode_labels/s0", "lora_mode_labels/s1",
     ]  # fmt: skip
     variant = long.VARIANT.flags
