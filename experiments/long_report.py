@@ -126,13 +126,11 @@ def _paired(cells_a, cells_b, step: int, family: Family, shared: dict[str, set[s
         if out_a is None:
             continue
         kept = (_filtered(out_a, family, shared), _filtered(_output(by_seed[a.seed], step), family, shared))
-        if not a.row.train:  # stands in for each seed: a path per seed, so that pooling counts it once per pair
-            kept = (EvalOutput(kept[0].path / f"as-seed-{a.seed}", kept[0].results, kept[0].predictions), kept[1])
         if kept[0].predictions and kept[1].predictions:
             pairs.append(kept)
     if not pairs:
         return None
-    summary = compare_pooled(pairs)
+    summary = compare_pooled(pairs, shared_a=not cells_a[0].row.train)
     summary["seeds"] = [a.seed for a in cells_a if a.seed in by_seed and _info(a, step)]
     return summary
 

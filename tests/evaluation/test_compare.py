@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from modetune.errors import DataError, ModetuneError
-from modetune.evaluation.compare import compare_runs, render_comparison
+from modetune.evaluation.compare import compare_pooled, compare_runs, load_eval_output, render_comparison
 from modetune.evaluation.stats import mcnemar_exact, sign_flip_exact
 
 
@@ -166,9 +166,22 @@ def test_pooling_refuses_a_repeated_pair_and_a_pair_sharing_nothing(tmp_path):
     b = write_output(tmp_path / "B", rows("gsm8k", [True, True]))
     with pytest.raises(ModetuneError, match="given twice"):
         compare_runs(a, b, pool=[(a, b)])
+    with pytest.raises(ModetuneError, match="given twice"):  # a shared A still needs B's runs to differ
+        compare_pooled([(load_eval_output(a), load_eval_output(b))] * 2, shared_a=True)
     other = write_output(tmp_path / "C", rows("boolq", [True]))
     with pytest.raises(ModetuneError, match="share no evaluated question"):
         compare_runs(a, b, pool=[(write_output(tmp_path / "A1", rows("gsm8k", [True])), other)])
+
+
+def test_one_evaluation_of_a_can_stand_in_for_every_pair_when_asked(tmp_path):
+    """The untuned model against two seeds of a tuned one: A is evaluated once, each seed's B pairs with it."""
+    a = load_eval_output(write_output(tmp_path / "A", rows("gsm8k", [False, False, True])))
+    seeds = [load_eval_output(write_output(tmp_path / f"B{s}", rows("gsm8k", [True, s == 0, True]))) for s in (0, 1)]
+    pooled = compare_pooled([(a, b) for b in seeds], n_resamples=200, shared_a=True)
+    assert pooled["pairs"] == 2 and pooled["pooled"]["n_paired"] == 6
+    assert pooled["pooled"]["diff"] == pytest.approx(3 / 6) and pooled["pooled"]["diff_per_pair"] == pytest.approx(
+        [2 / 3, 1 / 3]
+    )
 
 
 def test_malformed_results_and_predictions_are_data_errors(tmp_path):

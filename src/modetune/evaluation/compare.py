@@ -148,17 +148,19 @@ def compare_outputs(a: EvalOutput, b: EvalOutput, *, n_resamples: int = 10000, s
 
 
 def compare_pooled(
-    pairs: Sequence[tuple[EvalOutput, EvalOutput]], *, n_resamples: int = 10000, seed: int = 0
+    pairs: Sequence[tuple[EvalOutput, EvalOutput]], *, n_resamples: int = 10000, seed: int = 0, shared_a: bool = False
 ) -> dict[str, Any]:
     """Per-task comparison (B - A) of one or more pairs of evaluation outputs, e.g. one pair per seed.
 
     A question pairs only within its own pair. With several pairs the same question recurs, so the unit
     of the test and of the bootstrap is the question (`sign_flip_exact`, clustered `paired_bootstrap`);
-    with one pair both reduce to exact McNemar and the plain paired bootstrap.
+    with one pair both reduce to exact McNemar and the plain paired bootstrap. `shared_a`: one evaluation of A
+    stands in for every pair (a model that no seed changes, e.g. the untuned one under greedy decoding); B's
+    outputs must still be different runs.
     """
     if not pairs:
         raise ValueError("compare_pooled needs at least one pair")
-    for side in (0, 1):
+    for side in (1,) if shared_a else (0, 1):
         seen: set[Path] = set()
         for pair in pairs:
             path = pair[side].path.resolve()
