@@ -144,6 +144,10 @@ class Cell:
     def done(self, step: int) -> bool:
         return (self.piece_dir(step) / "cell.json").is_file()
 
+    def scores_final_questions(self, step: int) -> bool:
+        """Whether its piece at `step` scores the final milestone's 1,200 questions (the untuned model's one does)."""
+        return step == MAX_STEPS or not self.row.train
+
 
 def all_cells() -> list[Cell]:
     """Priority: the untuned reference (one evaluation), the cells that decide the question (LoRA and LoRA +
@@ -249,7 +253,7 @@ def evaluate_piece(cell: Cell, step: int, log) -> dict[str, Any]:
     else:
         model_info = {"cell": cell.key, "step": 0, "model": base_model()}
     model, tokenizer = None, None
-    final = step == MAX_STEPS or not cell.row.train
+    final = cell.scores_final_questions(step)
     scores: dict[str, Any] = {}
     seconds = 0.0
     for test in TEST_SETS:
@@ -385,7 +389,7 @@ def plan_lines() -> list[str]:
                 info = json.loads(path.read_text())
                 if info.get("step_seconds"):
                     steps.append((cell.row.name, info["step_seconds"]))
-                evals[step == MAX_STEPS or not cell.row.train].append(info["eval_seconds"])  # 1,200 questions
+                evals[cell.scores_final_questions(step)].append(info["eval_seconds"])
     if not steps:
         return ["No piece has finished yet: nothing measured."]
     lines = []
