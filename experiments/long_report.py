@@ -307,6 +307,17 @@ def _shared_accuracy(cell, step: int, shared: dict[str, set[str]]) -> float | No
     return sum(bool(r["correct"]) for r in rows) / len(rows) if rows else None
 
 
+def means_over_seeds(per_seed: dict[int, list[tuple[int, float]]], milestones) -> list[tuple[int, float, int]]:
+    """(step, mean accuracy in %, how many seeds it is over) per milestone any seed reached: a curve's points,
+    whose seed counts differ while seeds finish milestone by milestone."""
+    means = []
+    for step in milestones:
+        values = [v for points in per_seed.values() for s, v in points if s == step]
+        if values:
+            means.append((step, 100 * sum(values) / len(values), len(values)))
+    return means
+
+
 def _plot_curves(rows, by_row, milestones, shared) -> None:
     import matplotlib
 
@@ -314,6 +325,7 @@ def _plot_curves(rows, by_row, milestones, shared) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    counts = []  # (step, mean, seeds it is over, colour): seeds finish milestone by milestone
     for row, _ in rows:
         cells = by_row.get(row.name, [])
         if not row.train:
@@ -323,25 +335,26 @@ def _plot_curves(rows, by_row, milestones, shared) -> None:
             continue
         per_seed = {c.seed: [(s, v) for s in milestones if (v := _shared_accuracy(c, s, shared)) is not None]
                     for c in cells}  # fmt: skip
-        means = []
-        for step in milestones:
-            values = [v for points in per_seed.values() for s, v in points if s == step]
-            if values:
-                means.append((step, 100 * sum(values) / len(values), len(values)))
+        means = means_over_seeds(per_seed, milestones)
         if not means:
             continue
         label = f"{row.label.split('. ', 1)[-1][:36]} (seeds {', '.join(str(s) for s in per_seed if per_seed[s])})"
         line = ax.plot([m[0] for m in means], [m[1] for m in means], marker="o", label=label)[0]
+        counts += [(step, mean, n, line.get_color()) for step, mean, n in means]
         for points in per_seed.values():
             if len(per_seed) > 1 and points:
                 ax.plot([s for s, _ in points], [100 * v for _, v in points], color=line.get_color(), alpha=0.35,
                         linewidth=0.8)  # fmt: skip
+    for step, mean, n, color in counts:  # the top mean's count above its point, the others' below theirs
+        top = mean >= max(m for s, m, _, _ in counts if s == step)
+        ax.annotate(str(n), (step, mean), textcoords="offset points", xytext=(5, 5 if top else -11), fontsize=7,
+                    color=color)  # fmt: skip
     ax.set_xlim(0, max(milestones) * 1.05)
     ax.set_ylim(0, 100)
     ax.set_xticks([0, *milestones])
     ax.set_xlabel("training step (batch 8)")
     ax.set_ylabel("accuracy, % (150 shared problems)")
-    ax.set_title("At 10x the budget: mean over seeds (thin lines: each seed)", fontsize=9)
+    ax.set_title("At 10x the budget: mean over seeds (small numbers: how many; thin lines: each seed)", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     grid_report.FIGURES.mkdir(exist_ok=True)

@@ -243,3 +243,9 @@ def test_the_cells_that_decide_come_first_then_the_paper_then_the_variant():
     ]  # fmt: skip
     variant = long.VARIANT.flags
     assert variant[variant.index("--distill") + 1] == "labels" and "--num-layers" in variant
+
+
+def test_each_curve_point_says_how_many_seeds_its_mean_is_over():
+    report = _load("long_report")
+    per_seed = {0: [(250, 0.4), (500, 0.5)], 1: [(250, 0.6)], 2: []}  # seed 1 has reached step 250 only
+    assert report.means_over_seeds(per_seed, (250, 500, 1000)) == [(250, 50.0, 2), (500, 50.0, 1)]
