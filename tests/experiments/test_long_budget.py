@@ -249,3 +249,11 @@ def test_each_curve_point_says_how_many_seeds_its_mean_is_over():
     report = _load("long_report")
     per_seed = {0: [(250, 0.4), (500, 0.5)], 1: [(250, 0.6)], 2: []}  # seed 1 has reached step 250 only
     assert report.means_over_seeds(per_seed, (250, 500, 1000)) == [(250, 50.0, 2), (500, 50.0, 1)]
+
+
+def test_figure_labels_drop_number_and_flags_but_never_cut_a_word():
+    long, report = _load("long_budget"), _load("long_report")
+    labels = {row.name: report._short_label(row) for row, _ in long.ROWS}
+    assert labels["paper"] == "LoRA + MoDE, the paper's configuration"
+    assert labels["lora_mode_labels"] == "LoRA + MoDE, late layers trained on the labels"
+    assert labels["lora"] == "LoRA (r=32, q,k,v,up,down)"  # a parenthesis that is not flags stays
