@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -339,7 +338,7 @@ def _plot_curves(rows, by_row, milestones, shared) -> None:
         means = means_over_seeds(per_seed, milestones)
         if not means:
             continue
-        label = f"{_short_label(row)} (seeds {', '.join(str(s) for s in per_seed if per_seed[s])})"
+        label = f"{grid_report.short_label(row)} (seeds {', '.join(str(s) for s in per_seed if per_seed[s])})"
         line = ax.plot([m[0] for m in means], [m[1] for m in means], marker="o", label=label)[0]
         counts += [(step, mean, n, line.get_color()) for step, mean, n in means]
         for points in per_seed.values():
@@ -363,11 +362,6 @@ def _plot_curves(rows, by_row, milestones, shared) -> None:
     plt.close(fig)
 
 
-def _short_label(row) -> str:
-    """A figure's label for a row: its label without the number and the flags (cut, not truncated mid-word)."""
-    return re.sub(r" \(--[^)]*\)$", "", row.label.split(". ", 1)[-1])
-
-
 def _plot_forest(rows, by_row, milestones, shared) -> None:
     import matplotlib
 
@@ -383,7 +377,7 @@ def _plot_forest(rows, by_row, milestones, shared) -> None:
                 if comparison:
                     s = comparison["pooled"]
                     low, high = s.get("seed_question_ci95") or s["diff_ci95"]
-                    label = (f"{_short_label(row)} − {row.baseline}, {family.name}, step {step} "
+                    label = (f"{grid_report.short_label(row)} − {row.baseline}, {family.name}, step {step} "
                              f"({len(comparison['seeds'])} seed{'s' if len(comparison['seeds']) > 1 else ''})")  # fmt: skip
                     entries.append((label, 100 * s["diff"], 100 * low, 100 * high))
     if not entries:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import textwrap
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -255,6 +257,11 @@ def write_report(cells) -> None:
     replace_marked_block(RESULTS_MD, BEGIN, END, "\n".join(lines), heading="# Results\n\n")
 
 
+def short_label(row) -> str:
+    """A figure's label for a row: its label without the number and the flags (cut, not truncated mid-word)."""
+    return re.sub(r" \(--[^)]*\)$", "", row.label.split(". ", 1)[-1])
+
+
 def _plot(track_name: str, rows, track) -> None:
     import matplotlib
 
@@ -272,7 +279,7 @@ def _plot(track_name: str, rows, track) -> None:
         everything = [(f"{task}:{q}", c) for task, answers in pooled.items() for q, c in answers]
         _, lo, hi = _accuracy(everything)  # the CI of all answers together, placed around the mean of the sets
         mean = sum(accs) / len(accs)
-        labels.append(cs[0].row.label.split(". ", 1)[-1][:28])
+        labels.append(textwrap.fill(short_label(cs[0].row), 22))
         means.append(100 * mean)
         errs.append([100 * max(0.0, mean - lo), 100 * max(0.0, hi - mean)])
     if not labels:
@@ -280,7 +287,7 @@ def _plot(track_name: str, rows, track) -> None:
     FIGURES.mkdir(exist_ok=True)
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(labels), 3.4))
     ax.bar(range(len(labels)), means, yerr=list(zip(*errs, strict=True)), capsize=4, color="#4c72b0")
-    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
     ax.set_ylabel(f"average accuracy, % ({name})")
     ax.set_title(f"{track_name}: SmolLM2-135M-Instruct (pooled 95% CI)")
     fig.tight_layout()

@@ -252,8 +252,8 @@ def test_each_curve_point_says_how_many_seeds_its_mean_is_over():
 
 
 def test_figure_labels_drop_number_and_flags_but_never_cut_a_word():
-    long, report = _load("long_budget"), _load("long_report")
-    labels = {row.name: report._short_label(row) for row, _ in long.ROWS}
+    long, report = _load("long_budget"), _load("report")
+    labels = {row.name: report.short_label(row) for row, _ in long.ROWS}
     assert labels["paper"] == "LoRA + MoDE, the paper's configuration"
     assert labels["lora_mode_labels"] == "LoRA + MoDE, late layers trained on the labels"
     assert labels["lora"] == "LoRA (r=32, q,k,v,up,down)"  # a parenthesis that is not flags stays
