@@ -104,6 +104,9 @@ ROWS = [
     (grid.ROWS_BY_NAME["paper"], (0, 1)),
     (VARIANT, (0, 1)),
 ]
+# The variant changes one thing of row 2 (the late layers' target), so its difference from row 2 is that change's own
+# effect; its difference from LoRA (its baseline) is the reader's question, as for the other rows.
+ALSO_AGAINST = {VARIANT.name: "lora_mode"}
 LATER = ("paper", VARIANT.name)  # after the rows that decide the question, in this order
 
 

@@ -1,8 +1,8 @@
 """Regenerate experiments/RESULTS.md's "At 10x the budget" section and its figures from long_budget.py's pieces.
 
 Per milestone (steps 250, 500, 1,000): accuracy per test set pooled over the finished seeds, then each row's
-paired difference to its baseline on the same questions and seeds, per *family* of test sets so that a trend over
-milestones compares like with like:
+paired difference to its baseline (and to any row `long_budget.ALSO_AGAINST` names for it) on the same
+questions and seeds, per *family* of test sets so that a trend over milestones compares like with like:
 
 * `generator, 150`: the 50 generator problems per level that every milestone scores (the final evaluation's 200
   per level contain them), the same questions at steps 250, 500 and 1,000;
@@ -135,12 +135,18 @@ def _paired(cells_a, cells_b, step: int, family: Family, shared: dict[str, set[s
     return summary
 
 
-def family_comparisons(row, by_row, step: int, shared) -> list[tuple[Family, dict[str, Any]]]:
-    """(family, its comparison) of one row against its baseline at one milestone; `generator, 600` only where it
-    holds more than the shared 150 (before the final evaluation every generator question is a shared one)."""
+def pairs_compared(rows, also_against: dict[str, str]) -> list[tuple[Any, str]]:
+    """(row, the name of a row it is compared with): each row against its baseline, then against any row
+    `also_against` names for it."""
+    return [(row, b) for row, _ in rows for b in (row.baseline, also_against.get(row.name)) if b]
+
+
+def family_comparisons(row, baseline: str, by_row, step: int, shared) -> list[tuple[Family, dict[str, Any]]]:
+    """(family, its comparison) of one row against another (`baseline`) at one milestone; `generator, 600` only
+    where it holds more than the shared 150 (before the final evaluation every generator question is a shared one)."""
     out: list[tuple[Family, dict[str, Any]]] = []
     for family in FAMILIES:
-        comparison = paired(by_row[row.baseline], by_row.get(row.name, []), step, family, shared)
+        comparison = paired(by_row[baseline], by_row.get(row.name, []), step, family, shared)
         if comparison is None:
             continue
         shared_only = out[0][1]["pooled"]["n_paired"] if out and out[0][0] is FAMILIES[0] else None
@@ -208,23 +214,23 @@ def _accuracy_lines(step: int, rows, by_row, shared, final: bool) -> tuple[list[
     return lines, tasks
 
 
-def _delta_lines(step: int, rows, by_row, shared) -> list[str]:
+def _delta_lines(step: int, pairs, by_row, shared) -> list[str]:
     lines = [
         "| row | vs | family | seeds | baseline acc. | Δ [95% CI seeds × questions], p | Δ per seed | "
         "CI over questions | MDE |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     shown = 0
-    for row, _ in rows:
-        if row.baseline not in by_row:
+    for row, baseline in pairs:
+        if baseline not in by_row:
             continue
-        for family, comparison in family_comparisons(row, by_row, step, shared):
+        for family, comparison in family_comparisons(row, baseline, by_row, step, shared):
             s = comparison["pooled"]
             per_seed = ", ".join(f"s{seed} {_pts(d)}" for seed, d in zip(comparison["seeds"], s.get("diff_per_pair", [s["diff"]]),
                                                                              strict=True))  # fmt: skip
             low, high = s["diff_ci95"]
             lines.append(
-                f"| {row.label} | {row.baseline} | {family.name} | {len(comparison['seeds'])} | "
+                f"| {row.label} | {baseline} | {family.name} | {len(comparison['seeds'])} | "
                 f"{grid_report._pct(s['accuracy_a'])} | {_delta_text(s)} | {per_seed} | [{_pts(low)}, {_pts(high)}] | "
                 f"{_mde_text(s)} |"
             )
@@ -239,15 +245,15 @@ def _delta_lines(step: int, rows, by_row, shared) -> list[str]:
     ), ""]  # fmt: skip
 
 
-def _per_set_lines(step: int, rows, by_row, tasks: list[str]) -> list[str]:
+def _per_set_lines(step: int, pairs, by_row, tasks: list[str]) -> list[str]:
     """Per set: Δ [CI], p and the set's MDE at the disagreement rate of its family (all of the family's questions)."""
     lines = ["| row | vs | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
     shown = 0
-    for row, _ in rows:
-        if row.baseline not in by_row:
+    for row, baseline in pairs:
+        if baseline not in by_row:
             continue
         whole = [f for f in FAMILIES if not f.shared_only]
-        comparisons = [(f, paired(by_row[row.baseline], by_row.get(row.name, []), step, f, {})) for f in whole]
+        comparisons = [(f, paired(by_row[baseline], by_row.get(row.name, []), step, f, {})) for f in whole]
         texts = []
         for task in tasks:
             c = next(c for f, c in comparisons if f.generator == task.startswith("synthetic"))
@@ -257,7 +263,7 @@ def _per_set_lines(step: int, rows, by_row, tasks: list[str]) -> list[str]:
             t = c["tasks"][task]
             texts.append(f"{_delta_text(t)} (MDE {_mde_text(c['pooled'], t['n_paired'])})")
         if any(t != "–" for t in texts):
-            lines.append(f"| {row.label} | {row.baseline} | " + " | ".join(texts) + " |")
+            lines.append(f"| {row.label} | {baseline} | " + " | ".join(texts) + " |")
             shown += 1
     if not shown:
         return []
@@ -266,9 +272,10 @@ def _per_set_lines(step: int, rows, by_row, tasks: list[str]) -> list[str]:
 
 
 def write_report(cells) -> None:
-    from long_budget import MILESTONES, ROWS, UNTUNED_ROW, plan_lines
+    from long_budget import ALSO_AGAINST, MILESTONES, ROWS, UNTUNED_ROW, plan_lines
 
     rows = [(UNTUNED_ROW, (0,)), *ROWS]
+    pairs = pairs_compared(rows, ALSO_AGAINST)
     by_row: dict[str, list] = {}
     for cell in cells:
         by_row.setdefault(cell.row.name, []).append(cell)
@@ -281,11 +288,11 @@ def write_report(cells) -> None:
         accuracy, tasks = _accuracy_lines(step, rows, by_row, shared, final=step == MILESTONES[-1])
         lines += accuracy
         if accuracy:
-            lines += _delta_lines(step, rows, by_row, shared)
-            lines += _per_set_lines(step, rows, by_row, tasks)
+            lines += _delta_lines(step, pairs, by_row, shared)
+            lines += _per_set_lines(step, pairs, by_row, tasks)
     if done:
         _plot_curves(rows, by_row, MILESTONES, shared)
-        _plot_forest(rows, by_row, MILESTONES, shared)
+        _plot_forest(pairs, by_row, MILESTONES, shared)
         figures = [
             ("long_curves.png", "accuracy on the 150 generator problems every milestone scores, against steps"),
             ("long_forest.png", "Δ vs baseline with its 95% CI over seeds and questions, per family and milestone"),
@@ -362,22 +369,22 @@ def _plot_curves(rows, by_row, milestones, shared) -> None:
     plt.close(fig)
 
 
-def _plot_forest(rows, by_row, milestones, shared) -> None:
+def _plot_forest(pairs, by_row, milestones, shared) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     entries = []
-    for row, _ in rows:
-        if row.baseline not in by_row or not by_row[row.baseline][0].row.train:
+    for row, baseline in pairs:
+        if baseline not in by_row or not by_row[baseline][0].row.train:
             continue  # against the untuned model, tens of points: in the tables, not on this axis
         for step in milestones:
-            for family, comparison in family_comparisons(row, by_row, step, shared):
+            for family, comparison in family_comparisons(row, baseline, by_row, step, shared):
                 if comparison:
                     s = comparison["pooled"]
                     low, high = s.get("seed_question_ci95") or s["diff_ci95"]
-                    label = (f"{grid_report.short_label(row)} − {row.baseline}, {family.name}, step {step} "
+                    label = (f"{grid_report.short_label(row)} − {baseline}, {family.name}, step {step} "
                              f"({len(comparison['seeds'])} seed{'s' if len(comparison['seeds']) > 1 else ''})")  # fmt: skip
                     entries.append((label, 100 * s["diff"], 100 * low, 100 * high))
     if not entries:

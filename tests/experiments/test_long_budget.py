@@ -138,6 +138,23 @@ def test_report_compares_like_with_like_over_seeds_and_milestones(long, tmp_path
                                               for r in against_untuned)  # fmt: skip
 
 
+def test_a_variant_is_also_compared_with_the_row_it_changes_one_thing_of(long, tmp_path, monkeypatch):
+    lora, mode = (row for row, _ in long.ROWS)
+    variant = long.grid.Row("variant", "3. a variant of row 2", [*mode.flags, "--distill", "labels"], "lora")
+    monkeypatch.setattr(long, "ROWS", [(lora, (0,)), (mode, (0,)), (variant, (0,))])
+    monkeypatch.setattr(long, "ALSO_AGAINST", {"variant": "lora_mode"})
+    cells = {c.row.name: c for c in _trained(long)}
+    _fake_piece(long.all_cells()[0], 0, {"synthetic_l1": [False] * 5})
+    for name, correct in (("lora", [False, False, True]), ("lora_mode", [True, False, True]), ("variant", [True] * 3)):
+        _fake_piece(cells[name], 2, {"synthetic_l1": correct})
+    long.grid.reload_and_report("long_report", long.all_cells(), print)
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| 3. a variant of row 2 | lora | generator, 150 | 1 | 33.3 | +66.7 [" in text  # its baseline
+    assert "| 3. a variant of row 2 | lora_mode | generator, 150 | 1 | 66.7 | +33.3 [" in text  # the row it changes
+    assert "| 2. LoRA + MoDE | lora | generator, 150 | 1 | 33.3 | +33.3 [" in text
+    assert not any(line.startswith("| 2. LoRA + MoDE | lora_mode |") for line in text.splitlines())
+
+
 def test_an_only_that_matches_no_cell_is_refused_with_the_valid_keys(long, capsys):
     """A typo in --only used to select nothing and exit 0 having done nothing; now it names the cells."""
     with pytest.raises(SystemExit) as exit_:
