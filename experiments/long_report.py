@@ -16,7 +16,8 @@ disagree over the family's answers: a set's own rate is near zero when both rows
 make any difference look detectable). The baseline's accuracy is given on the seeds the difference pairs.
 A learning-curve figure (accuracy on the 150 shared questions against steps, a thin line per seed and the mean
 per row) and a forest plot (Δ with its seeds x questions CI per row, family and milestone) go to
-experiments/figures/.
+experiments/figures/. Last, one line per cell that `long_budget.py --inspect` looked inside (experiments/why/long/):
+its final layer, ensemble, earlier late layers, router, oracle and best held-out router probe.
 
 The untuned model (one evaluation of the final questions, `long_budget.py`'s `arithmetic/base`) is a row of every
 accuracy table (at the intermediate milestones on their questions only), LoRA's baseline, and a dashed line in
@@ -25,6 +26,7 @@ the learning-curve figure: LoRA − untuned per set says which sets the budget l
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
 import json
@@ -271,8 +273,57 @@ def _per_set_lines(step: int, pairs, by_row, tasks: list[str]) -> list[str]:
             "(points).", ""]  # fmt: skip
 
 
+def _late_layers(lens_csv: Path) -> list[dict[str, str]]:
+    """The late layers' rows of `modetune inspect`'s lens.csv (those read through a MoDE adapter), final last."""
+    with lens_csv.open(newline="") as f:
+        return [r for r in csv.DictReader(f) if r["run_adapter_ce"]]
+
+
+def _inside_row(label: str, seed: int, why: Path) -> str:
+    """One inspected cell's line; its best probe is the held-out router input that comes closest to (or beats)
+    the final layer alone, the gain a router could have reached."""
+    probe = json.loads((why / "router_probe.json").read_text())
+    *earlier, final = _late_layers(why / "lens.csv")
+    name, best = min(probe["probes"].items(), key=lambda item: item[1]["minus_final"])
+    low, high = best["ci95"]
+    cells = [
+        label, str(seed), f"{probe['final_ce']:.3f}", f"{probe['trained_router_ce']:.3f}",
+        ", ".join(f"L{r['layer']} {float(r['run_adapter_ce']):.3f}" for r in earlier),
+        ", ".join(f"L{r['layer']} {float(r['run_kl_from_final']):.3f}" for r in earlier),
+        f"{float(final['run_router_mean']):.3f}", f"{probe['oracle_ce'] - probe['final_ce']:+.4f}",
+        f"{best['minus_final']:+.4f} [{low:+.4f}, {high:+.4f}] ({name})",
+    ]  # fmt: skip
+    return "| " + " | ".join(cells) + " |"
+
+
+def inside_lines(rows, by_row, why_dir) -> list[str]:
+    """What `--inspect` found inside each inspected cell at the last milestone (`why_dir(cell)`: lens.csv and
+    router_probe.json), one line per cell, so that the table RESULTS.md's readings cite grows as cells finish."""
+    lines = [
+        _inside_row(row.label, cell.seed, why_dir(cell))
+        for row, _ in rows
+        for cell in by_row.get(row.name, [])
+        if (why_dir(cell) / "router_probe.json").is_file() and (why_dir(cell) / "lens.csv").is_file()
+    ]
+    if not lines:
+        return []
+    header = [
+        "#### Inside the runs at the last milestone", "",
+        "| row | seed | final layer CE | ensemble CE | earlier late layers: CE | their KL to final | router weight on "
+        "final | oracle − final | best held-out probe − final [95% CI] (its input) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    legend = (
+        "`modetune inspect --router-probe` on each finished MoDE cell (`long_budget.py --inspect`; files in "
+        "`experiments/why/long/`): CE in nats per gold token, teacher-forced; the late layers through their MoDE "
+        "adapters; KL(p_final ‖ p_layer); the oracle takes the best late layer per token (it knows the gold); "
+        "probes are routers fitted and scored held out."
+    )
+    return [*header, *lines, "", legend, ""]
+
+
 def write_report(cells) -> None:
-    from long_budget import ALSO_AGAINST, MILESTONES, ROWS, UNTUNED_ROW, plan_lines
+    from long_budget import ALSO_AGAINST, MILESTONES, ROWS, UNTUNED_ROW, plan_lines, why_dir
 
     rows = [(UNTUNED_ROW, (0,)), *ROWS]
     pairs = pairs_compared(rows, ALSO_AGAINST)
@@ -290,6 +341,7 @@ def write_report(cells) -> None:
         if accuracy:
             lines += _delta_lines(step, pairs, by_row, shared)
             lines += _per_set_lines(step, pairs, by_row, tasks)
+    lines += inside_lines(rows, by_row, why_dir)
     if done:
         _plot_curves(rows, by_row, MILESTONES, shared)
         _plot_forest(pairs, by_row, MILESTONES, shared)

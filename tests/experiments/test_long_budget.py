@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ def long(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(long, "grid", run)
     monkeypatch.setattr(long, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(long, "WORK", tmp_path / "work")
+    monkeypatch.setattr(long, "WHY", tmp_path / "why")  # never the repository's inspections
     monkeypatch.setattr(long, "MAX_STEPS", 6)
     monkeypatch.setattr(long, "MILESTONES", (2, 4, 6))
     monkeypatch.setattr(long, "COMMON", [
@@ -89,11 +91,19 @@ def test_pieces_stop_at_milestones_evaluate_them_and_resume(long, tmp_path, monk
     assert long.main([]) == 0
 
     # --inspect looks inside the finished run that mixes layers (not LoRA's final layer alone), once
-    monkeypatch.setattr(long, "WHY", tmp_path / "why")
     monkeypatch.setattr(long, "TRACK", dataclasses.replace(long.TRACK, inspect_data=("--data", "synthetic:4:1")))
     assert long.main(["--inspect"]) == 0
     inspected = sorted(p.relative_to(tmp_path / "why").as_posix() for p in (tmp_path / "why").rglob("*.md"))
     assert inspected == ["arithmetic/lora_mode/s0/lens.md", "arithmetic/lora_mode/s0/router_probe.md"]
+    long.grid.reload_and_report("long_report", long.all_cells(), print)  # its table joins the report
+    text = (tmp_path / "RESULTS.md").read_text()
+    inside = text.partition("#### Inside the runs at the last milestone\n\n")[2]
+    _, _, line, end, *_ = inside.splitlines()  # one inspected cell: LoRA's final layer alone is not one
+    assert end == "", inside
+    number = r"[+-]?\d+\.\d+"
+    probe = rf"{number} \[{number}, {number}\] \((constant|final_state|all_states|confidence|final_state\+confidence)\)"
+    assert re.fullmatch(rf"\| 2\. LoRA \+ MoDE \| 0 \| {number} \| {number} \| L\d+ {number} \| L\d+ {number} \| {number} "
+                        rf"\| {number} \| {probe} \|", line), line  # fmt: skip
     monkeypatch.setattr(long.subprocess, "run", refuse)
     assert long.main(["--inspect"]) == 0  # already inspected: nothing runs
 
