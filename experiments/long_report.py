@@ -30,6 +30,7 @@ import csv
 import dataclasses
 import functools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -421,6 +422,12 @@ def _plot_curves(rows, by_row, milestones, shared) -> None:
     plt.close(fig)
 
 
+def baseline_name(row) -> str:
+    """What a forest line is compared against, in words: the row's short label without its details
+    ("LoRA + MoDE", not "lora_mode" or "LoRA + MoDE (k=3, defaults)")."""
+    return re.sub(r" \([^)]*\)$", "", grid_report.short_label(row))
+
+
 def _plot_forest(pairs, by_row, milestones, shared) -> None:
     import matplotlib
 
@@ -428,23 +435,25 @@ def _plot_forest(pairs, by_row, milestones, shared) -> None:
     import matplotlib.pyplot as plt
 
     entries = []
-    for row, baseline in pairs:
+    for pair, (row, baseline) in enumerate(pairs):
         if baseline not in by_row or not by_row[baseline][0].row.train:
             continue  # against the untuned model, tens of points: in the tables, not on this axis
+        against = baseline_name(by_row[baseline][0].row)
         for step in milestones:
             for family, comparison in family_comparisons(row, baseline, by_row, step, shared):
                 if comparison:
                     s = comparison["pooled"]
                     low, high = s.get("seed_question_ci95") or s["diff_ci95"]
-                    label = (f"{grid_report.short_label(row)} − {baseline}, {family.name}, step {step} "
+                    label = (f"{grid_report.short_label(row)} − {against}, {family.name}, step {step} "
                              f"({len(comparison['seeds'])} seed{'s' if len(comparison['seeds']) > 1 else ''})")  # fmt: skip
-                    entries.append((label, 100 * s["diff"], 100 * low, 100 * high))
+                    entries.append((label, 100 * s["diff"], 100 * low, 100 * high, pair))
     if not entries:
         return
     fig, ax = plt.subplots(figsize=(7.2, 1.3 + 0.35 * len(entries)))
-    for i, (_, diff, low, high) in enumerate(reversed(entries)):
-        ax.plot([low, high], [i, i], color="#4c72b0")
-        ax.plot([diff], [i], "o", color="#4c72b0")
+    colours = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3")  # one per compared pair of rows
+    for i, (_, diff, low, high, pair) in enumerate(reversed(entries)):
+        ax.plot([low, high], [i, i], color=colours[pair % len(colours)])
+        ax.plot([diff], [i], "o", color=colours[pair % len(colours)])
     ax.axvline(0, color="grey", linewidth=0.8)
     ax.set_yticks(range(len(entries)), [e[0] for e in reversed(entries)], fontsize=7)
     ax.set_xlabel("Δ accuracy, points (95% CI over seeds and questions)", fontsize=8)

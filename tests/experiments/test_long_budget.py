@@ -284,3 +284,9 @@ def test_figure_labels_drop_number_and_flags_but_never_cut_a_word():
     assert labels["paper"] == "LoRA + MoDE, the paper's configuration"
     assert labels["lora_mode_labels"] == "LoRA + MoDE, late layers trained on the labels"
     assert labels["lora"] == "LoRA (r=32, q,k,v,up,down)"  # a parenthesis that is not flags stays
+
+
+def test_a_forest_line_names_its_baseline_in_words():
+    long, report = _load("long_budget"), _load("long_report")
+    names = {row.name: report.baseline_name(row) for row, _ in long.ROWS}
+    assert names["lora"] == "LoRA" and names["lora_mode"] == "LoRA + MoDE"
