@@ -450,10 +450,9 @@ def _plot_forest(pairs, by_row, milestones, shared) -> None:
     if not entries:
         return
     fig, ax = plt.subplots(figsize=(7.2, 1.3 + 0.35 * len(entries)))
-    colours = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3")  # one per compared pair of rows
-    for i, (_, diff, low, high, pair) in enumerate(reversed(entries)):
-        ax.plot([low, high], [i, i], color=colours[pair % len(colours)])
-        ax.plot([diff], [i], "o", color=colours[pair % len(colours)])
+    for i, (_, diff, low, high, pair) in enumerate(reversed(entries)):  # matplotlib's cycle, one colour per pair
+        ax.plot([low, high], [i, i], color=f"C{pair}")
+        ax.plot([diff], [i], "o", color=f"C{pair}")
     ax.axvline(0, color="grey", linewidth=0.8)
     ax.set_yticks(range(len(entries)), [e[0] for e in reversed(entries)], fontsize=7)
     ax.set_xlabel("Δ accuracy, points (95% CI over seeds and questions)", fontsize=8)
